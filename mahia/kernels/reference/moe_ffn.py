@@ -11,7 +11,7 @@ from torch import Tensor
 
 def route_tokens(router_logits: Tensor, mask: Tensor, top_k: int,
                  capacity_factor: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Softmax router with renormalised top-k: (weights [T, k] fp32, experts [T, k], keep [T, k] bool).
+    """Softmax router with renormalised top-k: (weights [T, k] fp32 (fp64 for fp64 logits), experts [T, k], keep [T, k] bool).
 
     top_k is clamped to the number of experts. Tokens with mask = 0 are never routed (keep is False).
     capacity_factor <= 0 means dropless (inference). Otherwise each expert takes at most
@@ -22,7 +22,8 @@ def route_tokens(router_logits: Tensor, mask: Tensor, top_k: int,
     """
     num_tokens, num_experts = router_logits.shape
     k = min(top_k, num_experts)
-    probs = torch.softmax(router_logits.float(), dim=-1)
+    work = torch.float64 if router_logits.dtype == torch.float64 else torch.float32
+    probs = torch.softmax(router_logits.to(work), dim=-1)
     top_probs, experts = probs.topk(k, dim=-1)
     weights = top_probs / top_probs.sum(dim=-1, keepdim=True)
     keep = mask.bool()[:, None].expand(num_tokens, k)

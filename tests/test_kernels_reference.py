@@ -1,0 +1,151 @@
+"""The op references against independent, obvious float64 implementations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mahia import kernels
+from mahia.kernels import reference
+from tests.conftest import relative_error
+
+
+def direct_conv(x: torch.Tensor, filt: torch.Tensor, causal: bool) -> torch.Tensor:
+    """O(L^2) convolution straight from the definition."""
+    length = x.shape[-1]
+    y = torch.zeros_like(x)
+    for t in range(length):
+        for s in range(length):
+            if causal and s <= t:
+                y[..., t] += filt[:, t - s] * x[..., s]
+            elif not causal:
+                y[..., t] += filt[:, t - s + length - 1] * x[..., s]
+    return y
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("length", [1, 7, 33])
+def test_long_conv_matches_direct_convolution(causal: bool, length: int, generator: torch.Generator) -> None:
+    x = torch.randn(2, 3, length, dtype=torch.float64, generator=generator)
+    filt = torch.randn(3, length if causal else 2 * length - 1, dtype=torch.float64, generator=generator)
+    assert relative_error(kernels.long_conv(x, filt, causal), direct_conv(x, filt, causal)) < 1e-12
+
+
+def test_long_conv_float32_tolerance(generator: torch.Generator) -> None:
+    x = torch.randn(2, 4, 129, dtype=torch.float64, generator=generator)
+    filt = torch.randn(4, 129, dtype=torch.float64, generator=generator)
+    out = kernels.long_conv(x.float(), filt.float(), True)
+    assert out.dtype == torch.float32
+    assert relative_error(out, direct_conv(x, filt, True)) < 1e-5
+
+
+def test_long_conv_rejects_wrong_filter_length() -> None:
+    with pytest.raises(ValueError, match=r"filt must be \[D=3, 13\]"):
+        reference.long_conv(torch.randn(1, 3, 7), torch.randn(3, 7), False)
+
+
+def sequential_ssd(x, dt, a, b, c):
+    """The recurrence h_t = exp(dt_t a) h_{t-1} + dt_t x_t b_t^T, y_t = h_t c_t, one step at a time."""
+    batch, length, heads, head_dim = x.shape
+    h = torch.zeros(batch, heads, head_dim, b.shape[-1], dtype=x.dtype)
+    ys = []
+    for t in range(length):
+        decay = torch.exp(dt[:, t] * a)  # b h
+        h = h * decay[..., None, None] + (dt[:, t, :, None, None] * x[:, t, :, :, None]) * b[:, t, None, None, :]
+        ys.append(torch.einsum("bhpn,bn->bhp", h, c[:, t]))
+    return torch.stack(ys, dim=1)
+
+
+def ssd_inputs(batch, length, heads, head_dim, state, dtype, generator):
+    x = torch.randn(batch, length, heads, head_dim, dtype=dtype, generator=generator)
+    dt = F.softplus(torch.randn(batch, length, heads, dtype=dtype, generator=generator) - 1)
+    a = -torch.rand(heads, dtype=dtype, generator=generator) * 4 - 0.1
+    b = torch.randn(batch, length, state, dtype=dtype, generator=generator)
+    c = torch.randn(batch, length, state, dtype=dtype, generator=generator)
+    return x, dt, a, b, c
+
+
+@pytest.mark.parametrize("length,chunk", [(1, 4), (7, 4), (16, 4), (37, 8), (129, 16)])
+def test_ssd_chunked_matches_sequential_scan(length: int, chunk: int, generator: torch.Generator) -> None:
+    args = ssd_inputs(2, length, 3, 5, 4, torch.float64, generator)
+    assert relative_error(kernels.ssd_scan(*args, chunk), sequential_ssd(*args)) < 1e-12
+
+
+def test_ssd_float32_and_chunk_size_independence(generator: torch.Generator) -> None:
+    args = ssd_inputs(1, 50, 2, 4, 3, torch.float64, generator)
+    expected = sequential_ssd(*args)
+    for chunk in (1, 7, 64):
+        out = kernels.ssd_scan(*(t.float() for t in args), chunk)
+        assert out.dtype == torch.float32
+        assert relative_error(out, expected) < 1e-5
+
+
+def per_token_moe(x, logits, mask, w1, w2, top_k):
+    """One token at a time: softmax, top-k, renormalise, sum of weighted SwiGLU experts."""
+    out = torch.zeros_like(x)
+    k = min(top_k, w1.shape[0])
+    for t in range(x.shape[0]):
+        if not mask[t]:
+            continue
+        probs = torch.softmax(logits[t], dim=-1)
+        top = probs.topk(k)
+        for weight, e in zip(top.values / top.values.sum(), top.indices):
+            gate, up = (w1[e] @ x[t]).chunk(2)
+            out[t] += weight * (w2[e] @ (F.silu(gate) * up))
+    return out
+
+
+def moe_inputs(tokens, d_model, hidden, experts, generator, dtype=torch.float64):
+    x = torch.randn(tokens, d_model, dtype=dtype, generator=generator)
+    logits = torch.randn(tokens, experts, dtype=dtype, generator=generator)
+    mask = torch.rand(tokens, generator=generator) > 0.3
+    mask[0] = True
+    w1 = torch.randn(experts, 2 * hidden, d_model, dtype=dtype, generator=generator) / d_model ** 0.5
+    w2 = torch.randn(experts, d_model, hidden, dtype=dtype, generator=generator) / hidden ** 0.5
+    return x, logits, mask, w1, w2
+
+
+@pytest.mark.parametrize("tokens,top_k", [(1, 1), (7, 2), (19, 4), (19, 9)])
+def test_moe_matches_per_token_loop(tokens: int, top_k: int, generator: torch.Generator) -> None:
+    x, logits, mask, w1, w2 = moe_inputs(tokens, 6, 10, 4, generator)
+    out = kernels.moe_ffn(x, logits, mask, w1, w2, top_k, 0.0)
+    expected = per_token_moe(x, logits, mask, w1, w2, top_k)
+    assert relative_error(out, expected) < 1e-12
+    assert torch.all(out[~mask] == 0)
+
+
+def test_moe_capacity_drops_overflow_in_rank_then_position_order() -> None:
+    # 4 tokens, 2 experts, top-1: every token prefers expert 0. Capacity = ceil(1.0 * 4 * 1 / 2) = 2,
+    # so tokens 0 and 1 keep expert 0 and tokens 2 and 3 are dropped (output 0, residual only).
+    logits = torch.tensor([[3.0, 0.0]] * 4)
+    weights, experts, keep = reference.route_tokens(logits, torch.ones(4, dtype=torch.bool), 1, 1.0)
+    assert experts[:, 0].tolist() == [0, 0, 0, 0]
+    assert keep[:, 0].tolist() == [True, True, False, False]
+    assert torch.allclose(weights, torch.ones(4, 1))
+    # A masked token takes no capacity: with token 0 masked, capacity is ceil(3 / 2) = 2 -> tokens 1, 2.
+    mask = torch.tensor([False, True, True, True])
+    _, _, keep = reference.route_tokens(logits, mask, 1, 1.0)
+    assert keep[:, 0].tolist() == [False, True, True, False]
+
+
+def test_moe_top_k_is_clamped_to_number_of_experts(generator: torch.Generator) -> None:
+    x, logits, mask, w1, w2 = moe_inputs(5, 4, 8, 3, generator)
+    assert torch.equal(kernels.moe_ffn(x, logits, mask, w1, w2, 3, 0.0), kernels.moe_ffn(x, logits, mask, w1, w2, 99, 0.0))
+
+
+@pytest.mark.parametrize("op", ["long_conv", "ssd_scan", "moe_ffn"])
+def test_ops_gradients_match_finite_differences(op: str, generator: torch.Generator) -> None:
+    if op == "long_conv":
+        args = (torch.randn(1, 2, 5, dtype=torch.float64, generator=generator),
+                torch.randn(2, 9, dtype=torch.float64, generator=generator))
+        fn = lambda x, f: kernels.long_conv(x, f, False)  # noqa: E731
+    elif op == "ssd_scan":
+        args = ssd_inputs(1, 6, 2, 3, 2, torch.float64, generator)
+        fn = lambda *t: kernels.ssd_scan(*t, 4)  # noqa: E731
+    else:
+        x, logits, mask, w1, w2 = moe_inputs(5, 3, 4, 3, generator)
+        args = (x, logits, w1, w2)
+        fn = lambda x, lg, a, b: kernels.moe_ffn(x, lg, mask, a, b, 2, 0.0)  # noqa: E731
+    args = tuple(t.clone().requires_grad_(True) for t in args)
+    assert torch.autograd.gradcheck(fn, args)

@@ -1,0 +1,143 @@
+"""MAHIA-X reference model: shapes, padding invariance, routing variants, losses and gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mahia.model import build_model, get_config, moe_aux_losses, random_inputs
+from mahia.model.mahia_x import MahiaX
+from tests.conftest import relative_error
+
+TINY = get_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> MahiaX:
+    return build_model(TINY, seed=0).eval()
+
+
+@pytest.mark.parametrize("batch", [1, 17])
+@pytest.mark.parametrize("length", [1, 7, 129])
+def test_logits_shape_and_finite(tiny_model: MahiaX, batch: int, length: int, generator: torch.Generator) -> None:
+    inputs = random_inputs(TINY, batch, length, generator)
+    with torch.no_grad():
+        logits = tiny_model(**inputs)
+    assert logits.shape == (batch, TINY.num_classes)
+    assert torch.isfinite(logits).all()
+
+
+def test_padding_invariance(tiny_model: MahiaX, generator: torch.Generator) -> None:
+    """A sequence's logits alone equal its logits right-padded in a batch with longer sequences."""
+    inputs = random_inputs(TINY, 5, 61, generator)
+    lengths = inputs["attention_mask"].sum(dim=1).tolist()
+    assert len(set(lengths)) > 1, "the batch must mix lengths"
+    with torch.no_grad():
+        batched = tiny_model(**inputs)
+        for i, n in enumerate(lengths):
+            alone = tiny_model(**{k: (v[i:i + 1, :n] if k in ("input_ids", "attention_mask") else v[i:i + 1])
+                                  for k, v in inputs.items()})
+            assert relative_error(batched[i], alone[0]) < 1e-5, f"sample {i} (length {n})"
+
+
+def test_padding_content_is_ignored(tiny_model: MahiaX, generator: torch.Generator) -> None:
+    inputs = random_inputs(TINY, 3, 40, generator)
+    noisy = dict(inputs)
+    padding = inputs["attention_mask"] == 0
+    assert padding.any()
+    noisy["input_ids"] = torch.where(padding, torch.randint(2, 258, padding.shape, generator=generator), inputs["input_ids"])
+    with torch.no_grad():
+        assert relative_error(tiny_model(**noisy), tiny_model(**inputs)) < 1e-5
+
+
+@pytest.mark.parametrize("top_k", [1, 4, 7])
+def test_top_k_one_and_all_experts(top_k: int, generator: torch.Generator) -> None:
+    config = TINY.replace(top_k=top_k)
+    assert config.effective_top_k == min(top_k, config.num_experts)
+    model = build_model(config, seed=1).eval()
+    with torch.no_grad():
+        logits = model(**random_inputs(config, 3, 19, generator))
+    assert logits.shape == (3, 2) and torch.isfinite(logits).all()
+
+
+def test_text_only_model(generator: torch.Generator) -> None:
+    config = TINY.replace(num_numeric=0, categorical_cardinalities=())
+    model = build_model(config).eval()
+    inputs = random_inputs(config, 2, 9, generator)
+    assert inputs["numeric"].shape == (2, 0) and inputs["categorical"].shape == (2, 0)
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs)).all()
+
+
+def test_build_model_is_deterministic_and_leaves_global_rng_alone() -> None:
+    state = torch.random.get_rng_state()
+    a, b = build_model(TINY, seed=3), build_model(TINY, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    c = build_model(TINY, seed=4)
+    assert not torch.equal(a.head.weight, c.head.weight)
+
+
+def test_model_is_a_pure_function_of_its_input(tiny_model: MahiaX, generator: torch.Generator) -> None:
+    """No state survives a call: the memory and fabric are rebuilt per sample."""
+    first = random_inputs(TINY, 2, 11, generator)
+    other = random_inputs(TINY, 4, 30, generator)
+    with torch.no_grad():
+        before = tiny_model(**first)
+        tiny_model(**other)
+        assert torch.equal(tiny_model(**first), before)
+
+
+def test_gradients_reach_every_parameter(generator: torch.Generator) -> None:
+    model = build_model(TINY, seed=0).train()
+    out = model.forward_with_router_logits(**random_inputs(TINY, 4, 23, generator))
+    aux = sum(sum(moe_aux_losses(r, out.token_mask, TINY.top_k)) for r in out.router_logits)
+    (out.logits.square().mean() + aux).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
+               or p.grad.abs().sum() == 0]
+    assert not missing, f"no gradient for {missing}"
+
+
+def test_aux_losses_hand_checked() -> None:
+    # Uniform router: every probability 1/E, so P_e = 1/E and the f_e sum to 1 -> load balance 1;
+    # logsumexp(0, ..., 0) = log E -> z-loss (log E)^2.
+    experts = 4
+    logits = torch.zeros(6, experts)
+    mask = torch.ones(6)
+    balance, z = moe_aux_losses(logits, mask, 2)
+    assert balance.item() == pytest.approx(1.0)
+    assert z.item() == pytest.approx(math.log(experts) ** 2)
+    # A router that sends every real token to expert 0 with probability p: f = (1, 0), P = (p, 1-p),
+    # so load balance = 2 * p. The masked row (which would favour expert 1) must not count.
+    p = 0.9
+    logits = torch.tensor([[math.log(p), math.log(1 - p)]] * 3 + [[-5.0, 5.0]])
+    mask = torch.tensor([1, 1, 1, 0])
+    balance, z = moe_aux_losses(logits, mask, 1)
+    assert balance.item() == pytest.approx(2 * p)
+    assert z.item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_training_mode_drops_overflow_and_eval_is_dropless(generator: torch.Generator) -> None:
+    config = TINY.replace(capacity_factor=0.25)
+    model = build_model(config, seed=0)
+    inputs = random_inputs(config, 2, 30, generator)
+    with torch.no_grad():
+        train_logits = model.train()(**inputs)
+        eval_logits = model.eval()(**inputs)
+        eval_again = build_model(config.replace(capacity_factor=4.0), seed=0).eval()(**inputs)
+    assert not torch.allclose(train_logits, eval_logits)
+    assert torch.equal(eval_logits, eval_again)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.bfloat16, 3e-2), (torch.float16, 1e-2)])
+def test_half_precision_close_to_float32(tiny_model: MahiaX, dtype: torch.dtype, tolerance: float,
+                                         generator: torch.Generator) -> None:
+    inputs = random_inputs(TINY, 3, 37, generator)
+    half = build_model(TINY, seed=0).eval().to(dtype)
+    with torch.no_grad():
+        ref = tiny_model(**inputs)
+        out = half(**{k: (v.to(dtype) if v.is_floating_point() else v) for k, v in inputs.items()})
+    assert out.dtype == dtype
+    assert relative_error(out, ref) < tolerance
