@@ -11,7 +11,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from mahia.model.config import ModelConfig
-from mahia.model.mahia_x import MahiaX
+from mahia.model.mahia_x import MahiaX, build_model
 
 CONFIG_KEY = "mahia_config"
 
@@ -67,7 +67,7 @@ def load_checkpoint(path: str | Path, config: ModelConfig | None = None) -> tupl
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
-    model = MahiaX(stored)
+    model = build_model(stored)  # weights are overwritten below; build_model leaves global RNG alone
     check_state_dict(model, tensors, str(path))
     model.load_state_dict(tensors, strict=True)
     return model.eval(), metadata
