@@ -1,0 +1,1 @@
+"""torch.export -> portable ONNX -> Polygraphy parity -> artifact directory: the `mahia-export` pipeline."""

@@ -1,0 +1,154 @@
+"""The artifact directory: written into a temporary directory beside the target and renamed into
+place only when complete, with every file's sha256 and size in manifest.json.
+
+A run that fails parity is still renamed into place, as `<name>.failed`, with its manifest marked
+failed (for debugging); any other failure or an interruption (Ctrl-C, SIGTERM) removes the temporary
+directory. A SIGKILL cannot be caught: its hidden `.<name>.tmp-<pid>` directory is swept by the next run.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+FAILED_SUFFIX = ".failed"
+
+
+class ArtifactError(OSError):
+    """The artifact directory cannot be written; the message names the path and the reason."""
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def describe_os_error(exc: OSError, path: Path | str) -> str:
+    """One line for an OSError while writing `path` (disk full and permissions named as such)."""
+    if exc.errno == errno.ENOSPC:
+        return f"disk full while writing {path}"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"output directory not writable: {path} ({exc.strerror})"
+    return f"cannot write {path}: {exc.strerror or exc}"
+
+
+def check_writable(out_dir: Path) -> None:
+    """Create out_dir if needed and prove it writable with a probe file, or raise ArtifactError."""
+    try:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ArtifactError(f"output path {out_dir} exists and is not a directory")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except ArtifactError:
+        raise
+    except OSError as exc:
+        raise ArtifactError(describe_os_error(exc, out_dir)) from None
+
+
+def sweep_stale(out_dir: Path) -> list[Path]:
+    """Remove temporary directories left by killed runs (their pid no longer exists)."""
+    removed = []
+    for tmp in out_dir.glob(".*.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 2)[-2])
+        except (ValueError, IndexError):
+            continue
+        if not _pid_alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt for the duration, so cleanup runs as for Ctrl-C."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class ArtifactDir:
+    """A directory being written: files go to `.path`, `finish` renames it to the target."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.path = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        """Write one file into the directory (ArtifactError naming it on disk full or permissions)."""
+        path = self.path / name
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise ArtifactError(describe_os_error(exc, self.target / name)) from None
+        return path
+
+    def write_json(self, name: str, data: object) -> Path:
+        """Write a JSON file (sorted keys, 2-space indent)."""
+        return self.write_bytes(name, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+    def file_records(self) -> dict[str, dict[str, object]]:
+        """{file name: {sha256, bytes}} for every file but the manifest."""
+        return {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                for p in sorted(self.path.iterdir()) if p.is_file() and p.name != MANIFEST}
+
+    def finish(self, manifest: dict, passed: bool) -> Path:
+        """Write manifest.json with the file records, then rename into place; returns the final path."""
+        manifest = {**manifest, "files": self.file_records()}
+        self.write_json(MANIFEST, manifest)
+        final = self.target if passed else self.target.with_name(self.target.name + FAILED_SUFFIX)
+        _replace_dir(self.path, final)
+        return final
+
+    def discard(self) -> None:
+        """Remove the temporary directory (on errors and interrupts)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _replace_dir(source: Path, target: Path) -> None:
+    """Rename source to target; an existing target is moved aside first and removed after."""
+    if not target.exists():
+        os.rename(source, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
+    os.rename(target, aside / "old")
+    os.rename(source, target)
+    shutil.rmtree(aside, ignore_errors=True)

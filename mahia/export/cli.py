@@ -1,0 +1,139 @@
+"""`mahia-export`: one command from the PyTorch model to verified deployable artifacts."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from mahia.export.config import DEFAULT_BATCH, DimRange, ExportConfig, ModelSource
+from mahia.export.precisions import FORMATS, precisions
+from mahia.model import CONFIGS
+
+EXAMPLES = """\b
+Examples:
+  mahia-export                                   # embedded default model, fp32 ONNX + .pt2
+  mahia-export --config tiny --out /tmp/art      # seeded tiny model
+  mahia-export --checkpoint run/model.safetensors --precision fp16
+  mahia-export --config small --batch 1:8:32 --seq 16:128:384 --formats onnx
+  mahia-export --config tiny --json --quiet      # machine-readable summary on stdout
+"""
+
+
+def _parse_range(name: str):
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> DimRange | None:
+        if value is None:
+            return None
+        try:
+            return DimRange.parse(name, value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return callback
+
+
+def _parse_formats(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    formats = tuple(dict.fromkeys(f.strip() for f in value.split(",") if f.strip()))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise click.BadParameter(f"unknown format {', '.join(map(repr, unknown)) or repr(value)}; "
+                                 f"expected a comma-separated subset of {', '.join(FORMATS)}")
+    return formats
+
+
+@click.command(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_name", type=click.Choice(list(CONFIGS)), default=None,
+              help="Named model size; without --checkpoint: seeded, untrained weights. Default: the embedded default model.")
+@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Model weights (.safetensors written by mahia); with --config it must match that config.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Weight seed for --config without --checkpoint.")
+@click.option("--precision", type=click.Choice(list(precisions())), default="fp32", show_default=True,
+              help="Deployed precision (" + "; ".join(f"{p.name}: {p.summary}" for p in precisions().values()) + ").")
+@click.option("--formats", callback=_parse_formats, default=None,
+              help=f"Comma-separated subset of {', '.join(FORMATS)}. Default: every format the precision produces.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("artifacts"), show_default=True,
+              help="Directory that receives <config>-<precision>-<hash>/.")
+@click.option("--batch", callback=_parse_range("batch"), default=":".join(map(str, DEFAULT_BATCH)), show_default=True,
+              help="Dynamic batch range MIN:OPT:MAX.")
+@click.option("--seq", callback=_parse_range("seq"), default=None,
+              help="Dynamic sequence range MIN:OPT:MAX. Default: 1:128:min(max_seq_len, 512).")
+@click.option("--atol", type=click.FloatRange(min=0), default=None, help="Override the precision's absolute tolerance.")
+@click.option("--rtol", type=click.FloatRange(min=0), default=None, help="Override the precision's relative tolerance.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@click.option("--quiet", is_flag=True, help="No progress display or summary (errors are still printed).")
+def main(config_name: str | None, checkpoint: Path | None, seed: int, precision: str, formats: tuple[str, ...],
+         out_dir: Path, batch: DimRange, seq: DimRange | None, atol: float | None, rtol: float | None,
+         as_json: bool, quiet: bool) -> None:
+    """Export MAHIA-X to verified deployable artifacts: a torch.export program (.pt2), portable ONNX, and a
+    Polygraphy parity report against the eager PyTorch model. Exits 0 only when every parity check passes."""
+    from mahia.export.artifact import ArtifactError
+    from mahia.export.pipeline import run_export
+    from mahia.export.stages import ExportError
+    from mahia.model import CheckpointError, InputValidationError
+
+    cfg = ExportConfig(source=ModelSource(config_name, checkpoint, seed), precision=precision, formats=formats,
+                       batch=batch, seq=seq, atol=atol, rtol=rtol, out_dir=out_dir,
+                       command_line=("mahia-export", *sys.argv[1:]))
+    start = time.perf_counter()
+    try:
+        with _progress(quiet) as on_stage:
+            result = run_export(cfg, on_stage)
+    except (CheckpointError, InputValidationError, ValueError) as exc:
+        raise click.UsageError(str(exc).splitlines()[0]) from None
+    except (ArtifactError, ExportError, OSError) as exc:
+        click.echo(f"Error: {str(exc).splitlines()[0]}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("Interrupted: nothing was written.", err=True)
+        sys.exit(130)
+    seconds = time.perf_counter() - start
+    worst = result.parity.worst()
+    if as_json:
+        click.echo(json.dumps({"status": result.manifest["status"], "artifact_dir": str(result.artifact_dir),
+                               "precision": precision, "formats": result.manifest["formats"],
+                               "model": {k: result.manifest["model"][k] for k in ("label", "trained", "source")},
+                               "parity": result.parity.to_dict(), "stages": result.manifest["stages"],
+                               "files": result.manifest["files"], "seconds": round(seconds, 2)}, indent=2))
+    if not result.passed:
+        click.echo(f"Parity FAILED: worst {worst.backend} output {worst.output!r} at batch {worst.batch} x seq "
+                   f"{worst.seq}: rel L2 error {worst.rel_l2_error:.3e}, max abs error {worst.max_abs_error:.3e} "
+                   f"(budget atol={result.parity.tolerances.atol}, rtol={result.parity.tolerances.rtol}, "
+                   f"rel L2 <= {result.parity.tolerances.max_rel_error}); kept for debugging: {result.artifact_dir}",
+                   err=True)
+        sys.exit(1)
+    if not quiet and not as_json:
+        click.echo(f"Parity passed (worst rel L2 error {worst.rel_l2_error:.2e}, {worst.backend} at "
+                   f"{worst.batch} x {worst.seq}). Artifacts: {result.artifact_dir} ({seconds:.1f} s)")
+
+
+class _progress:
+    """Context manager yielding a stage callback that drives a rich progress display on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __enter__(self):
+        if self.quiet:
+            return lambda name, status, seconds: None
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(SpinnerColumn(finished_text="[green]done"), TextColumn("{task.description}"),
+                                 TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+        self.progress.__enter__()
+        tasks: dict[str, int] = {}
+
+        def on_stage(name: str, status: str, seconds: float) -> None:
+            if status == "start":
+                tasks[name] = self.progress.add_task(name, total=1)
+            else:
+                self.progress.update(tasks[name], completed=1, description=f"{name} ({seconds:.1f} s)")
+        return on_stage
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.quiet:
+            self.progress.__exit__(*exc)

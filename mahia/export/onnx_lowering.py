@@ -1,0 +1,144 @@
+"""Portable ONNX lowerings of the `mahia::` custom ops: onnxscript functions of standard ONNX ops.
+
+Each function has the custom op's signature and is traced by `torch.onnx.export(dynamo=True)`
+through its `custom_translation_table`; static arguments (causal, chunk_size, top_k) arrive as
+Python values, so their branches resolve at export time. Every lowering computes in float32, as the
+references in mahia.kernels.reference do, and is held to them by tests/test_export_lowering.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+import mahia.kernels  # noqa: F401  (registers the mahia:: ops this module lowers)
+from onnxscript import opset21 as op
+
+OPSET = 21
+FLOAT = 1  # onnx.TensorProto.FLOAT
+INT64 = 7  # onnx.TensorProto.INT64
+
+
+def _i64(*values: int):
+    return op.Constant(value_ints=list(values))
+
+
+def _f32(value: float):
+    return op.Constant(value_float=value)
+
+
+def _dim(x, axis: int):
+    """Size of one axis of x as a 1-element int64 tensor."""
+    return op.Shape(x, start=axis, end=axis + 1 if axis != -1 else None)
+
+
+def long_conv(x, filt, causal: bool):
+    """FFT long convolution by complex DFT of a power-of-two size n >= 2L (ONNX DFT, opset 20+).
+
+    Any n >= 2L gives the same linear convolution on the kept outputs (see the reference); rounding
+    n up to a power of two lets ONNX Runtime use its radix-2 FFT rather than an O(n^2) DFT.
+    """
+    dtype_like = x
+    x = op.Cast(x, to=FLOAT)
+    filt = op.Cast(filt, to=FLOAT)
+    length = _dim(x, 2)
+    # n = 2 ** ceil(log2(2L)) computed in float; a rounding up by one power only costs time.
+    two_l = op.Cast(op.Mul(length, _i64(2)), to=FLOAT)
+    n = op.Cast(op.Pow(_f32(2.0), op.Ceil(op.Div(op.Log(two_l), _f32(math.log(2.0))))), to=INT64)
+    n_scalar = op.Squeeze(n, _i64(0))
+    axis = op.Constant(value_int=-2)
+    x_c = op.DFT(op.Unsqueeze(x, _i64(-1)), n_scalar, axis, onesided=0)  # [B, D, n, 2]
+    f_c = op.DFT(op.Unsqueeze(filt, _i64(-1)), n_scalar, axis, onesided=0)  # [D, n, 2]
+    xr, xi = op.Split(x_c, num_outputs=2, axis=-1)
+    fr, fi = op.Split(f_c, num_outputs=2, axis=-1)
+    real = op.Sub(op.Mul(xr, fr), op.Mul(xi, fi))
+    imag = op.Add(op.Mul(xr, fi), op.Mul(xi, fr))
+    full = op.DFT(op.Concat(real, imag, axis=-1), n_scalar, axis, inverse=1, onesided=0)
+    real_part = op.Squeeze(op.Slice(full, _i64(0), _i64(1), _i64(-1)), _i64(-1))  # [B, D, n]
+    start = _i64(0) if causal else op.Sub(length, _i64(1))
+    out = op.Slice(real_part, start, op.Add(start, length), _i64(2))
+    return op.CastLike(out, dtype_like)
+
+
+def _segment_sum(a):
+    """out[..., i, j] = a[..., j+1] + ... + a[..., i] for i >= j, -inf above the diagonal (see the reference)."""
+    size = _dim(a, -1)
+    steps = op.Range(op.Squeeze(_i64(0), _i64(0)), op.Squeeze(size, _i64(0)), op.Squeeze(_i64(1), _i64(0)))
+    rows, cols = op.Unsqueeze(steps, _i64(1)), op.Unsqueeze(steps, _i64(0))
+    expanded = op.Expand(op.Unsqueeze(a, _i64(-1)), op.Concat(op.Shape(a), size, axis=0))
+    sums = op.CumSum(op.Where(op.Greater(rows, cols), expanded, _f32(0.0)), op.Constant(value_int=-2))
+    return op.Where(op.GreaterOrEqual(rows, cols), sums, _f32(-math.inf))
+
+
+def ssd_scan(x, dt, a, b, c, chunk_size: int):
+    """Mamba-2 SSD scan in the chunked matmul form of the reference, as ONNX Einsum/CumSum/Exp."""
+    dtype_like = x
+    x, dt, a, b, c = (op.Cast(t, to=FLOAT) for t in (x, dt, a, b, c))
+    length = _dim(x, 1)
+    chunk = _i64(chunk_size)
+    pad = op.Mod(op.Sub(chunk, op.Mod(length, chunk)), chunk)
+    pads = op.Concat(_i64(0), pad, axis=0)
+    along_time = _i64(1)
+    x = op.Pad(x, pads, _f32(0.0), along_time)
+    dt = op.Pad(dt, pads, _f32(0.0), along_time)
+    b = op.Pad(b, pads, _f32(0.0), along_time)
+    c = op.Pad(c, pads, _f32(0.0), along_time)
+
+    xs = op.Reshape(op.Mul(x, op.Unsqueeze(dt, _i64(-1))), op.Concat(_i64(0, -1, chunk_size), op.Shape(x, start=2), axis=0))
+    a_dt = op.Transpose(op.Reshape(op.Mul(dt, a), op.Concat(_i64(0, -1, chunk_size), op.Shape(dt, start=2), axis=0)),
+                        perm=[0, 3, 1, 2])  # b h c l
+    chunked = op.Concat(_i64(0, -1, chunk_size), op.Shape(b, start=2), axis=0)
+    b = op.Reshape(b, chunked)
+    c = op.Reshape(c, chunked)
+    a_cumsum = op.CumSum(a_dt, op.Constant(value_int=-1))
+    a_last = op.Slice(a_cumsum, _i64(-1), _i64(2**62), _i64(-1))  # b h c 1
+
+    decay = op.Exp(_segment_sum(a_dt))
+    scores = op.Einsum(c, b, equation="bcln,bcsn->bcls")
+    y_diag = op.Einsum(scores, decay, xs, equation="bcls,bhcls,bcshp->bclhp")
+
+    decay_to_end = op.Exp(op.Sub(a_last, a_cumsum))
+    states = op.Einsum(b, decay_to_end, xs, equation="bcln,bhcl,bclhp->bchpn")
+    states = op.Concat(op.Mul(op.Slice(states, _i64(0), _i64(1), _i64(1)), _f32(0.0)), states, axis=1)
+    chunk_ends = op.Pad(op.Squeeze(a_last, _i64(-1)), _i64(1, 0), _f32(0.0), _i64(-1))  # b h c+1
+    chunk_decay = op.Exp(_segment_sum(chunk_ends))
+    states = op.Einsum(chunk_decay, states, equation="bhzc,bchpn->bzhpn")
+    states = op.Slice(states, _i64(0), _i64(-1), _i64(1))
+
+    y_off = op.Einsum(c, states, op.Exp(a_cumsum), equation="bcln,bchpn,bhcl->bclhp")
+    y = op.Reshape(op.Add(y_diag, y_off), op.Concat(_i64(0, -1), op.Shape(x, start=2), axis=0))
+    return op.CastLike(op.Slice(y, _i64(0), length, _i64(1)), dtype_like)
+
+
+def moe_ffn(x, router_logits, mask, w1, w2, top_k: int, capacity_factor: float):
+    """Dropless top-k MoE as a dense all-experts weighted combine (exact for inference).
+
+    Routing is the reference's: softmax in float32, top-k, renormalised; the weights of the experts a
+    token did not choose are exactly zero, so summing every expert's output gives the sparse result.
+    """
+    if capacity_factor > 0:
+        raise NotImplementedError("moe_ffn lowering is dropless only (capacity_factor <= 0, the eval-mode "
+                                  f"setting); got capacity_factor={capacity_factor}: export the model in eval()")
+    num_experts = w1.shape[0] if hasattr(w1, "shape") and w1.shape is not None else None
+    k = min(top_k, num_experts) if isinstance(num_experts, int) else top_k
+    probs = op.Softmax(op.Cast(router_logits, to=FLOAT), axis=-1)
+    top_probs, experts = op.TopK(probs, _i64(k), axis=-1, largest=1, sorted=1)
+    weights = op.Div(top_probs, op.ReduceSum(top_probs, _i64(-1), keepdims=1))
+    dense = op.ScatterElements(op.Mul(probs, _f32(0.0)), experts, weights, axis=1)
+    dense = op.Mul(dense, op.Unsqueeze(op.Cast(mask, to=FLOAT), _i64(1)))  # [T, E]; masked tokens get 0
+    hidden = op.MatMul(op.Unsqueeze(x, _i64(0)), op.Transpose(w1, perm=[0, 2, 1]))  # [E, T, 2H]
+    gate, up = op.Split(hidden, num_outputs=2, axis=-1)
+    expert_out = op.MatMul(op.Mul(op.Mul(gate, op.Sigmoid(gate)), up), op.Transpose(w2, perm=[0, 2, 1]))  # [E, T, D]
+    combine = op.Unsqueeze(op.Transpose(dense, perm=[1, 0]), _i64(-1))  # [E, T, 1]
+    out = op.ReduceSum(op.Mul(op.Cast(expert_out, to=FLOAT), combine), _i64(0), keepdims=0)
+    return op.CastLike(out, x)
+
+
+PORTABLE_TRANSLATIONS: dict[Callable, Callable] = {
+    torch.ops.mahia.long_conv.default: long_conv,
+    torch.ops.mahia.ssd_scan.default: ssd_scan,
+    torch.ops.mahia.moe_ffn.default: moe_ffn,
+}

@@ -1,0 +1,191 @@
+"""Parity: real test-split samples at the profile's shape points, eager fp32 outputs as the reference,
+and ONNX Runtime / the .pt2 compared against them with Polygraphy's Comparator (one comparator for both).
+
+inputs.json (a list of feed dicts, polygraphy.json) and eager_outputs.json (polygraphy RunResults)
+are exactly what `polygraphy run model.onnx --onnxrt --load-inputs ... --load-outputs ...` reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mahia.export.config import ShapeProfile, Tolerances
+from mahia.model import INPUT_NAMES, MahiaX, ModelConfig
+
+EAGER_RUNNER = "eager-pytorch-fp32"
+
+
+def real_samples(config: ModelConfig, points: Sequence[tuple[int, int]], split: str = "test") -> list[dict[str, np.ndarray]]:
+    """One feed dict per (batch, seq) point from the reviews data set, right-padded to exactly seq.
+
+    Each point takes the next `batch` rows of the split, so points see different reviews; texts longer
+    than seq are truncated (as the tokenizer does), shorter ones keep their real padding.
+    """
+    from mahia.data import load_reviews
+
+    data = load_reviews()[split]
+    feeds, start = [], 0
+    for batch, seq in points:
+        rows = np.arange(start, start + batch) % len(data)
+        start += batch
+        inputs, _ = data.batch(rows, seq)
+        pad = seq - inputs["input_ids"].shape[1]
+        for name in ("input_ids", "attention_mask"):
+            inputs[name] = torch.nn.functional.pad(inputs[name], (0, pad))
+        feeds.append(OrderedDict((name, inputs[name].numpy()) for name in INPUT_NAMES))
+    if config.num_numeric != feeds[0]["numeric"].shape[1] or config.num_categorical != feeds[0]["categorical"].shape[1]:
+        raise ValueError(f"config {config.name!r} does not take the reviews data's features "
+                         f"({feeds[0]['numeric'].shape[1]} numeric, {feeds[0]['categorical'].shape[1]} categorical)")
+    return feeds
+
+
+def eager_outputs(model: MahiaX, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The eager fp32 model's logits for each feed: the reference of every comparison."""
+    outputs = []
+    with torch.inference_mode():
+        for feed in feeds:
+            logits = model(**{k: torch.from_numpy(np.asarray(v)) for k, v in feed.items()})
+            outputs.append({"logits": logits.float().numpy()})
+    return outputs
+
+
+def save_polygraphy_files(feeds: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[Mapping[str, np.ndarray]],
+                          inputs_path: Path, outputs_path: Path) -> None:
+    """inputs.json (list of feed dicts) and eager_outputs.json (RunResults) in Polygraphy's own formats."""
+    from polygraphy.comparator import IterationResult, RunResults
+    from polygraphy.json import save_json
+
+    save_json([OrderedDict(feed) for feed in feeds], str(inputs_path))
+    results = RunResults()
+    results.append((EAGER_RUNNER, [IterationResult(OrderedDict(out), runner_name=EAGER_RUNNER) for out in outputs]))
+    results.save(str(outputs_path))
+
+
+def _pt2_runner(path: Path, input_spec: Mapping[str, tuple[np.dtype, tuple]], name: str):
+    from polygraphy.backend.base import BaseRunner
+    from polygraphy.common import TensorMetadata
+
+    class Pt2Runner(BaseRunner):
+        """Polygraphy runner for a torch.export program reloaded from its .pt2 file."""
+
+        def __init__(self) -> None:
+            super().__init__(name=name, prefix="pt2-runner")
+
+        def activate_impl(self) -> None:
+            self.module = torch.export.load(str(path)).module()
+
+        def get_input_metadata_impl(self):
+            meta = TensorMetadata()
+            for input_name, (dtype, shape) in input_spec.items():
+                meta.add(input_name, dtype, shape)
+            return meta
+
+        def infer_impl(self, feed_dict):
+            import time
+
+            start = time.perf_counter()
+            with torch.inference_mode():
+                logits = self.module(**{k: torch.from_numpy(np.asarray(v)) for k, v in feed_dict.items()})
+            self.inference_time = time.perf_counter() - start
+            return OrderedDict(logits=logits.float().numpy())
+
+        def deactivate_impl(self) -> None:
+            del self.module
+
+    return Pt2Runner()
+
+
+@dataclass(frozen=True)
+class ParityRow:
+    """One output of one backend at one shape point, against eager fp32."""
+
+    backend: str
+    batch: int
+    seq: int
+    output: str
+    max_abs_error: float
+    max_elementwise_rel_error: float
+    rel_l2_error: float  # ||out - ref|| / ||ref||
+    polygraphy_passed: bool  # Polygraphy elemwise: |out - ref| <= atol or relative error <= rtol
+    passed: bool  # polygraphy_passed and rel_l2_error <= max_rel_error
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    """Every comparison of a run, its budget and verdict."""
+
+    tolerances: Tolerances
+    rows: tuple[ParityRow, ...]
+
+    @property
+    def passed(self) -> bool:
+        """True when every row passed."""
+        return bool(self.rows) and all(r.passed for r in self.rows)
+
+    def worst(self) -> ParityRow:
+        """The row with the largest error relative to its budget."""
+        t = self.tolerances
+        return max(self.rows, key=lambda r: (not r.passed, r.rel_l2_error / max(t.max_rel_error, 1e-30)))
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (parity.json)."""
+        return {"passed": self.passed, "tolerances": asdict(self.tolerances),
+                "rows": [asdict(r) for r in self.rows], "worst": asdict(self.worst()) if self.rows else None}
+
+
+@contextlib.contextmanager
+def _quiet_polygraphy() -> Iterator[None]:
+    from polygraphy.logger import G_LOGGER
+
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+        yield
+
+
+def compare(backends: Mapping[str, Path], pt2_spec: Mapping[str, tuple[np.dtype, tuple]],
+            feeds: Sequence[Mapping[str, np.ndarray]], reference: Sequence[Mapping[str, np.ndarray]],
+            points: Sequence[tuple[int, int]], tolerances: Tolerances) -> ParityResult:
+    """Run each backend ("onnxrt": model.onnx, "pt2": model.pt2) on the feeds and compare with the reference."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.comparator import Comparator, IterationResult, RunResults, SimpleCompareFunc
+
+    runners = []
+    for backend, path in backends.items():
+        if backend == "onnxrt":
+            runners.append(OnnxrtRunner(SessionFromOnnx(str(path), providers=["cpu"]), name="onnxrt"))
+        elif backend == "pt2":
+            runners.append(_pt2_runner(path, pt2_spec, name="pt2"))
+        else:
+            raise ValueError(f"unknown parity backend {backend!r}")
+    results = RunResults()
+    results.append((EAGER_RUNNER, [IterationResult(OrderedDict(out), runner_name=EAGER_RUNNER) for out in reference]))
+    with _quiet_polygraphy():
+        ran = Comparator.run(runners, data_loader=[OrderedDict(f) for f in feeds])
+        for name, iterations in ran.items():
+            results.append((name, iterations))
+        accuracy = Comparator.compare_accuracy(
+            results, comparisons=[(0, i) for i in range(1, len(results))],
+            compare_func=SimpleCompareFunc(atol=tolerances.atol, rtol=tolerances.rtol, check_shapes=True))
+    verdicts = accuracy[0]
+    rows = []
+    for index, (name, iterations) in enumerate(results.items()):
+        if index == 0:
+            continue
+        per_iteration = verdicts[(EAGER_RUNNER, name)]
+        for point, out, ref, verdict in zip(points, iterations, reference, per_iteration):
+            for output, ref_arr in ref.items():
+                got = np.asarray(out[output], dtype=np.float64)
+                want = np.asarray(ref_arr, dtype=np.float64)
+                diff = np.abs(got - want)
+                rel_l2 = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300))
+                poly_ok = bool(verdict[output])
+                rows.append(ParityRow(name, point[0], point[1], output, float(diff.max()),
+                                      float((diff / np.maximum(np.abs(want), 1e-300)).max()), rel_l2, poly_ok,
+                                      poly_ok and rel_l2 <= tolerances.max_rel_error))
+    return ParityResult(tolerances, tuple(rows))

@@ -1,0 +1,138 @@
+"""The precision registry: one frozen entry per precision, with its parity budget, formats and build.
+
+Adding a precision is adding one `Precision` (and its build function) through `register`; the CLI's
+`--precision` choices are this registry's names, so it only offers precisions that are built here.
+A build function receives the pipeline's fp32 products (eager model, portable fp32 ONNX, a way to
+torch.export the model at a dtype, real calibration samples) and returns this precision's graphs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import onnx
+import torch
+
+from mahia.model import MahiaX
+
+ONNX = "onnx"
+PT2 = "pt2"
+FORMATS = (ONNX, PT2)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a precision's build function may use; every field is produced by an earlier stage."""
+
+    model: MahiaX  # eager fp32 model in eval mode: the parity reference
+    onnx_fp32: onnx.ModelProto | None  # portable fp32 ONNX (None when no ONNX is requested)
+    export_program: Callable[[torch.dtype], torch.export.ExportedProgram]  # torch.export at a dtype
+    calibration_inputs: Callable[[int], list[dict[str, torch.Tensor]]]  # n real samples (train split)
+    formats: tuple[str, ...]  # the formats this run writes (a subset of the precision's)
+
+
+@dataclass(frozen=True)
+class Built:
+    """A precision's graphs plus notes for the manifest and report (e.g. ops kept in fp32)."""
+
+    onnx: onnx.ModelProto | None = None
+    program: torch.export.ExportedProgram | None = None
+    notes: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """One deployable precision: its parity budget against eager fp32, what it produces, how it is built."""
+
+    name: str
+    summary: str
+    formats: tuple[str, ...]
+    atol: float
+    rtol: float
+    max_rel_error: float  # budget on ||out - ref|| / ||ref|| of the logits at every shape point
+    build: Callable[[BuildContext], Built]
+    stage_name: str = "build"  # shown in progress and manifest: "build" or "quantize"
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if not self.formats or unknown:
+            raise ValueError(f"precision {self.name!r}: formats must be a non-empty subset of {FORMATS}, got {self.formats}")
+
+
+def build_fp32(ctx: BuildContext) -> Built:
+    """fp32: the portable ONNX as lowered, and the fp32 ExportedProgram."""
+    program = ctx.export_program(torch.float32) if PT2 in ctx.formats else None
+    return Built(onnx=ctx.onnx_fp32, program=program)
+
+
+# Ops kept in fp32 in the fp16 graph. ONNX Runtime's CPU provider has no fp16 kernel for the ops in
+# onnxruntime.transformers.float16.DEFAULT_OP_BLOCK_LIST (ours use TopK, Range, CumSum); DFT has one
+# but loses accuracy at long sequences (the reference also runs its FFT in fp32): measured 2.8e-3 vs
+# 5.4e-4 relative logit error at 8 x 128 on `tiny`.
+FP16_EXTRA_BLOCKED_OPS = ("DFT",)
+
+
+def fp16_block_list() -> list[str]:
+    """Op types the fp16 converter leaves in fp32."""
+    from onnxruntime.transformers import float16
+
+    return list(float16.DEFAULT_OP_BLOCK_LIST) + list(FP16_EXTRA_BLOCKED_OPS)
+
+
+def build_fp16(ctx: BuildContext) -> Built:
+    """fp16 ONNX: float16 weights and activations, fp32 inputs/outputs, blocked ops kept in fp32.
+
+    Uses ONNX Runtime's float16 converter (onnxruntime.transformers.float16), the maintained copy of
+    onnxconverter-common's: onnxconverter-common 1.16 leaves Cast(to=float) nodes fed by integer
+    tensors while annotating their outputs float16, which ONNX Runtime rejects (measured).
+    """
+    from onnxruntime.transformers import float16
+
+    if ctx.onnx_fp32 is None:
+        raise ValueError("fp16 builds ONNX only: the portable fp32 ONNX is missing")
+    blocked = fp16_block_list()
+    converted = float16.convert_float_to_float16(ctx.onnx_fp32, keep_io_types=True, op_block_list=blocked,
+                                                 disable_shape_infer=True)
+    present = sorted({n.op_type for n in ctx.onnx_fp32.graph.node} & set(blocked))
+    return Built(onnx=converted, notes={"fp32_ops": present, "converter": "onnxruntime.transformers.float16",
+                                        "block_list": blocked})
+
+
+def build_bf16(ctx: BuildContext) -> Built:
+    """bf16: the model's weights and activations in bfloat16, as a torch.export program (.pt2)."""
+    return Built(program=ctx.export_program(torch.bfloat16))
+
+
+_REGISTRY: dict[str, Precision] = {}
+
+
+def register(precision: Precision) -> Precision:
+    """Add a precision to the registry (names are unique)."""
+    if precision.name in _REGISTRY:
+        raise ValueError(f"precision {precision.name!r} is already registered")
+    _REGISTRY[precision.name] = precision
+    return precision
+
+
+def precisions() -> Mapping[str, Precision]:
+    """Every registered precision, by name, in registration order."""
+    return MappingProxyType(_REGISTRY)
+
+
+def get_precision(name: str) -> Precision:
+    """The named precision, or a ValueError listing the known ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown precision {name!r}; expected one of {', '.join(_REGISTRY)}") from None
+
+
+register(Precision("fp32", "float32 ONNX and ExportedProgram", (ONNX, PT2), atol=1e-5, rtol=1e-4,
+                   max_rel_error=1e-5, build=build_fp32))
+register(Precision("fp16", "float16 ONNX (fp32 I/O; ops without fp16 CPU kernels stay fp32)", (ONNX,), atol=1e-2,
+                   rtol=1e-2, max_rel_error=1e-2, build=build_fp16))
+register(Precision("bf16", "bfloat16 ExportedProgram", (PT2,), atol=1e-2, rtol=5e-2, max_rel_error=1e-2,
+                   build=build_bf16))

@@ -1,0 +1,67 @@
+"""report.md: what was built, the parity table per output and shape, timings and the re-run commands."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+
+from mahia.export.parity import ParityResult
+
+
+def polygraphy_command(atol: float, rtol: float, onnx_file: str = "model.onnx") -> str:
+    """The `polygraphy run` command that re-checks the ONNX graph against the saved eager outputs."""
+    return (f"polygraphy run {onnx_file} --onnxrt --load-inputs inputs.json --load-outputs eager_outputs.json "
+            f"--atol {atol!r} --rtol {rtol!r}")
+
+
+def render(manifest: dict, result: ParityResult, stage_records: Sequence, graph_files: Sequence[str]) -> str:
+    """The report as Markdown."""
+    model, precision, tol = manifest["model"], manifest["precision"], result.tolerances
+    dims = manifest["dims"]
+    lines = [
+        f"# MAHIA export: {model['config']['name']} / {precision['name']}",
+        "",
+        f"**Parity: {'PASSED' if result.passed else 'FAILED'}** against the eager PyTorch fp32 model.",
+        "",
+        "## What was built",
+        "",
+        f"- Model: {model['label']} (trained: {'yes' if model['trained'] else 'no'}); source: {model['source']}; "
+        f"weights sha256 `{model['weights_sha256'][:16]}...`",
+        f"- Precision: {precision['name']}: {precision['summary']}",
+        f"- Formats: {', '.join(manifest['formats'])}; files: {', '.join(graph_files)}",
+        f"- Dynamic shapes: batch {dims['batch']['min']}..{dims['batch']['max']} (opt {dims['batch']['opt']}), "
+        f"seq {dims['seq']['min']}..{dims['seq']['max']} (opt {dims['seq']['opt']})",
+    ]
+    if manifest.get("onnx"):
+        onnx_info = manifest["onnx"]
+        lines.append(f"- ONNX: opset {onnx_info['opset']}, {onnx_info['flavour']} flavour (custom ops lowered to "
+                     f"standard ONNX ops), optimiser: {onnx_info['optimizer']}")
+    if precision["notes"].get("fp32_ops"):
+        lines.append(f"- Ops kept in fp32 (no fp16 CPU kernel in ONNX Runtime, or accuracy): "
+                     f"{', '.join(precision['notes']['fp32_ops'])} (converter: {precision['notes']['converter']})")
+    lines += [
+        "",
+        "## Parity",
+        "",
+        f"Budget: per element |out - ref| <= atol={tol.atol!r} or relative error <= rtol={tol.rtol!r} "
+        f"(Polygraphy Comparator), and ||out - ref|| / ||ref|| <= {tol.max_rel_error!r}. Inputs are real "
+        "test-split reviews.",
+        "",
+        "| backend | batch x seq | output | max abs err | rel L2 err | result |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result.rows:
+        lines.append(f"| {r.backend} | {r.batch} x {r.seq} | {r.output} | {r.max_abs_error:.3e} | "
+                     f"{r.rel_l2_error:.3e} | {'pass' if r.passed else 'FAIL'} |")
+    lines += ["", "## Timings", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {s.name} | {s.seconds:.2f} |" for s in stage_records if s.name != "package"]
+    lines += ["", "## Re-run", "", "The export:", "", "    " + shlex.join(manifest["command"]), ""]
+    if "onnx" in manifest["formats"]:
+        lines += ["The ONNX parity check with Polygraphy alone, from this directory:", "",
+                  "    " + polygraphy_command(tol.atol, tol.rtol), ""]
+    backend = "onnx" if "onnx" in manifest["formats"] else "pt2"
+    lines += ["Loading for deployment (verifies every file's sha256 against manifest.json):", "",
+              "    import mahia.runtime",
+              f"    deployment = mahia.runtime.load('.', backend={backend!r})",
+              "    logits = deployment.run(inputs)  # input_ids, attention_mask, numeric, categorical", ""]
+    return "\n".join(lines)
