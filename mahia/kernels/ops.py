@@ -1,7 +1,9 @@
 """The `mahia::` custom ops: the model's hot ops as single nodes for torch.export.
 
-Each op's implementation on every device is its pure-PyTorch reference (mahia.kernels.reference);
-device kernels (Triton) register on top of that for CUDA. Each has a fake (meta) implementation for
+Each op is a `torch.library.triton_op`: on CUDA tensors (half, bfloat16, float32) it launches its
+Triton kernel (mahia.kernels.triton, imported on first use) through `wrap_triton`, so torch.compile
+and AOTInductor see and embed the kernels; on every other device and dtype it runs its pure-PyTorch
+reference (mahia.kernels.reference), the ground truth. Each has a fake (meta) implementation for
 tracing with dynamic shapes, and an autograd formula that recomputes the reference under autograd,
 so training works through the same op the exporter sees.
 """
@@ -16,9 +18,21 @@ from torch import Tensor
 from mahia.kernels import reference
 
 
-@torch.library.custom_op("mahia::long_conv", mutates_args=())
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _use_triton(*tensors: Tensor) -> bool:
+    """The Triton kernel serves CUDA tensors of half, bfloat16 or float32; the reference serves the rest."""
+    return all(t.is_cuda for t in tensors) and tensors[0].dtype in _TRITON_DTYPES
+
+
+@torch.library.triton_op("mahia::long_conv", mutates_args=())
 def long_conv(x: Tensor, filt: Tensor, causal: bool) -> Tensor:
     """FFT long convolution (causal filter [D, L] or two-sided filter [D, 2L-1]) of x [B, D, L]."""
+    if _use_triton(x, filt):
+        from mahia.kernels.triton import long_conv as kernel
+
+        return kernel.long_conv(x, filt, causal)
     return reference.long_conv(x, filt, causal)
 
 
@@ -27,9 +41,13 @@ def _long_conv_fake(x: Tensor, filt: Tensor, causal: bool) -> Tensor:
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("mahia::ssd_scan", mutates_args=())
+@torch.library.triton_op("mahia::ssd_scan", mutates_args=())
 def ssd_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk_size: int) -> Tensor:
     """Mamba-2 SSD scan: x [B, L, H, P], dt [B, L, H], a [H], b/c [B, L, N] -> y [B, L, H, P]."""
+    if _use_triton(x, dt, a, b, c):
+        from mahia.kernels.triton import ssd_scan as kernel
+
+        return kernel.ssd_scan(x, dt, a, b, c, chunk_size)
     return reference.ssd_scan(x, dt, a, b, c, chunk_size)
 
 
@@ -38,10 +56,14 @@ def _ssd_scan_fake(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("mahia::moe_ffn", mutates_args=())
+@torch.library.triton_op("mahia::moe_ffn", mutates_args=())
 def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tensor,
             top_k: int, capacity_factor: float) -> Tensor:
     """Top-k routed SwiGLU experts with weighted combine: x [T, D] -> y [T, D]."""
+    if _use_triton(x, router_logits, mask, w1, w2) and w1.dtype == w2.dtype == x.dtype:
+        from mahia.kernels.triton import moe_ffn as kernel
+
+        return kernel.moe_ffn(x, router_logits, mask, w1, w2, top_k, capacity_factor)
     return reference.moe_ffn(x, router_logits, mask, w1, w2, top_k, capacity_factor)
 
 
@@ -49,6 +71,21 @@ def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tens
 def _moe_ffn_fake(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tensor,
                   top_k: int, capacity_factor: float) -> Tensor:
     return torch.empty_like(x)
+
+
+@torch.library.triton_op("mahia::gate_combine", mutates_args=())
+def gate_combine(branches: Tensor, gate_logits: Tensor) -> Tensor:
+    """Meta-gate: softmax over 3 branch logits [B, L, 3], weighted sum of branches [B, L, D, 3]."""
+    if _use_triton(branches, gate_logits):
+        from mahia.kernels.triton import gate_combine as kernel
+
+        return kernel.gate_combine(branches, gate_logits)
+    return reference.gate_combine(branches, gate_logits)
+
+
+@gate_combine.register_fake
+def _gate_combine_fake(branches: Tensor, gate_logits: Tensor) -> Tensor:
+    return branches.new_empty(branches.shape[:-1])
 
 
 def _register_recompute_autograd(op: torch._library.custom_ops.CustomOpDef, fn: Callable[..., Tensor],
@@ -79,3 +116,4 @@ def _register_recompute_autograd(op: torch._library.custom_ops.CustomOpDef, fn: 
 _register_recompute_autograd(long_conv, reference.long_conv, num_tensor_args=2)
 _register_recompute_autograd(ssd_scan, reference.ssd_scan, num_tensor_args=5)
 _register_recompute_autograd(moe_ffn, reference.moe_ffn, num_tensor_args=5)
+_register_recompute_autograd(gate_combine, reference.gate_combine, num_tensor_args=2)

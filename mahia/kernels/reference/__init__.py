@@ -1,7 +1,8 @@
 """Pure-PyTorch references of the hot ops: the ground truth every kernel and lowering is held to."""
 
+from mahia.kernels.reference.gate_combine import gate_combine
 from mahia.kernels.reference.long_conv import long_conv
 from mahia.kernels.reference.moe_ffn import moe_ffn, route_tokens
 from mahia.kernels.reference.ssd_scan import ssd_scan
 
-__all__ = ["long_conv", "moe_ffn", "route_tokens", "ssd_scan"]
+__all__ = ["gate_combine", "long_conv", "moe_ffn", "route_tokens", "ssd_scan"]

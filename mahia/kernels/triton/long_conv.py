@@ -1,0 +1,90 @@
+"""Triton kernel for `mahia::long_conv`: direct long convolution as block-Toeplitz matmuls.
+
+Split time into blocks of K. For one channel, output block t1 is sum over block lags delta of
+H_delta @ x_block(t1 - delta), where H_delta[i, j] = filt[delta*K + i - j (+ L - 1 if two-sided)] is
+a K x K Toeplitz tile. A program owns one channel and NT consecutive output blocks for a group of
+batch rows; the columns of its matmul are (batch, output block) pairs, so each Toeplitz tile (read
+from the L1-resident filter) is reused across BLOCK_N columns and the products run on tensor cores.
+Work is L^2 * B per channel (half of it for a causal filter) instead of the FFT's O(L log L), but on
+tensor cores and in one pass over memory, which wins for L <= 4096 (numbers in benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from mahia.kernels.triton.launch import dot_precision, mma_dtype, traceable
+
+
+@triton.jit
+def long_conv_kernel(x_ptr, filt_ptr, out_ptr, batch, length, filt_len, filt_shift,
+                     stride_xb, stride_xd, stride_fd,
+                     CAUSAL: tl.constexpr, BLOCK_K: tl.constexpr, NT: tl.constexpr, BLOCK_N: tl.constexpr,
+                     MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """y[b, d, t] = sum_s filt[d, t - s + filt_shift] * x[b, d, s] over the filter's support."""
+    d = tl.program_id(0)
+    t1_first = tl.program_id(1) * NT
+    b_first = tl.program_id(2) * (BLOCK_N // NT)
+    num_blocks = tl.cdiv(length, BLOCK_K)
+
+    rows = tl.arange(0, BLOCK_K)  # position inside a time block (t2 for outputs, s2 for inputs)
+    cols = tl.arange(0, BLOCK_N)
+    col_b = b_first + cols // NT
+    col_t1 = t1_first + cols % NT
+    col_ok = col_b < batch
+    x_base = x_ptr + d * stride_xd + col_b * stride_xb  # [BLOCK_N]
+    f_base = filt_ptr + d * stride_fd
+    toeplitz = rows[:, None] - rows[None, :]  # i - j
+
+    if CAUSAL:
+        lag_lo = 0
+    else:
+        lag_lo = t1_first - num_blocks + 1
+    lag_hi = t1_first + NT  # exclusive; source block t1 - delta must be >= 0 for some column
+
+    acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+    for delta in range(lag_lo, lag_hi):
+        f_idx = delta * BLOCK_K + toeplitz + filt_shift
+        tile = tl.load(f_base + f_idx, mask=(f_idx >= 0) & (f_idx < filt_len), other=0.0)
+        src = (col_t1 - delta) * BLOCK_K  # [BLOCK_N] first source position of each column
+        s = src[None, :] + rows[:, None]
+        xs = tl.load(x_base[None, :] + s, mask=col_ok[None, :] & (s >= 0) & (s < length), other=0.0)
+        acc = tl.dot(tile.to(MMA), xs.to(MMA), acc, input_precision=DOT_PRECISION)
+
+    t = col_t1[None, :] * BLOCK_K + rows[:, None]
+    tl.store(out_ptr + d * stride_xd + col_b[None, :] * stride_xb + t, acc.to(out_ptr.dtype.element_ty),
+             mask=col_ok[None, :] & (t < length))
+
+
+def choose_config(batch: int, length: int) -> dict[str, int]:
+    """Tile sizes by shape bucket (chosen on the H100; no autotuning at call time)."""
+    block_k = 64 if length >= 256 else 16
+    num_blocks = triton.cdiv(length, block_k)
+    nt = min(16, triton.next_power_of_2(num_blocks))
+    rows_per_program = max(1, min(triton.next_power_of_2(batch), 128 // nt))
+    block_n = max(16, nt * rows_per_program)
+    return {"BLOCK_K": block_k, "NT": nt, "BLOCK_N": block_n, "num_warps": 4 if block_k * block_n <= 4096 else 8,
+            "num_stages": 2}
+
+
+def long_conv(x: Tensor, filt: Tensor, causal: bool, config: dict[str, int] | None = None) -> Tensor:
+    """Launch the kernel: x [B, D, L], filt [D, L] (causal) or [D, 2L-1] (two-sided) -> [B, D, L]."""
+    batch, channels, length = x.shape
+    x = x.contiguous()
+    filt = filt.contiguous()
+    out = torch.empty_like(x)
+    if out.numel() == 0:
+        return out
+    cfg = config or choose_config(batch, length)
+    num_blocks = triton.cdiv(length, cfg["BLOCK_K"])
+    rows_per_program = cfg["BLOCK_N"] // cfg["NT"]
+    grid = (channels, triton.cdiv(num_blocks, cfg["NT"]), triton.cdiv(batch, rows_per_program))
+    traceable(long_conv_kernel)[grid](
+        x, filt, out, batch, length, filt.shape[1], 0 if causal else length - 1,
+        x.stride(0), x.stride(1), filt.stride(0),
+        CAUSAL=causal, BLOCK_K=cfg["BLOCK_K"], NT=cfg["NT"], BLOCK_N=cfg["BLOCK_N"],
+        MMA=mma_dtype(x.dtype, long_conv_kernel), DOT_PRECISION=dot_precision(x.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return out

@@ -1,0 +1,257 @@
+"""Triton kernels for `mahia::moe_ffn`: routing, block-aligned permutation, grouped SwiGLU, combine.
+
+Four launches, all deterministic (no atomics; every output element has one writer, sums run in a
+fixed order):
+1. `moe_route_kernel` (one program): softmax router, top-k, renormalise, capacity (rank-major queue,
+   as in the reference), then the permutation: assignments grouped by expert, each expert's segment
+   padded to a multiple of BLOCK_M so that a row block belongs to one expert (`block_expert`).
+2. `moe_up_kernel`: per row block, x rows gathered by token, times the expert's gate and up rows
+   (both accumulated in one pass over D), silu(gate) * up written in permuted row order.
+3. `moe_down_kernel`: those rows times the expert's down matrix, scattered to one row per
+   assignment (token * k + slot).
+4. `moe_combine_kernel`: y[t] = sum over kept slots of weight * expert row, in float32, slot order.
+The row-block grid is sized for the worst case (T*k + E*(BLOCK_M-1) rows); blocks past the used
+rows exit at once, so there is no host synchronisation.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from mahia.kernels.triton.launch import dot_precision, mma_dtype, traceable
+
+
+@triton.jit
+def moe_route_kernel(logits_ptr, mask_ptr, capacity_factor_ptr, weights_ptr, experts_ptr, queue_ptr,
+                     sorted_ids_ptr, block_expert_ptr, num_tokens, num_experts, max_rows,
+                     K: tl.constexpr, E_PAD: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
+                     BLOCK_M: tl.constexpr, CAPACITY_LIMITED: tl.constexpr):
+    """Routing and permutation for all tokens, in one program (see the module docstring)."""
+    cols = tl.arange(0, E_PAD)
+    col_ok = cols < num_experts
+    slots = tl.arange(0, K_PAD)
+    num_assign = num_tokens * K
+
+    # Top-k of the softmax, renormalised; count the real tokens.
+    valid = 0
+    for t0 in range(0, num_tokens, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        t_ok = t < num_tokens
+        valid += tl.sum((tl.load(mask_ptr + t, mask=t_ok, other=0) != 0).to(tl.int32), axis=0)
+        logits = tl.load(logits_ptr + t[:, None] * num_experts + cols[None, :],
+                         mask=t_ok[:, None] & col_ok[None, :], other=float("-inf")).to(tl.float32)
+        logits = tl.where(col_ok[None, :], logits, float("-inf"))
+        peak = tl.where(t_ok, tl.max(logits, axis=1), 0.0)
+        probs = tl.exp(logits - peak[:, None])
+        probs = probs / tl.sum(probs, axis=1)[:, None]
+        probs = tl.where(col_ok[None, :], probs, -1.0)
+        top_vals = tl.zeros((BLOCK_T, K_PAD), dtype=tl.float32)
+        top_idx = tl.zeros((BLOCK_T, K_PAD), dtype=tl.int32)
+        for r in tl.static_range(K):
+            best = tl.max(probs, axis=1)
+            # Lowest expert index among ties, as a deterministic rule.
+            idx = tl.min(tl.where(probs == best[:, None], cols[None, :], E_PAD), axis=1)
+            top_vals = tl.where(slots[None, :] == r, best[:, None], top_vals)
+            top_idx = tl.where(slots[None, :] == r, idx[:, None], top_idx)
+            probs = tl.where(cols[None, :] == idx[:, None], -1.0, probs)
+        weights = top_vals / tl.sum(top_vals, axis=1)[:, None]
+        out_ok = t_ok[:, None] & (slots < K)[None, :]
+        tl.store(weights_ptr + t[:, None] * K + slots[None, :], weights, mask=out_ok)
+        tl.store(experts_ptr + t[:, None] * K + slots[None, :], top_idx, mask=out_ok)
+    tl.debug_barrier()
+
+    if CAPACITY_LIMITED:
+        # Same arithmetic order as the reference: ceil(capacity_factor * valid * k / E) in float64.
+        raw = tl.load(capacity_factor_ptr) * valid.to(tl.float64) * K / num_experts
+        capacity = raw.to(tl.int32)
+        capacity += (capacity.to(tl.float64) < raw).to(tl.int32)
+    else:
+        capacity = num_assign
+
+    # Queue position of each assignment at its expert: rank-major, then token order.
+    running = tl.zeros((E_PAD,), dtype=tl.int32)
+    for r in range(0, K):
+        for t0 in range(0, num_tokens, BLOCK_T):
+            t = t0 + tl.arange(0, BLOCK_T)
+            t_ok = t < num_tokens
+            real = t_ok & (tl.load(mask_ptr + t, mask=t_ok, other=0) != 0)
+            e = tl.load(experts_ptr + t * K + r, mask=t_ok, other=0)
+            onehot = ((e[:, None] == cols[None, :]) & real[:, None]).to(tl.int32)
+            before = tl.cumsum(onehot, axis=0) - onehot + running[None, :]
+            position = tl.sum(onehot * before, axis=1)
+            keep = real & (position < capacity)
+            tl.store(queue_ptr + t * K + r, tl.where(keep, position, -1), mask=t_ok)
+            running += tl.sum(onehot, axis=0)
+    tl.debug_barrier()
+
+    # Segment of each expert in the permuted rows, padded to BLOCK_M.
+    kept = tl.minimum(running, capacity)
+    padded = tl.cdiv(kept, BLOCK_M) * BLOCK_M
+    ends = tl.cumsum(padded, axis=0)
+    starts = ends - padded
+    used_rows = tl.sum(padded, axis=0)
+    for r0 in range(0, max_rows, BLOCK_T):
+        rows = r0 + tl.arange(0, BLOCK_T)
+        tl.store(sorted_ids_ptr + rows, num_assign, mask=rows < max_rows)
+        first_rows = rows * BLOCK_M
+        owner = tl.sum(((ends[None, :] <= first_rows[:, None]) & col_ok[None, :]).to(tl.int32), axis=1)
+        owner = tl.where(first_rows < used_rows, owner, -1)
+        tl.store(block_expert_ptr + rows, owner, mask=rows < max_rows // BLOCK_M)
+    tl.debug_barrier()
+    for r in range(0, K):
+        for t0 in range(0, num_tokens, BLOCK_T):
+            t = t0 + tl.arange(0, BLOCK_T)
+            t_ok = t < num_tokens
+            position = tl.load(queue_ptr + t * K + r, mask=t_ok, other=-1)
+            e = tl.load(experts_ptr + t * K + r, mask=t_ok, other=0)
+            start = tl.sum(tl.where(e[:, None] == cols[None, :], starts[None, :], 0), axis=1)
+            tl.store(sorted_ids_ptr + start + position, t * K + r, mask=t_ok & (position >= 0))
+
+
+@triton.jit
+def moe_up_kernel(x_ptr, w1_ptr, sorted_ids_ptr, block_expert_ptr, act_ptr, num_assign, d_model, hidden,
+                  stride_we, K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """act[row, n] = silu(x[token] . w1[e, n]) * (x[token] . w1[e, H + n]) for one row block."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    expert = tl.load(block_expert_ptr + pid_m)
+    if expert < 0:
+        return
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    ids = tl.load(sorted_ids_ptr + rows)
+    row_ok = ids < num_assign
+    token = ids // K
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < hidden
+    w_base = w1_ptr + expert.to(tl.int64) * stride_we
+    acc_gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, d_model, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < d_model
+        xs = tl.load(x_ptr + token.to(tl.int64)[:, None] * d_model + k[None, :],
+                     mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(MMA)
+        wg = tl.load(w_base + n[None, :] * d_model + k[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)
+        wu = tl.load(w_base + (n + hidden)[None, :] * d_model + k[:, None],
+                     mask=n_ok[None, :] & k_ok[:, None], other=0.0)
+        acc_gate = tl.dot(xs, wg.to(MMA), acc_gate, input_precision=DOT_PRECISION)
+        acc_up = tl.dot(xs, wu.to(MMA), acc_up, input_precision=DOT_PRECISION)
+    act = acc_gate / (1.0 + tl.exp(-acc_gate)) * acc_up
+    tl.store(act_ptr + rows.to(tl.int64)[:, None] * hidden + n[None, :], act.to(act_ptr.dtype.element_ty),
+             mask=n_ok[None, :])
+
+
+@triton.jit
+def moe_down_kernel(act_ptr, w2_ptr, sorted_ids_ptr, block_expert_ptr, out_ptr, num_assign, d_model, hidden,
+                    stride_we, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """out[assignment, n] = act[row] . w2[e, n] for one row block, scattered to assignment rows."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    expert = tl.load(block_expert_ptr + pid_m)
+    if expert < 0:
+        return
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    ids = tl.load(sorted_ids_ptr + rows)
+    row_ok = ids < num_assign
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < d_model
+    w_base = w2_ptr + expert.to(tl.int64) * stride_we
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, hidden, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < hidden
+        a = tl.load(act_ptr + rows.to(tl.int64)[:, None] * hidden + k[None, :], mask=k_ok[None, :], other=0.0)
+        w = tl.load(w_base + n[None, :] * hidden + k[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)
+        acc = tl.dot(a.to(MMA), w.to(MMA), acc, input_precision=DOT_PRECISION)
+    tl.store(out_ptr + ids.to(tl.int64)[:, None] * d_model + n[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def moe_combine_kernel(expert_out_ptr, weights_ptr, queue_ptr, y_ptr, num_tokens, d_model,
+                       K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """y[t] = sum over kept slots r (in order) of weights[t, r] * expert_out[t * K + r], float32."""
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    t_ok = t < num_tokens
+    d_ok = d < d_model
+    acc = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
+    for r in tl.static_range(K):
+        keep = t_ok & (tl.load(queue_ptr + t * K + r, mask=t_ok, other=-1) >= 0)
+        w = tl.load(weights_ptr + t * K + r, mask=keep, other=0.0)
+        rows = tl.load(expert_out_ptr + (t.to(tl.int64) * K + r)[:, None] * d_model + d[None, :],
+                       mask=keep[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+        acc += w[:, None] * rows
+    tl.store(y_ptr + t.to(tl.int64)[:, None] * d_model + d[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=t_ok[:, None] & d_ok[None, :])
+
+
+# Tile configs per bucket of routed rows (tokens * k), chosen on the H100 (benchmarks/RESULTS.md).
+CONFIGS = (
+    # (max rows, up: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages), down: (BLOCK_N, BLOCK_K, warps, stages))
+    (256, {"BLOCK_M": 16, "up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}),
+    (4096, {"BLOCK_M": 64, "up": (64, 64, 4, 4), "down": (64, 64, 4, 4)}),
+    (None, {"BLOCK_M": 128, "up": (64, 64, 8, 4), "down": (128, 64, 8, 3)}),
+)
+
+
+def choose_config(num_rows: int) -> dict[str, object]:
+    """The tile config for this many routed rows (tokens * k)."""
+    for limit, cfg in CONFIGS:
+        if limit is None or num_rows <= limit:
+            return cfg
+    raise AssertionError("unreachable: the last bucket has no limit")
+
+
+def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tensor, top_k: int,
+            capacity_factor: float, config: dict[str, object] | None = None) -> Tensor:
+    """Launch the four kernels: x [T, D], router_logits [T, E], mask [T], w1 [E, 2H, D], w2 [E, D, H]."""
+    num_tokens, d_model = x.shape
+    num_experts, two_h, _ = w1.shape
+    hidden = two_h // 2
+    k = min(top_k, num_experts)
+    x, router_logits, w1, w2 = (t.contiguous() for t in (x, router_logits, w1, w2))
+    mask = mask.contiguous()
+    y = torch.empty_like(x)
+    if num_tokens == 0:
+        return y
+    cfg = config or choose_config(num_tokens * k)
+    block_m = cfg["BLOCK_M"]
+    max_rows = triton.cdiv(num_tokens * k + num_experts * (block_m - 1), block_m) * block_m
+    max_blocks = max_rows // block_m
+    device = x.device
+    weights = torch.empty(num_tokens, k, dtype=torch.float32, device=device)
+    experts = torch.empty(num_tokens, k, dtype=torch.int32, device=device)
+    queue = torch.empty(num_tokens, k, dtype=torch.int32, device=device)
+    sorted_ids = torch.empty(max_rows, dtype=torch.int32, device=device)
+    block_expert = torch.empty(max_blocks, dtype=torch.int32, device=device)
+    factor = torch.full((1,), float(capacity_factor), dtype=torch.float64, device=device)
+    traceable(moe_route_kernel)[(1,)](
+        router_logits, mask, factor, weights, experts, queue, sorted_ids, block_expert,
+        num_tokens, num_experts, max_rows, K=k, E_PAD=max(2, triton.next_power_of_2(num_experts)),
+        K_PAD=max(2, triton.next_power_of_2(k)), BLOCK_T=256, BLOCK_M=block_m,
+        CAPACITY_LIMITED=capacity_factor > 0, num_warps=4)
+
+    mma = mma_dtype(x.dtype, moe_up_kernel)
+    precision = dot_precision(x.dtype)
+    act = torch.empty(max_rows, hidden, dtype=x.dtype, device=device)
+    bn, bk, warps, stages = cfg["up"]
+    traceable(moe_up_kernel)[(max_blocks, triton.cdiv(hidden, bn))](
+        x, w1, sorted_ids, block_expert, act, num_tokens * k, d_model, hidden, w1.stride(0),
+        K=k, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, MMA=mma, DOT_PRECISION=precision,
+        num_warps=warps, num_stages=stages)
+    expert_out = torch.empty(num_tokens * k, d_model, dtype=x.dtype, device=device)
+    bn, bk, warps, stages = cfg["down"]
+    traceable(moe_down_kernel)[(max_blocks, triton.cdiv(d_model, bn))](
+        act, w2, sorted_ids, block_expert, expert_out, num_tokens * k, d_model, hidden, w2.stride(0),
+        BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, MMA=mma, DOT_PRECISION=precision,
+        num_warps=warps, num_stages=stages)
+    block_d = min(256, triton.next_power_of_2(d_model))
+    traceable(moe_combine_kernel)[(triton.cdiv(num_tokens, 8), triton.cdiv(d_model, block_d))](
+        expert_out, weights, queue, y, num_tokens, d_model, K=k, BLOCK_T=8, BLOCK_D=block_d, num_warps=4)
+    return y

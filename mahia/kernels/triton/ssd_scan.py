@@ -1,0 +1,212 @@
+"""Triton kernels for `mahia::ssd_scan`: the Mamba-2 chunked scan in three launches.
+
+With Q the chunk length, per batch b, chunk c and head h (A = a[h] * dt, cumsum within the chunk):
+1. `ssd_chunk_cb`: CB[b, c] = C_c B_c^T, [Q, Q], shared by all heads (one B/C group).
+2. `ssd_chunk_states`: one program per (b, h, P-tile, N-tile) walks the chunks in order: it stores
+   the state entering chunk c, then adds the chunk's own contribution
+   sum_l exp(A_end - A_l) dt_l x_l B_l^T to the decayed running state (chunk states and state
+   passing in one pass, so per-chunk states never round-trip through memory).
+3. `ssd_chunk_output`: y_l = exp(A_l) C_l S_c^T + sum_{s <= l} CB[l, s] exp(A_l - A_s) dt_s x_s.
+The result does not depend on the chunk length (only rounding does), so the kernels use the op's
+chunk_size when it is a power of two in [16, 256] and 64 otherwise. Positions past L get dt = 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from mahia.kernels.triton.launch import dot_precision, mma_dtype, traceable
+
+
+@triton.jit
+def ssd_chunk_cb_kernel(b_ptr, c_ptr, cb_ptr, length, state, num_chunks,
+                        stride_bb, stride_bt, stride_cb, stride_ct,
+                        Q: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
+                        MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """cb[b, c, l, s] = sum_n C[b, cQ + l, n] B[b, cQ + s, n] (float32), lower block triangle only."""
+    pid_bc = tl.program_id(0)
+    blk_l = tl.program_id(1)
+    blk_s = tl.program_id(2)
+    if blk_s > blk_l:
+        return
+    batch = pid_bc // num_chunks
+    chunk = pid_bc % num_chunks
+    rows_l = blk_l * BLOCK + tl.arange(0, BLOCK)
+    rows_s = blk_s * BLOCK + tl.arange(0, BLOCK)
+    t_l = chunk * Q + rows_l
+    t_s = chunk * Q + rows_s
+    acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
+    for n0 in range(0, state, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        cl = tl.load(c_ptr + batch * stride_cb + t_l[:, None] * stride_ct + n[None, :],
+                     mask=(t_l < length)[:, None] & (n < state)[None, :], other=0.0)
+        bs = tl.load(b_ptr + batch * stride_bb + t_s[None, :] * stride_bt + n[:, None],
+                     mask=(t_s < length)[None, :] & (n < state)[:, None], other=0.0)
+        acc = tl.dot(cl.to(MMA), bs.to(MMA), acc, input_precision=DOT_PRECISION)
+    tl.store(cb_ptr + pid_bc * Q * Q + rows_l[:, None] * Q + rows_s[None, :], acc)
+
+
+@triton.jit
+def ssd_chunk_states_kernel(x_ptr, dt_ptr, a_ptr, b_ptr, states_ptr, length, heads, head_dim, state, num_chunks,
+                            stride_xb, stride_xt, stride_xh, stride_dtb, stride_dtt, stride_bb, stride_bt,
+                            Q: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+                            MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """states[b, c, h] = state entering chunk c, [P, N] float32, by a sequential pass over chunks."""
+    pid_bh = tl.program_id(0)
+    batch = pid_bh // heads
+    head = pid_bh % heads
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
+    a = tl.load(a_ptr + head).to(tl.float32)
+    pos_q = tl.arange(0, Q)
+    x_base = x_ptr + batch * stride_xb + head * stride_xh
+    dt_base = dt_ptr + batch * stride_dtb + head
+    b_base = b_ptr + batch * stride_bb
+    running = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    out_base = states_ptr + (pid_bh // heads * num_chunks * heads + head) * head_dim * state
+    for chunk in range(0, num_chunks):
+        out = out_base + chunk * heads * head_dim * state
+        tl.store(out + p[:, None] * state + n[None, :], running,
+                 mask=(p < head_dim)[:, None] & (n < state)[None, :])
+        t_all = chunk * Q + pos_q
+        dt_all = tl.load(dt_base + t_all * stride_dtt, mask=t_all < length, other=0.0).to(tl.float32)
+        total = tl.sum(dt_all * a, axis=0)
+        prefix = 0.0
+        local = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+        for q0 in range(0, Q, BLOCK_Q):
+            t = chunk * Q + q0 + tl.arange(0, BLOCK_Q)
+            t_ok = t < length
+            dt = tl.load(dt_base + t * stride_dtt, mask=t_ok, other=0.0).to(tl.float32)
+            cums = prefix + tl.cumsum(dt * a, axis=0)
+            prefix += tl.sum(dt * a, axis=0)
+            weight = tl.exp(total - cums) * dt
+            xs = tl.load(x_base + t[None, :] * stride_xt + p[:, None],
+                         mask=t_ok[None, :] & (p < head_dim)[:, None], other=0.0).to(tl.float32)
+            xs = (xs * weight[None, :]).to(MMA)
+            bs = tl.load(b_base + t[:, None] * stride_bt + n[None, :],
+                         mask=t_ok[:, None] & (n < state)[None, :], other=0.0)
+            local = tl.dot(xs, bs.to(MMA), local, input_precision=DOT_PRECISION)
+        running = running * tl.exp(total) + local
+
+
+@triton.jit
+def ssd_chunk_output_kernel(x_ptr, dt_ptr, a_ptr, c_ptr, cb_ptr, states_ptr, y_ptr,
+                            length, heads, head_dim, state, num_chunks,
+                            stride_xb, stride_xt, stride_xh, stride_dtb, stride_dtt, stride_cb, stride_ct,
+                            Q: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+                            MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """y for BLOCK_L positions of one chunk and head: state term + causal intra-chunk term."""
+    pid = tl.program_id(0)  # (batch, chunk, head), head fastest so the heads of a chunk share CB in L2
+    head = pid % heads
+    chunk = (pid // heads) % num_chunks
+    batch = pid // (heads * num_chunks)
+    blk_l = tl.program_id(1)
+    p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_ok = p < head_dim
+    a = tl.load(a_ptr + head).to(tl.float32)
+    dt_base = dt_ptr + batch * stride_dtb + head
+    x_base = x_ptr + batch * stride_xb + head * stride_xh
+
+    # Cumulative decay at the output rows: everything before the block, then the block's own cumsum.
+    pos_q = tl.arange(0, Q)
+    t_all = chunk * Q + pos_q
+    dt_all = tl.load(dt_base + t_all * stride_dtt, mask=t_all < length, other=0.0).to(tl.float32)
+    before = tl.sum(tl.where(pos_q < blk_l * BLOCK_L, dt_all * a, 0.0), axis=0)
+    rows = blk_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    t_l = chunk * Q + rows
+    l_ok = t_l < length
+    dt_l = tl.load(dt_base + t_l * stride_dtt, mask=l_ok, other=0.0).to(tl.float32)
+    cums_l = before + tl.cumsum(dt_l * a, axis=0)
+
+    # State entering the chunk, read through C.
+    acc = tl.zeros((BLOCK_L, BLOCK_P), dtype=tl.float32)
+    s_base = states_ptr + (pid // heads * heads + head) * head_dim * state
+    for n0 in range(0, state, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        cl = tl.load(c_ptr + batch * stride_cb + t_l[:, None] * stride_ct + n[None, :],
+                     mask=l_ok[:, None] & (n < state)[None, :], other=0.0)
+        st = tl.load(s_base + p[None, :] * state + n[:, None], mask=p_ok[None, :] & (n < state)[:, None], other=0.0)
+        acc = tl.dot(cl.to(MMA), st.to(MMA), acc, input_precision=DOT_PRECISION)
+    acc = acc * tl.exp(cums_l)[:, None]
+
+    # Causal intra-chunk term, source blocks up to and including the diagonal one.
+    cb_base = cb_ptr + (batch * num_chunks + chunk) * Q * Q
+    prefix = 0.0
+    for blk_s in range(0, blk_l + 1):
+        cols = blk_s * BLOCK_L + tl.arange(0, BLOCK_L)
+        t_s = chunk * Q + cols
+        s_ok = t_s < length
+        dt_s = tl.load(dt_base + t_s * stride_dtt, mask=s_ok, other=0.0).to(tl.float32)
+        cums_s = prefix + tl.cumsum(dt_s * a, axis=0)
+        prefix += tl.sum(dt_s * a, axis=0)
+        cb = tl.load(cb_base + rows[:, None] * Q + cols[None, :])
+        causal = rows[:, None] >= cols[None, :]
+        decay = tl.exp(tl.where(causal, cums_l[:, None] - cums_s[None, :], float("-inf")))
+        scores = (cb * decay * dt_s[None, :]).to(MMA)
+        xs = tl.load(x_base + t_s[:, None] * stride_xt + p[None, :], mask=s_ok[:, None] & p_ok[None, :], other=0.0)
+        acc = tl.dot(scores, xs.to(MMA), acc, input_precision=DOT_PRECISION)
+
+    y_base = y_ptr + batch * stride_xb + head * stride_xh
+    tl.store(y_base + t_l[:, None] * stride_xt + p[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=l_ok[:, None] & p_ok[None, :])
+
+
+def kernel_chunk(chunk_size: int) -> int:
+    """The chunk length the kernels use: the op's when a power of two in [16, 256], else 64."""
+    if 16 <= chunk_size <= 256 and chunk_size & (chunk_size - 1) == 0:
+        return chunk_size
+    return 64
+
+
+# Tile sizes (chosen on the H100, see benchmarks/RESULTS.md).
+CONFIG = {
+    "cb": {"BLOCK": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
+    "states": {"BLOCK_Q": 64, "BLOCK_P": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
+    "output": {"BLOCK_L": 64, "BLOCK_P": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
+}
+
+
+def ssd_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk_size: int) -> Tensor:
+    """Launch the three kernels: x [B, L, H, P], dt [B, L, H], a [H], b/c [B, L, N] -> y [B, L, H, P]."""
+    batch, length, heads, head_dim = x.shape
+    state = b.shape[-1]
+    x, dt, a, b, c = (t if t.stride(-1) == 1 else t.contiguous() for t in (x, dt, a, b, c))
+    if x.stride(2) != head_dim:
+        x = x.contiguous()
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if y.numel() == 0:
+        return y
+    q = kernel_chunk(chunk_size)
+    num_chunks = triton.cdiv(length, q)
+    mma = mma_dtype(x.dtype, ssd_chunk_output_kernel)
+    precision = dot_precision(x.dtype)
+    block = min(CONFIG["cb"]["BLOCK"], q)
+    blk_p = min(CONFIG["states"]["BLOCK_P"], max(16, triton.next_power_of_2(head_dim)))
+    blk_n = min(CONFIG["states"]["BLOCK_N"], max(16, triton.next_power_of_2(state)))
+
+    cb = torch.empty(batch, num_chunks, q, q, dtype=torch.float32, device=x.device)
+    cfg = CONFIG["cb"]
+    traceable(ssd_chunk_cb_kernel)[(batch * num_chunks, q // block, q // block)](
+        b, c, cb, length, state, num_chunks, b.stride(0), b.stride(1), c.stride(0), c.stride(1),
+        Q=q, BLOCK=block, BLOCK_N=blk_n, MMA=mma, DOT_PRECISION=precision,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+    states = torch.empty(batch, num_chunks, heads, head_dim, state, dtype=torch.float32, device=x.device)
+    cfg = CONFIG["states"]
+    traceable(ssd_chunk_states_kernel)[(batch * heads, triton.cdiv(head_dim, blk_p), triton.cdiv(state, blk_n))](
+        x, dt, a, b, states, length, heads, head_dim, state, num_chunks,
+        x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), b.stride(0), b.stride(1),
+        Q=q, BLOCK_Q=min(cfg["BLOCK_Q"], q), BLOCK_P=blk_p, BLOCK_N=blk_n, MMA=mma, DOT_PRECISION=precision,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+    cfg = CONFIG["output"]
+    block_l = min(cfg["BLOCK_L"], q)
+    traceable(ssd_chunk_output_kernel)[(batch * num_chunks * heads, q // block_l, triton.cdiv(head_dim, blk_p))](
+        x, dt, a, c, cb, states, y, length, heads, head_dim, state, num_chunks,
+        x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), c.stride(0), c.stride(1),
+        Q=q, BLOCK_L=block_l, BLOCK_P=blk_p, BLOCK_N=blk_n, MMA=mma, DOT_PRECISION=precision,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return y

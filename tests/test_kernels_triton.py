@@ -1,0 +1,185 @@
+"""The Triton kernels against their references, on the CPU under the Triton interpreter.
+
+The one environment switch: TRITON_INTERPRET=1, read by triton when it is first imported (its own
+library functions are decorated then) and by triton.jit when it decorates our kernels. This module
+sets it before importing triton. If triton was already imported in this process without it (another
+test module imported torch.library.triton_op ops first), the kernels cannot run interpreted here:
+the tests below skip saying so, and `test_interpreter_suite_in_subprocess` runs this same file in a
+fresh interpreter with TRITON_INTERPRET=1. Setting TRITON_INTERPRET=1 for the whole test session
+(tests/conftest.py or the Makefile) runs them in-process instead.
+Shapes are small (the interpreter runs each program in numpy); inputs are fresh random draws, with
+the seed in every failure message; the metric is ||out - ref|| / ||ref|| against float64.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+os.environ["TRITON_INTERPRET"] = "1"
+pytest.importorskip("triton")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+from mahia.kernels import reference  # noqa: E402
+
+INTERPRETED = not isinstance(tl.standard.sum, JITFunction)
+if INTERPRETED:
+    from mahia.kernels.triton import gate_combine as gate_kernels
+    from mahia.kernels.triton import long_conv as conv_kernels
+    from mahia.kernels.triton import moe_ffn as moe_kernels
+    from mahia.kernels.triton import ssd_scan as ssd_kernels
+
+    for _module in (gate_kernels, conv_kernels, moe_kernels, ssd_kernels):
+        if any(isinstance(v, JITFunction) for v in vars(_module).values()):
+            importlib.reload(_module)
+
+pytestmark_interpreted = pytest.mark.skipif(
+    not INTERPRETED, reason="triton was imported before TRITON_INTERPRET=1 was set in this process; "
+    "test_interpreter_suite_in_subprocess runs these kernels interpreted")
+
+
+@pytest.mark.skipif(INTERPRETED, reason="the kernels run interpreted in this process already")
+def test_interpreter_suite_in_subprocess():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+                             "-W", "ignore::UserWarning", __file__], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout, result.stdout[-2000:]
+
+
+# Relative error bounds per dtype: output rounding dominates (bf16 ~4e-3, fp16 ~5e-4 per element).
+TOLERANCE = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+DTYPES = list(TOLERANCE)
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    """A generator with a fresh seed (reported on failure through its initial_seed)."""
+    g = torch.Generator()
+    g.seed()
+    return g
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64; NaN anywhere fails."""
+    assert torch.isfinite(out).all(), "non-finite output"
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def randn(gen: torch.Generator, *shape: int, dtype: torch.dtype = torch.float32, scale: float = 1.0) -> torch.Tensor:
+    """Standard normal draws (times scale) rounded to dtype."""
+    return (torch.randn(*shape, generator=gen) * scale).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1, 5), (2, 7, 33), (3, 17, 300)])
+@pytestmark_interpreted
+def test_gate_combine_matches_reference(gen, dtype, shape):
+    batch, length, dim = shape
+    branches = randn(gen, batch, length, dim, 3, dtype=dtype)
+    logits = randn(gen, batch, length, 3, dtype=dtype, scale=2.0)
+    out = gate_kernels.gate_combine(branches, logits)
+    ref = reference.gate_combine(branches.double(), logits.double())
+    assert out.shape == ref.shape and out.dtype == dtype
+    assert rel_error(out, ref) < TOLERANCE[dtype], f"seed {gen.initial_seed()}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("shape", [(1, 3, 1), (2, 3, 17), (3, 2, 64), (2, 2, 300)])
+@pytestmark_interpreted
+def test_long_conv_matches_reference(gen, dtype, causal, shape):
+    batch, channels, length = shape
+    x = randn(gen, batch, channels, length, dtype=dtype)
+    filt = randn(gen, channels, length if causal else 2 * length - 1, dtype=dtype, scale=length ** -0.5)
+    out = conv_kernels.long_conv(x, filt, causal)
+    ref = reference.long_conv(x.double(), filt.double(), causal)
+    assert rel_error(out, ref) < TOLERANCE[dtype], f"seed {gen.initial_seed()}"
+
+
+def ssd_inputs(gen, batch, length, heads, head_dim, state, dtype):
+    """Inputs in the model's ranges: dt = softplus(.) > 0, a < 0."""
+    x = randn(gen, batch, length, heads, head_dim, dtype=dtype)
+    dt = F.softplus(randn(gen, batch, length, heads) - 1.0).to(dtype)
+    a = -(torch.rand(heads, generator=gen) * 4 + 0.5)
+    b = randn(gen, batch, length, state, dtype=dtype, scale=state ** -0.5)
+    c = randn(gen, batch, length, state, dtype=dtype, scale=state ** -0.5)
+    return x, dt, a, b, c
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [
+    (1, 1, 2, 16, 16, 16),    # a single position
+    (2, 17, 2, 16, 16, 16),   # a partial second chunk
+    (1, 70, 3, 24, 20, 32),   # head_dim and state not powers of two
+    (1, 130, 2, 16, 16, 100),  # a chunk size the kernels replace (result does not depend on it)
+])
+@pytestmark_interpreted
+def test_ssd_scan_matches_reference(gen, dtype, shape):
+    batch, length, heads, head_dim, state, chunk = shape
+    x, dt, a, b, c = ssd_inputs(gen, batch, length, heads, head_dim, state, dtype)
+    out = ssd_kernels.ssd_scan(x, dt, a, b, c, chunk)
+    ref = reference.ssd_scan(x.double(), dt.double(), a.double(), b.double(), c.double(), chunk)
+    assert rel_error(out, ref) < TOLERANCE[dtype], f"seed {gen.initial_seed()}"
+
+
+def moe_inputs(gen, tokens, d_model, hidden, experts, dtype):
+    """x, float32 router logits (no ties, which torch.topk breaks arbitrarily), mask, w1, w2."""
+    x = randn(gen, tokens, d_model, dtype=dtype)
+    logits = randn(gen, tokens, experts)
+    mask = torch.rand(tokens, generator=gen) > 0.25
+    mask[0] = True
+    w1 = randn(gen, experts, 2 * hidden, d_model, dtype=dtype, scale=d_model ** -0.5)
+    w2 = randn(gen, experts, d_model, hidden, dtype=dtype, scale=hidden ** -0.5)
+    return x, logits, mask, w1, w2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [
+    # tokens, d_model, hidden, experts, top_k, capacity_factor
+    (1, 32, 48, 4, 2, 0.0),
+    (7, 32, 48, 4, 4, 0.0),     # top_k = num_experts
+    (33, 40, 24, 5, 2, 1.25),   # capacity-limited, odd sizes
+    (64, 32, 32, 8, 1, 1.0),
+    (300, 16, 16, 3, 3, 0.5),   # many drops, more than one routing chunk
+    (20, 16, 16, 3, 5, 0.0),    # top_k > num_experts is clamped
+])
+@pytestmark_interpreted
+def test_moe_ffn_matches_reference(gen, dtype, case):
+    tokens, d_model, hidden, experts, top_k, capacity = case
+    x, logits, mask, w1, w2 = moe_inputs(gen, tokens, d_model, hidden, experts, dtype)
+    out = moe_kernels.moe_ffn(x, logits, mask, w1, w2, top_k, capacity)
+    ref = reference.moe_ffn(x.double(), logits.double(), mask, w1.double(), w2.double(), top_k, capacity)
+    assert rel_error(out, ref) < TOLERANCE[dtype], f"seed {gen.initial_seed()}"
+    assert torch.equal(out[~mask], torch.zeros_like(out[~mask])), "masked tokens must give exactly 0"
+
+
+@pytest.mark.parametrize("block_m", [16, 64])
+@pytestmark_interpreted
+def test_moe_kernels_are_deterministic_and_tile_independent(gen, block_m):
+    x, logits, mask, w1, w2 = moe_inputs(gen, 50, 32, 32, 4, torch.float32)
+    cfg = {"BLOCK_M": block_m, "up": (16, 16, 4, 1), "down": (16, 32, 4, 1)}
+    first = moe_kernels.moe_ffn(x, logits, mask, w1, w2, 2, 1.25, config=cfg)
+    again = moe_kernels.moe_ffn(x, logits, mask, w1, w2, 2, 1.25, config=cfg)
+    assert torch.equal(first, again)
+    ref = reference.moe_ffn(x.double(), logits.double(), mask, w1.double(), w2.double(), 2, 1.25)
+    assert rel_error(first, ref) < TOLERANCE[torch.float32], f"seed {gen.initial_seed()}"
+
+
+@pytestmark_interpreted
+def test_long_conv_tile_configs_agree(gen):
+    x = randn(gen, 3, 2, 70)
+    filt = randn(gen, 2, 70, scale=0.1)
+    ref = reference.long_conv(x.double(), filt.double(), True)
+    for cfg in ({"BLOCK_K": 16, "NT": 2, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1},
+                {"BLOCK_K": 32, "NT": 4, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1}):
+        assert rel_error(conv_kernels.long_conv(x, filt, True, config=cfg), ref) < 2e-5, cfg
