@@ -16,6 +16,7 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
+from typing import BinaryIO
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -109,17 +110,23 @@ class ArtifactDir:
         self.target = target
         self.path = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
 
-    def write_bytes(self, name: str, data: bytes) -> Path:
-        """Write one file into the directory (ArtifactError naming it on disk full or permissions)."""
+    @contextmanager
+    def open_for_write(self, name: str) -> Iterator[BinaryIO]:
+        """A binary file in the directory, flushed to disk on close; disk full or permissions -> ArtifactError."""
         path = self.path / name
         try:
             with open(path, "wb") as f:
-                f.write(data)
+                yield f
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:
             raise ArtifactError(describe_os_error(exc, self.target / name)) from None
-        return path
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        """Write one file into the directory."""
+        with self.open_for_write(name) as f:
+            f.write(data)
+        return self.path / name
 
     def write_json(self, name: str, data: object) -> Path:
         """Write a JSON file (sorted keys, 2-space indent)."""
@@ -135,6 +142,9 @@ class ArtifactDir:
         manifest = {**manifest, "files": self.file_records()}
         self.write_json(MANIFEST, manifest)
         final = self.target if passed else self.target.with_name(self.target.name + FAILED_SUFFIX)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.path, 0o777 & ~umask)  # mkdtemp made it private; the artifact is an ordinary directory
         _replace_dir(self.path, final)
         return final
 

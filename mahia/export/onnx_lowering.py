@@ -11,15 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
 import torch
-
-import mahia.kernels  # noqa: F401  (registers the mahia:: ops this module lowers)
+from onnx import TensorProto
 from onnxscript import opset21 as op
 
+import mahia.kernels  # noqa: F401  (registers the mahia:: ops this module lowers)
+
 OPSET = 21
-FLOAT = 1  # onnx.TensorProto.FLOAT
-INT64 = 7  # onnx.TensorProto.INT64
+FLOAT = TensorProto.FLOAT
+INT64 = TensorProto.INT64
 
 
 def _i64(*values: int):
@@ -122,10 +122,9 @@ def moe_ffn(x, router_logits, mask, w1, w2, top_k: int, capacity_factor: float):
     if capacity_factor > 0:
         raise NotImplementedError("moe_ffn lowering is dropless only (capacity_factor <= 0, the eval-mode "
                                   f"setting); got capacity_factor={capacity_factor}: export the model in eval()")
-    num_experts = w1.shape[0] if hasattr(w1, "shape") and w1.shape is not None else None
-    k = min(top_k, num_experts) if isinstance(num_experts, int) else top_k
     probs = op.Softmax(op.Cast(router_logits, to=FLOAT), axis=-1)
-    top_probs, experts = op.TopK(probs, _i64(k), axis=-1, largest=1, sorted=1)
+    k = op.Min(_i64(top_k), _dim(w1, 0))  # top_k clamped to the number of experts, as in the reference
+    top_probs, experts = op.TopK(probs, k, axis=-1, largest=1, sorted=1)
     weights = op.Div(top_probs, op.ReduceSum(top_probs, _i64(-1), keepdims=1))
     dense = op.ScatterElements(op.Mul(probs, _f32(0.0)), experts, weights, axis=1)
     dense = op.Mul(dense, op.Unsqueeze(op.Cast(mask, to=FLOAT), _i64(1)))  # [T, E]; masked tokens get 0

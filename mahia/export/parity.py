@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mahia.export.config import ShapeProfile, Tolerances
+from mahia.export.config import Tolerances
 from mahia.model import INPUT_NAMES, MahiaX, ModelConfig
 
 EAGER_RUNNER = "eager-pytorch-fp32"
@@ -62,10 +62,11 @@ def save_polygraphy_files(feeds: Sequence[Mapping[str, np.ndarray]], outputs: Se
     from polygraphy.comparator import IterationResult, RunResults
     from polygraphy.json import save_json
 
-    save_json([OrderedDict(feed) for feed in feeds], str(inputs_path))
     results = RunResults()
     results.append((EAGER_RUNNER, [IterationResult(OrderedDict(out), runner_name=EAGER_RUNNER) for out in outputs]))
-    results.save(str(outputs_path))
+    with _quiet_polygraphy():
+        save_json([OrderedDict(feed) for feed in feeds], str(inputs_path))
+        results.save(str(outputs_path))
 
 
 def _pt2_runner(path: Path, input_spec: Mapping[str, tuple[np.dtype, tuple]], name: str):
@@ -79,7 +80,11 @@ def _pt2_runner(path: Path, input_spec: Mapping[str, tuple[np.dtype, tuple]], na
             super().__init__(name=name, prefix="pt2-runner")
 
         def activate_impl(self) -> None:
-            self.module = torch.export.load(str(path)).module()
+            import warnings
+
+            with warnings.catch_warnings():  # torch.export.load warns about weight grouping on CPU-only programs
+                warnings.simplefilter("ignore")
+                self.module = torch.export.load(str(path)).module()
 
         def get_input_metadata_impl(self):
             meta = TensorMetadata()

@@ -11,6 +11,7 @@ import json
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -93,18 +94,20 @@ def artifact_name(config: ModelConfig, precision: Precision, weights: str, cfg: 
     return f"{config.name}-{precision.name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
-def save_onnx(model: onnx.ModelProto, directory: Path) -> list[str]:
+def save_onnx(model: onnx.ModelProto, directory: artifact.ArtifactDir) -> list[str]:
     """Save model.onnx (weights external above the threshold), run the full checker; returns file names."""
     weights = sum(len(t.raw_data) for t in model.graph.initializer)
-    path = directory / ONNX_FILE
     if weights > EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=ONNX_DATA_FILE, size_threshold=1024)
+        try:
+            onnx.save_model(model, str(directory.path / ONNX_FILE), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=ONNX_DATA_FILE, size_threshold=1024)
+        except OSError as exc:
+            raise artifact.ArtifactError(artifact.describe_os_error(exc, directory.target / ONNX_FILE)) from None
         files = [ONNX_FILE, ONNX_DATA_FILE]
     else:
-        path.write_bytes(model.SerializeToString(deterministic=True))
+        directory.write_bytes(ONNX_FILE, model.SerializeToString(deterministic=True))
         files = [ONNX_FILE]
-    stages.check_onnx(path)
+    stages.check_onnx(directory.path / ONNX_FILE)
     return files
 
 
@@ -170,11 +173,13 @@ def _run_stages(cfg: ExportConfig, precision: Precision, formats: tuple[str, ...
         if ONNX in formats:
             if built.onnx is None:
                 raise stages.ExportError(f"precision {precision.name!r} built no ONNX graph")
-            files += save_onnx(built.onnx, directory.path)
+            files += save_onnx(built.onnx, directory)
         if PT2 in formats:
             if built.program is None:
                 raise stages.ExportError(f"precision {precision.name!r} built no ExportedProgram")
-            torch.export.save(built.program, str(directory.path / PT2_FILE))
+            with directory.open_for_write(PT2_FILE) as f, warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "No complete tensor found in the group": CPU-only weights, harmless
+                torch.export.save(built.program, f)
             files.append(PT2_FILE)
         return built, files
 

@@ -94,8 +94,11 @@ def build_fp16(ctx: BuildContext) -> Built:
     if ctx.onnx_fp32 is None:
         raise ValueError("fp16 builds ONNX only: the portable fp32 ONNX is missing")
     blocked = fp16_block_list()
-    converted = float16.convert_float_to_float16(ctx.onnx_fp32, keep_io_types=True, op_block_list=blocked,
+    source = onnx.ModelProto()
+    source.CopyFrom(ctx.onnx_fp32)  # the converter edits its argument in place
+    converted = float16.convert_float_to_float16(source, keep_io_types=True, op_block_list=blocked,
                                                  disable_shape_infer=True)
+    del converted.graph.value_info[:]  # as for fp32: DFT shapes must be re-inferred by the runtime
     present = sorted({n.op_type for n in ctx.onnx_fp32.graph.node} & set(blocked))
     return Built(onnx=converted, notes={"fp32_ops": present, "converter": "onnxruntime.transformers.float16",
                                         "block_list": blocked})
