@@ -208,6 +208,14 @@ def choose_config(num_rows: int) -> dict[str, object]:
     raise AssertionError("unreachable: the last bucket has no limit")
 
 
+def _fit(tiles: tuple[int, int, int, int], dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, warps, stages) shrunk for float32, whose tiles take twice the shared memory."""
+    block_n, block_k, warps, stages = tiles
+    if dtype == torch.float32:
+        return block_n, min(block_k, 64), warps, min(stages, 2)
+    return tiles
+
+
 def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tensor, top_k: int,
             capacity_factor: float, config: dict[str, object] | None = None) -> Tensor:
     """Launch the four kernels: x [T, D], router_logits [T, E], mask [T], w1 [E, 2H, D], w2 [E, D, H]."""
@@ -240,13 +248,13 @@ def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tens
     mma = mma_dtype(x.dtype, moe_up_kernel)
     precision = dot_precision(x.dtype)
     act = torch.empty(max_rows, hidden, dtype=x.dtype, device=device)
-    bn, bk, warps, stages = cfg["up"]
+    bn, bk, warps, stages = _fit(cfg["up"], x.dtype)
     traceable(moe_up_kernel)[(max_blocks, triton.cdiv(hidden, bn))](
         x, w1, sorted_ids, block_expert, act, num_tokens * k, d_model, hidden, w1.stride(0),
         K=k, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, MMA=mma, DOT_PRECISION=precision,
         num_warps=warps, num_stages=stages)
     expert_out = torch.empty(num_tokens * k, d_model, dtype=x.dtype, device=device)
-    bn, bk, warps, stages = cfg["down"]
+    bn, bk, warps, stages = _fit(cfg["down"], x.dtype)
     traceable(moe_down_kernel)[(max_blocks, triton.cdiv(d_model, bn))](
         act, w2, sorted_ids, block_expert, expert_out, num_tokens * k, d_model, hidden, w2.stride(0),
         BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, MMA=mma, DOT_PRECISION=precision,

@@ -183,19 +183,21 @@ def ssd_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk_size:
     num_chunks = triton.cdiv(length, q)
     mma = mma_dtype(x.dtype, ssd_chunk_output_kernel)
     precision = dot_precision(x.dtype)
-    block = min(CONFIG["cb"]["BLOCK"], q)
-    blk_p = min(CONFIG["states"]["BLOCK_P"], max(16, triton.next_power_of_2(head_dim)))
-    blk_n = min(CONFIG["states"]["BLOCK_N"], max(16, triton.next_power_of_2(state)))
+
+    def tile(cfg: dict[str, int], key: str, size: int) -> int:
+        return min(cfg[key], max(16, triton.next_power_of_2(size)))
 
     cb = torch.empty(batch, num_chunks, q, q, dtype=torch.float32, device=x.device)
     cfg = CONFIG["cb"]
+    block = min(cfg["BLOCK"], q)
     traceable(ssd_chunk_cb_kernel)[(batch * num_chunks, q // block, q // block)](
         b, c, cb, length, state, num_chunks, b.stride(0), b.stride(1), c.stride(0), c.stride(1),
-        Q=q, BLOCK=block, BLOCK_N=blk_n, MMA=mma, DOT_PRECISION=precision,
+        Q=q, BLOCK=block, BLOCK_N=tile(cfg, "BLOCK_N", state), MMA=mma, DOT_PRECISION=precision,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
     states = torch.empty(batch, num_chunks, heads, head_dim, state, dtype=torch.float32, device=x.device)
     cfg = CONFIG["states"]
+    blk_p, blk_n = tile(cfg, "BLOCK_P", head_dim), tile(cfg, "BLOCK_N", state)
     traceable(ssd_chunk_states_kernel)[(batch * heads, triton.cdiv(head_dim, blk_p), triton.cdiv(state, blk_n))](
         x, dt, a, b, states, length, heads, head_dim, state, num_chunks,
         x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), b.stride(0), b.stride(1),
@@ -204,6 +206,7 @@ def ssd_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk_size:
 
     cfg = CONFIG["output"]
     block_l = min(cfg["BLOCK_L"], q)
+    blk_p, blk_n = tile(cfg, "BLOCK_P", head_dim), tile(cfg, "BLOCK_N", state)
     traceable(ssd_chunk_output_kernel)[(batch * num_chunks * heads, q // block_l, triton.cdiv(head_dim, blk_p))](
         x, dt, a, c, cb, states, y, length, heads, head_dim, state, num_chunks,
         x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), c.stride(0), c.stride(1),

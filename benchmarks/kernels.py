@@ -1,0 +1,434 @@
+"""GPU check and timings of the Triton kernels against their references, baselines and the roofline.
+
+    python benchmarks/kernels.py --check            # correctness over the issue's shape grid
+    python benchmarks/kernels.py --bench            # timings, roofline measured in the same run
+    python benchmarks/kernels.py --check --bench --sweep --out DIR
+
+Needs a CUDA GPU. Every check draws fresh random inputs, poisons the allocator's free memory with
+NaN first (so an output element the kernel never writes shows up), and compares with the float64
+reference by ||out - ref|| / ||ref||. Timings are medians of triton.testing.do_bench (CUDA events,
+warm-up first); inputs rotate among copies whose total exceeds the L2 cache where they would fit in
+it. --sweep times the candidate tile configs behind the committed choices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import math
+import platform
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mahia import kernels  # noqa: E402
+from mahia.kernels import reference  # noqa: E402
+
+TOLERANCE = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+L2_BYTES = 50 * 2 ** 20
+LOG: list[str] = []
+LOG_FILE: list[Path] = []  # set by --out: every line is appended at once, so a killed run keeps its log
+
+
+def say(line: str) -> None:
+    """Print, keep for the results, and append to the log file if one is set."""
+    print(line, flush=True)
+    LOG.append(line)
+    for path in LOG_FILE:
+        with path.open("a") as f:
+            f.write(line + "\n")
+
+
+def poison_free_memory() -> None:
+    """Fill a large block with NaN and free it, so the next torch.empty likely returns NaN garbage."""
+    free, _ = torch.cuda.mem_get_info()
+    block = torch.full((min(free // 2, 8 * 2 ** 30) // 4,), float("nan"), device="cuda")
+    del block
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64 (inf when out has a non-finite element)."""
+    if not torch.isfinite(out).all():
+        return math.inf
+    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-300)).item()
+
+
+def bench(fn: Callable[[], object], rep_ms: int = 200) -> float:
+    """Median milliseconds of fn, by CUDA events after warm-up."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=50, rep=rep_ms, return_mode="median"))
+
+
+def rotating(make: Callable[[], tuple], bytes_per_set: int) -> Callable[[], tuple]:
+    """A callable returning input sets in turn, enough of them to exceed the L2 cache together."""
+    count = max(1, min(8, math.ceil(4 * L2_BYTES / max(bytes_per_set, 1))))
+    sets = [make() for _ in range(count)]
+    cycle = itertools.cycle(sets)
+    return lambda: next(cycle)
+
+
+# ---------------------------------------------------------------- inputs
+
+def moe_inputs(tokens: int, d_model: int, hidden: int, experts: int, dtype: torch.dtype) -> tuple:
+    """x, float32 router logits, mask (a quarter masked when tokens > 1), w1, w2 on the GPU."""
+    x = torch.randn(tokens, d_model, device="cuda").to(dtype)
+    logits = torch.randn(tokens, experts, device="cuda")
+    mask = torch.rand(tokens, device="cuda") > 0.25
+    mask[0] = True
+    w1 = (torch.randn(experts, 2 * hidden, d_model, device="cuda") * d_model ** -0.5).to(dtype)
+    w2 = (torch.randn(experts, d_model, hidden, device="cuda") * hidden ** -0.5).to(dtype)
+    return x, logits, mask, w1, w2
+
+
+def ssd_inputs(batch: int, length: int, heads: int, head_dim: int, state: int, dtype: torch.dtype) -> tuple:
+    """x, dt > 0, a < 0, b, c on the GPU, in the model's ranges."""
+    x = torch.randn(batch, length, heads, head_dim, device="cuda").to(dtype)
+    dt = F.softplus(torch.randn(batch, length, heads, device="cuda") - 3.0).to(dtype)
+    a = -torch.exp(torch.linspace(0.0, math.log(16.0), heads, device="cuda"))
+    b = (torch.randn(batch, length, state, device="cuda") * state ** -0.5).to(dtype)
+    c = (torch.randn(batch, length, state, device="cuda") * state ** -0.5).to(dtype)
+    return x, dt, a, b, c
+
+
+def conv_inputs(batch: int, channels: int, length: int, causal: bool, dtype: torch.dtype) -> tuple:
+    """x [B, D, L] and a decaying filter, on the GPU."""
+    x = torch.randn(batch, channels, length, device="cuda").to(dtype)
+    span = length if causal else 2 * length - 1
+    filt = (torch.randn(channels, span, device="cuda") * length ** -0.5).to(dtype)
+    return x, filt
+
+
+# ---------------------------------------------------------------- check
+
+def check() -> list[dict]:
+    """Every op against its float64 reference over the issue's grid; returns one row per case."""
+    rows = []
+
+    def guarded(name: str, shape: str, dtype: torch.dtype, compute: Callable[[], tuple[float, str]]) -> None:
+        try:
+            err, note = compute()
+        except Exception as exc:
+            err, note = math.inf, f"ERROR {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        record(name, shape, dtype, err, note)
+
+    def record(name: str, shape: str, dtype: torch.dtype, err: float, extra: str = "") -> None:
+        ok = err < TOLERANCE[dtype]
+        rows.append({"op": name, "shape": shape, "dtype": str(dtype).replace("torch.", ""), "rel_error": err,
+                     "tolerance": TOLERANCE[dtype], "pass": ok, "note": extra})
+        say(f"{'PASS' if ok else 'FAIL'} {name:13s} {shape:44s} {str(dtype):15s} err={err:.2e} {extra}")
+
+    def moe_case(tokens, d_model, hidden, top_k, capacity, dtype):
+        args = moe_inputs(tokens, d_model, hidden, 8, dtype)
+        poison_free_memory()
+        out = kernels.moe_ffn(*args, top_k, capacity)
+        again = kernels.moe_ffn(*args, top_k, capacity)
+        x, logits, mask, w1, w2 = args
+        ref = reference.moe_ffn(x.double(), logits.double(), mask, w1.double(), w2.double(), top_k, capacity)
+        same = torch.equal(out, again)
+        return (rel_error(out, ref) if same else math.inf), ("deterministic" if same else "NOT DETERMINISTIC")
+
+    def ssd_case(batch, length, heads, chunk, dtype):
+        args = ssd_inputs(batch, length, heads, 64, 128, dtype)
+        poison_free_memory()
+        out = kernels.ssd_scan(*args, chunk)
+        return rel_error(out, reference.ssd_scan(*(t.double() for t in args), chunk)), ""
+
+    def conv_case(batch, channels, length, causal, dtype):
+        x, filt = conv_inputs(batch, channels, length, causal, dtype)
+        poison_free_memory()
+        out = kernels.long_conv(x, filt, causal)
+        return rel_error(out, reference.long_conv(x.double(), filt.double(), causal)), ""
+
+    def gate_case(length, dtype):
+        branches = torch.randn(2, length, 768, 3, device="cuda").to(dtype)
+        logits = (torch.randn(2, length, 3, device="cuda") * 2).to(dtype)
+        poison_free_memory()
+        out = kernels.gate_combine(branches, logits)
+        return rel_error(out, reference.gate_combine(branches.double(), logits.double())), ""
+
+    dtypes = (torch.bfloat16, torch.float16, torch.float32)
+    for dtype, (d_model, hidden), tokens, top_k in itertools.product(
+            dtypes, ((768, 2048), (1024, 2816)), (1, 7, 64, 1000, 16384), (1, 2, 8)):
+        for capacity in ((0.0, 1.25) if tokens == 1000 else (0.0,)):
+            guarded("moe_ffn", f"T={tokens} D={d_model} H={hidden} E=8 k={top_k} cf={capacity}", dtype,
+                    lambda: moe_case(tokens, d_model, hidden, top_k, capacity, dtype))
+    for dtype, length in itertools.product(dtypes, (1, 17, 512, 4096)):
+        guarded("ssd_scan", f"B=2 L={length} H=16 P=64 N=128 chunk=256", dtype,
+                lambda: ssd_case(2, length, 16, 256, dtype))
+        guarded("ssd_scan", f"B=1 L={length} H=12 P=64 N=128 chunk=100", dtype,
+                lambda: ssd_case(1, length, 12, 100, dtype))
+    for dtype, length, causal in itertools.product(dtypes, (1, 17, 512, 4096), (True, False)):
+        for batch, channels in ((2, 768), (1, 1024)):
+            guarded("long_conv", f"B={batch} D={channels} L={length} causal={causal}", dtype,
+                    lambda: conv_case(batch, channels, length, causal, dtype))
+    for dtype, length in itertools.product(dtypes, (1, 17, 512, 4096)):
+        guarded("gate_combine", f"B=2 L={length} D=768", dtype, lambda: gate_case(length, dtype))
+    return rows
+
+
+# ---------------------------------------------------------------- baselines
+
+def route_torch(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax, top-k, renormalise (dropless)."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    weights, experts = probs.topk(top_k, dim=-1)
+    return weights / weights.sum(dim=-1, keepdim=True), experts
+
+
+def moe_grouped_mm(x, logits, mask, w1, w2, top_k):
+    """Baseline: torch._grouped_mm over tokens sorted by expert (dropless)."""
+    num_experts = w1.shape[0]
+    weights, experts = route_torch(logits, top_k)
+    weights = weights * mask[:, None]
+    flat = experts.reshape(-1)
+    order = flat.argsort(stable=True)
+    counts = torch.bincount(flat, minlength=num_experts)
+    offsets = counts.cumsum(0).to(torch.int32)
+    rows = x[order // top_k]
+    gate_up = torch._grouped_mm(rows, w1.transpose(1, 2), offs=offsets)
+    gate, up = gate_up.chunk(2, dim=-1)
+    expert_out = torch._grouped_mm(F.silu(gate) * up, w2.transpose(1, 2), offs=offsets)
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    out.index_add_(0, order // top_k, expert_out.float() * weights.reshape(-1)[order, None])
+    return out.to(x.dtype)
+
+
+def moe_dense_masked(x, logits, mask, w1, w2, top_k):
+    """Baseline: every expert on every token, combined with a dense (mostly zero) routing matrix."""
+    weights, experts = route_torch(logits, top_k)
+    dense = torch.zeros(logits.shape, dtype=torch.float32, device=x.device).scatter(1, experts, weights)
+    dense = dense * mask[:, None]
+    gate_up = torch.einsum("td,ehd->eth", x, w1)
+    gate, up = gate_up.chunk(2, dim=-1)
+    out = torch.einsum("eth,edh->etd", F.silu(gate) * up, w2)
+    return torch.einsum("etd,te->td", out.float(), dense).to(x.dtype)
+
+
+# ---------------------------------------------------------------- bench
+
+def roofline() -> tuple[float, float]:
+    """(HBM bytes/s from a 1 GiB device copy counting read + write, bf16 FLOP/s of an 8192^3 matmul)."""
+    src = torch.randn(2 ** 28, device="cuda")  # 1 GiB of float32
+    dst = torch.empty_like(src)
+    copy_ms = bench(lambda: dst.copy_(src))
+    bandwidth = 2 * src.numel() * 4 / (copy_ms * 1e-3)
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    mm_ms = bench(lambda: a @ b)
+    peak = 2 * 8192 ** 3 / (mm_ms * 1e-3)
+    del src, dst, a, b
+    say(f"roofline: copy 1 GiB {copy_ms:.3f} ms -> {bandwidth / 1e12:.2f} TB/s; "
+        f"8192^3 bf16 matmul {mm_ms:.3f} ms -> {peak / 1e12:.0f} TFLOP/s")
+    return bandwidth, peak
+
+
+def row(rows: list[dict], kernel: str, shape: str, impl: str, ms: float, bytes_moved: float, flops: float,
+        bandwidth: float, peak: float) -> None:
+    """Record one timing with its roofline fractions."""
+    hbm = bytes_moved / (ms * 1e-3) / bandwidth
+    comp = flops / (ms * 1e-3) / peak
+    rows.append({"kernel": kernel, "shape": shape, "impl": impl, "ms": ms, "hbm_fraction": hbm,
+                 "peak_fraction": comp})
+    say(f"{kernel:12s} {shape:34s} {impl:28s} {ms:9.4f} ms  HBM {100 * hbm:5.1f}%  peak {100 * comp:5.1f}%")
+
+
+def timed(rows, kernel, shape, impl, fn, bytes_moved, flops, bandwidth, peak) -> None:
+    """Time fn and record it, or record why it could not run."""
+    try:
+        ms = bench(fn)
+    except Exception as exc:  # a baseline that fails on this torch is reported, not hidden
+        say(f"{kernel:12s} {shape:34s} {impl:28s} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+        rows.append({"kernel": kernel, "shape": shape, "impl": impl, "error": f"{type(exc).__name__}: {exc}"[:500]})
+        return
+    row(rows, kernel, shape, impl, ms, bytes_moved, flops, bandwidth, peak)
+
+
+def bench_all(bandwidth: float, peak: float) -> list[dict]:
+    """The issue's timing table."""
+    rows: list[dict] = []
+    dtype = torch.bfloat16
+    d_model, hidden, experts, top_k = 1024, 2816, 8, 2
+    compiled = torch.compile(moe_grouped_mm, dynamic=False)
+    for tokens in (16, 64, 1024, 16384):
+        x, logits, _, w1, w2 = moe_inputs(tokens, d_model, hidden, experts, dtype)
+        mask = torch.ones(tokens, dtype=torch.bool, device="cuda")
+        used = int(torch.unique(route_torch(logits, top_k)[1]).numel())
+        weight_bytes = used * 3 * hidden * d_model * 2
+        bytes_moved = weight_bytes + 2 * tokens * d_model * 2
+        flops = 2 * tokens * top_k * 3 * hidden * d_model
+        shape = f"T={tokens} E=8 k=2 D=1024 H=2816"
+        args = (x, logits, mask, w1, w2)
+        timed(rows, "moe_ffn", shape, "triton (mahia::moe_ffn)", lambda: kernels.moe_ffn(*args, top_k, 0.0),
+              bytes_moved, flops, bandwidth, peak)
+        if tokens <= 1024:
+            try:
+                import triton.testing
+                graph_ms = float(triton.testing.do_bench_cudagraph(lambda: kernels.moe_ffn(*args, top_k, 0.0),
+                                                                   rep=200, return_mode="median"))
+                row(rows, "moe_ffn", shape, "triton, CUDA graph replay", graph_ms, bytes_moved, flops, bandwidth, peak)
+            except Exception as exc:
+                say(f"moe_ffn CUDA graph timing failed: {type(exc).__name__}: {exc}")
+            timed(rows, "moe_ffn", shape, "per-expert loop (reference)",
+                  lambda: reference.moe_ffn(*args, top_k, 0.0), bytes_moved, flops, bandwidth, peak)
+            timed(rows, "moe_ffn", shape, "dense all-experts masked",
+                  lambda: moe_dense_masked(*args, top_k), bytes_moved, flops, bandwidth, peak)
+        timed(rows, "moe_ffn", shape, "torch._grouped_mm", lambda: moe_grouped_mm(*args, top_k),
+              bytes_moved, flops, bandwidth, peak)
+        if tokens == 16384:  # the issue's compiled baseline; each token count would recompile
+            timed(rows, "moe_ffn", shape, "torch.compile(_grouped_mm)", lambda: compiled(*args, top_k),
+                  bytes_moved, flops, bandwidth, peak)
+
+    batch, length, heads, head_dim, state, chunk = 8, 4096, 16, 64, 128, 256
+    make = lambda: ssd_inputs(batch, length, heads, head_dim, state, dtype)  # noqa: E731
+    io_bytes = 2 * (2 * batch * length * heads * head_dim + 2 * batch * length * state + batch * length * heads)
+    # Useful FLOPs: causal halves of C B^T and of the intra-chunk product, chunk states, state output.
+    flops = (batch * length * chunk * state + batch * heads * length * chunk * head_dim
+             + 4 * batch * heads * length * head_dim * state)
+    nxt = rotating(make, io_bytes)
+    shape = "B=8 L=4096 H=16 P=64 N=128 Q=256"
+    timed(rows, "ssd_scan", shape, "triton (mahia::ssd_scan)", lambda: kernels.ssd_scan(*nxt(), chunk),
+          io_bytes, flops, bandwidth, peak)
+    ref_args = tuple(t.float() for t in make())
+    timed(rows, "ssd_scan", shape, "reference, fp32 eager", lambda: reference.ssd_scan(*ref_args, chunk),
+          io_bytes, flops, bandwidth, peak)
+    del ref_args
+
+    for length in (1024, 2048, 4096):
+        for causal in (True, False):
+            batch, channels = 8, 1024
+            io_bytes = 2 * (2 * batch * channels * length + channels * (length if causal else 2 * length - 1))
+            flops = 2 * batch * channels * length * length // (2 if causal else 1)
+            nxt = rotating(lambda: conv_inputs(batch, channels, length, causal, dtype), io_bytes)
+            shape = f"B=8 D=1024 L={length} {'causal' if causal else 'two-sided'}"
+            timed(rows, "long_conv", shape, "triton (mahia::long_conv)",
+                  lambda: kernels.long_conv(*nxt(), causal), io_bytes, flops, bandwidth, peak)
+            timed(rows, "long_conv", shape, "torch.fft (reference)",
+                  lambda: reference.long_conv(*nxt(), causal), io_bytes, flops, bandwidth, peak)
+
+    batch, length, dim = 8, 4096, 1024
+    io_bytes = 2 * (4 * batch * length * dim + 3 * batch * length)
+    make = lambda: (torch.randn(batch, length, dim, 3, device="cuda", dtype=dtype),  # noqa: E731
+                    torch.randn(batch, length, 3, device="cuda", dtype=dtype))
+    nxt = rotating(make, io_bytes)
+    shape = "B=8 L=4096 D=1024"
+    timed(rows, "gate_combine", shape, "triton (mahia::gate_combine)", lambda: kernels.gate_combine(*nxt()),
+          io_bytes, 0, bandwidth, peak)
+    timed(rows, "gate_combine", shape, "eager (MetaAttention inline)", lambda: reference.gate_combine(*nxt()),
+          io_bytes, 0, bandwidth, peak)
+    return rows
+
+
+def sweep(bandwidth: float, peak: float) -> list[dict]:
+    """Time candidate tile configs per shape bucket (the committed CONFIGs are chosen from these)."""
+    from mahia.kernels.triton import long_conv as conv_k
+    from mahia.kernels.triton import moe_ffn as moe_k
+    from mahia.kernels.triton import ssd_scan as ssd_k
+
+    rows: list[dict] = []
+    dtype = torch.bfloat16
+    small_up = [(64, 128, 4, 4), (128, 128, 4, 4), (64, 256, 4, 3), (32, 256, 4, 4), (128, 64, 4, 5)]
+    small_down = [(32, 128, 4, 4), (64, 128, 4, 4), (32, 256, 4, 3), (16, 256, 4, 4), (64, 64, 4, 5)]
+    big = [(128, (64, 64, 8, 4), (128, 64, 8, 3)), (128, (128, 64, 8, 3), (128, 64, 8, 4)),
+           (128, (64, 64, 4, 4), (64, 64, 4, 4)), (64, (64, 64, 4, 4), (64, 64, 4, 4)),
+           (128, (128, 64, 8, 4), (128, 128, 8, 3)), (64, (128, 64, 4, 3), (128, 64, 4, 3))]
+    for tokens in (16, 64, 1024, 16384):
+        args = moe_inputs(tokens, 1024, 2816, 8, dtype)
+        args = (args[0], args[1], torch.ones_like(args[2]), args[3], args[4])
+        if tokens <= 64:
+            cands = [{"BLOCK_M": 16, "up": u, "down": small_down[0]} for u in small_up]
+            cands += [{"BLOCK_M": 16, "up": small_up[0], "down": d} for d in small_down[1:]]
+        else:
+            cands = [{"BLOCK_M": m, "up": u, "down": d} for m, u, d in big]
+        for cfg in cands:
+            timed(rows, "moe sweep", f"T={tokens}", json.dumps(cfg), lambda: moe_k.moe_ffn(*args, 2, 0.0, config=cfg),
+                  1, 1, bandwidth, peak)
+    for length in (1024, 4096):
+        x, filt = conv_inputs(8, 1024, length, True, dtype)
+        for bk, nt, bn, warps, stages in [(64, 16, 128, 8, 2), (64, 16, 128, 4, 2), (64, 16, 128, 8, 3),
+                                          (64, 8, 128, 4, 2), (64, 32, 256, 8, 2), (32, 16, 128, 4, 2),
+                                          (128, 8, 64, 8, 2), (128, 16, 128, 8, 2), (64, 16, 64, 4, 2)]:
+            cfg = {"BLOCK_K": bk, "NT": nt, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
+            timed(rows, "conv sweep", f"L={length}", json.dumps(cfg),
+                  lambda: conv_k.long_conv(x, filt, True, config=cfg), 1, 1, bandwidth, peak)
+    args = ssd_inputs(8, 4096, 16, 64, 128, dtype)
+    original = json.loads(json.dumps(ssd_k.CONFIG))
+    variants = [{}, {"output": {"BLOCK_L": 128, "num_warps": 8}}, {"output": {"num_warps": 8}},
+                {"output": {"BLOCK_N": 128}}, {"output": {"num_stages": 3}},
+                {"states": {"BLOCK_N": 32, "BLOCK_P": 64}}, {"states": {"BLOCK_Q": 128, "num_warps": 8}},
+                {"states": {"BLOCK_P": 32, "BLOCK_N": 64}}, {"cb": {"BLOCK": 128, "num_warps": 8}}]
+    for change in variants:
+        for part, values in change.items():
+            ssd_k.CONFIG[part].update(values)
+        timed(rows, "ssd sweep", "B=8 L=4096", json.dumps(change), lambda: ssd_k.ssd_scan(*args, 256),
+              1, 1, bandwidth, peak)
+        for part in ssd_k.CONFIG:
+            ssd_k.CONFIG[part].clear()
+            ssd_k.CONFIG[part].update(original[part])
+    return rows
+
+
+def environment() -> dict:
+    """Device and software versions for the record."""
+    import triton
+
+    props = torch.cuda.get_device_properties(0)
+    return {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
+            "triton": triton.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+            "command": " ".join([Path(sys.executable).name] + sys.argv)}
+
+
+def main() -> None:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true")
+    parser.add_argument("--bench", action="store_true")
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="write results.json and log.txt here")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/kernels.py needs a CUDA GPU (none is visible)")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        LOG_FILE.append(args.out / "log.txt")
+    env = environment()
+    say(json.dumps(env))
+    result: dict = {"environment": env}
+    failures = 0
+    try:
+        if args.bench or args.sweep:
+            bandwidth, peak = roofline()
+            result["roofline"] = {"hbm_bytes_per_s": bandwidth, "bf16_flops_per_s": peak}
+        for wanted, name, fn in ((args.bench, "bench", bench_all), (args.sweep, "sweep", sweep)):
+            if wanted:
+                try:
+                    result[name] = fn(bandwidth, peak)
+                except Exception:
+                    say(traceback.format_exc())
+                    failures += 1
+        if args.check:
+            result["check"] = check()
+            failed = sum(not r["pass"] for r in result["check"])
+            failures += failed
+            say(f"check: {len(result['check']) - failed} passed, {failed} failed")
+    except Exception:
+        say(traceback.format_exc())
+        failures += 1
+    finally:
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "results.json").write_text(json.dumps(result, indent=1, default=str))
+    raise SystemExit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
