@@ -1,0 +1,172 @@
+"""Calibration: real data subsets, eager range collection (incl. custom-op internals), statistics, tables."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from mahia.calibration.data import CalibrationDataConfig, CalibrationError, load_calibration_data
+from mahia.calibration.ranges import collect_ranges
+from mahia.calibration.statistics import MethodConfig, RangeStatistics, mse_amax
+from mahia.calibration.table import (CalibrationTable, TensorRange, read_table_json, read_trt_cache,
+                                     write_table_json, write_trt_cache)
+from mahia.data import load_reviews
+from mahia.model import build_model, get_config
+
+METHODS = ("max", "percentile", "entropy", "mse")
+
+
+@pytest.fixture(scope="module")
+def reviews_train():
+    return load_reviews()["train"]
+
+
+@pytest.fixture(scope="module")
+def tiny_ranges(reviews_train):
+    config = get_config("tiny")
+    model = build_model(config, seed=0).eval()
+    data = load_calibration_data(config.max_seq_len, CalibrationDataConfig(samples=32, batch_size=16), dataset=reviews_train)
+    return model, data, collect_ranges(model, data, METHODS, num_bins=512)
+
+
+def test_calibration_data_is_a_deterministic_real_subset(reviews_train) -> None:
+    first = load_calibration_data(160, CalibrationDataConfig(samples=40, batch_size=16), dataset=reviews_train)
+    again = load_calibration_data(160, CalibrationDataConfig(samples=40, batch_size=16), dataset=reviews_train)
+    other = load_calibration_data(160, CalibrationDataConfig(samples=40, batch_size=16, seed=1), dataset=reviews_train)
+    assert first.samples == 40 and sum(b["input_ids"].shape[0] for b in first.batches) == 40
+    assert first.content_hash == again.content_hash != other.content_hash
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(first.batches, again.batches))
+    # Real text: [CLS] then UTF-8 bytes of a review (shifted by 2), not random ids.
+    ids = first.batches[-1]["input_ids"][0]
+    text = bytes((ids[1:][ids[1:] > 0] - 2).tolist()).decode("utf-8")
+    assert text in {t[: len(text)] for t in reviews_train.texts}
+    with pytest.raises(CalibrationError, match="too few calibration samples: 4"):
+        load_calibration_data(160, CalibrationDataConfig(samples=4), dataset=reviews_train)
+
+
+def test_ranges_cover_module_inputs_and_custom_op_internals(tiny_ranges) -> None:
+    model, data, ranges = tiny_ranges
+    names = set(ranges.names())
+    for layer in range(model.config.n_layers):
+        prefix = f"blocks.{layer}"
+        assert {f"{prefix}.attention.in_proj:input", f"{prefix}.moe.router:input", f"{prefix}.attention.hyena/long_conv:x",
+                f"{prefix}.attention.fourier/long_conv:x", f"{prefix}.attention.ssd/ssd_scan:x",
+                f"{prefix}.attention.ssd/ssd_scan:dt", f"{prefix}.moe/moe_ffn:x"} <= names
+        experts = [n for n in names if n.startswith(f"{prefix}.moe/moe_ffn:expert") and n.endswith(".input")]
+        assert len(experts) >= 2
+        # Every real token goes to top_k >= 1 experts, so the experts' inputs together are the op's input.
+        union = max(ranges.amax(n, MethodConfig("max")) for n in experts)
+        assert union == ranges.amax(f"{prefix}.moe/moe_ffn:x", MethodConfig("max"))
+        assert ranges.amax(f"{prefix}.moe/moe_ffn:x", MethodConfig("max")) == ranges.amax(f"{prefix}.moe.router:input", MethodConfig("max"))
+    assert ranges.samples == 32 and ranges.data_hash == data.content_hash
+
+
+def test_ranges_use_real_tokens_only(tiny_ranges) -> None:
+    model, data, ranges = tiny_ranges
+    seen, masks = [], []
+    handles = [model.blocks[0].attention.in_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0])),
+               model.embedding.register_forward_hook(lambda m, a, out: masks.append(out[1].bool()))]
+    with torch.no_grad():
+        for batch in data.batches:
+            model(**batch)
+    for handle in handles:
+        handle.remove()
+    assert masks[0].shape[1] == data.batches[0]["input_ids"].shape[1] + model.config.num_tabular_tokens
+    real = max(float(x[mask].abs().max()) for x, mask in zip(seen, masks))
+    assert ranges.amax("blocks.0.attention.in_proj:input", MethodConfig("max")) == pytest.approx(real, rel=1e-6)
+    real_values = sum(int(mask.sum()) for mask in masks) * model.config.d_model
+    assert ranges.statistics.counts["blocks.0.attention.in_proj:input"] == real_values
+    assert real_values < sum(x.numel() for x in seen)  # the batches do have padding to drop
+
+
+def test_methods_clip_heavy_tails_and_never_exceed_max(tiny_ranges) -> None:
+    _, _, ranges = tiny_ranges
+    for name in ranges.names():
+        top = ranges.amax(name, MethodConfig("max", num_bins=512))
+        for method in METHODS[1:]:
+            assert 0.0 <= ranges.amax(name, MethodConfig(method, num_bins=512)) <= top
+    stats = RangeStatistics(METHODS, num_bins=2048)
+    rng = np.random.default_rng(0)
+    values = rng.standard_t(3, size=400_000).astype(np.float32)
+    stats.add("t", values[:200_000])
+    stats.add("t", values[200_000:])
+    observed = float(np.abs(values).max())
+    p9999 = stats.amax("t", MethodConfig("percentile", percentile=99.99))
+    assert p9999 == pytest.approx(np.percentile(np.abs(values), 99.99), rel=0.02)
+    assert stats.amax("t", MethodConfig("percentile", percentile=99.0)) < p9999 < observed
+    assert stats.amax("t", MethodConfig("entropy")) < 0.5 * observed
+    # MSE keeps the long tail of t(3) (its squared clipping error dominates) but drops lone outliers.
+    assert 0.5 * observed < stats.amax("t", MethodConfig("mse")) <= observed
+    stats.add("outliers", np.concatenate([rng.standard_normal(200_000), [12.0, -11.0]]).astype(np.float32))
+    assert stats.amax("outliers", MethodConfig("mse")) < 8.0
+
+
+def test_mse_amax_minimises_the_quantization_error() -> None:
+    values = np.abs(np.random.default_rng(1).standard_normal(200_000))
+    hist, edges = np.histogram(values, bins=2048)
+    best = mse_amax(hist, edges, "int8")
+
+    def error(amax: float) -> float:
+        scale = amax / 127
+        return float(((np.clip(np.round(values / scale), -127, 127) * scale - values) ** 2).mean())
+
+    assert error(best) <= min(error(best * 0.8), error(best * 1.25), error(float(values.max())))
+    fp8 = mse_amax(hist, edges, "fp8")
+    assert 0 < fp8 <= values.max()
+
+
+def test_unknown_or_unfit_method_is_refused() -> None:
+    with pytest.raises(CalibrationError, match="'entropy' is not available for fp8"):
+        MethodConfig("entropy", grid="fp8")
+    with pytest.raises(CalibrationError, match="unknown calibration method"):
+        RangeStatistics(("kl",))
+    with pytest.raises(CalibrationError, match="was not collected"):
+        stats = RangeStatistics(("max",))
+        stats.add("x", np.ones(4, np.float32))
+        stats.amax("x", MethodConfig("mse"))
+
+
+def test_trt_cache_round_trips_every_scale_bit_exactly(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    scales = {f"tensor_{i}/in:{i}": float(np.float32(s)) for i, s in enumerate(10.0 ** rng.uniform(-8, 3, 200))}
+    path = write_trt_cache(scales, tmp_path / "calib.cache", version=100900)
+    text = path.read_text().splitlines()
+    assert text[0] == "TRT-100900-EntropyCalibration2"
+    name, value = text[1].split(": ")
+    assert bytes.fromhex(value) == struct.pack(">f", scales[name])
+    version, algorithm, parsed = read_trt_cache(path)
+    assert (version, algorithm) == (100900, "EntropyCalibration2") and parsed.keys() == scales.keys()
+    assert all(struct.pack(">f", parsed[n]) == struct.pack(">f", scales[n]) for n in scales)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "empty file"),
+    ("TRT-EntropyCalibration2\nx: 3c000000\n", "line 1"),
+    ("TRT-100900-EntropyCalibration2\nx: 3c0000\n", "line 2"),
+    ("TRT-100900-EntropyCalibration2\nx: 3c000000\nx: 3c000000\n", "appears twice"),
+    ("TRT-100900-EntropyCalibration2\nx: 00000000\n", "not a positive number"),
+    ("TRT-100900-EntropyCalibration2\nx: 7fc00000\n", "not a positive number"),
+])
+def test_corrupt_trt_cache_is_refused_naming_the_line(tmp_path, content: str, message: str) -> None:
+    path = tmp_path / "calib.cache"
+    path.write_text(content)
+    with pytest.raises(CalibrationError, match=message):
+        read_trt_cache(path)
+
+
+def test_table_json_round_trips_and_names_missing_tensors(tmp_path) -> None:
+    entry = TensorRange(1.5, float(np.float32(1.5 / 127)), 0, "int8", "percentile", 99.99, 512, "ab" * 32, ("m:input",))
+    table = CalibrationTable("int8", "percentile", 512, "ab" * 32, {"x": entry}, {"m:input": entry}, {"x": "m"}, {"n": "m"})
+    path = write_table_json(table, tmp_path / "calibration.json")
+    assert read_table_json(path) == table
+    fields = json.loads(path.read_text())["tensors"]["x"]
+    assert {"amax", "scale", "zero_point", "dtype", "method", "percentile", "samples", "data_hash"} <= set(fields)
+    with pytest.raises(CalibrationError, match="lacks 2 tensor.*y, z"):
+        table.check_covers(["x", "y", "z"])
+    path.write_text("{not json")
+    with pytest.raises(CalibrationError, match="not readable JSON"):
+        read_table_json(path)
