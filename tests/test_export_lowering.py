@@ -115,3 +115,18 @@ def test_moe_lowering_refuses_capacity_limited_routing() -> None:
     args = (torch.randn(5, 4), torch.randn(5, 2), torch.ones(5, dtype=torch.bool))
     with pytest.raises(Exception, match="dropless only"):
         _session(Training(), args, None)
+
+
+class GateCombine(torch.nn.Module):
+    def forward(self, branches, gate_logits):
+        return torch.ops.mahia.gate_combine(branches, gate_logits)
+
+
+def test_gate_combine_lowering_matches_reference(generator: torch.Generator) -> None:
+    batch, length = Dim("batch", min=1, max=8), Dim("length", min=1, max=300)
+    session = _session(GateCombine(), (torch.randn(2, 9, 6, 3), torch.randn(2, 9, 3)),
+                       ({0: batch, 1: length}, {0: batch, 1: length}))
+    for b, n in ((1, 1), (3, 37)):
+        branches, logits = torch.randn(b, n, 6, 3, generator=generator), torch.randn(b, n, 3, generator=generator)
+        want = reference.gate_combine(branches.double(), logits.double())
+        assert relative_error(_run(session, branches, logits), want) < 1e-6

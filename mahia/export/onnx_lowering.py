@@ -136,8 +136,15 @@ def moe_ffn(x, router_logits, mask, w1, w2, top_k: int, capacity_factor: float):
     return op.CastLike(out, x)
 
 
+def gate_combine(branches, gate_logits):
+    """Meta-gate: float32 softmax over the 3 branch logits, rounded to the branches' dtype, weighted sum."""
+    weights = op.CastLike(op.Softmax(op.Cast(gate_logits, to=FLOAT), axis=-1), branches)  # [B, L, 3]
+    return op.ReduceSum(op.Mul(branches, op.Unsqueeze(weights, _i64(-2))), _i64(-1), keepdims=0)
+
+
 PORTABLE_TRANSLATIONS: dict[Callable, Callable] = {
     torch.ops.mahia.long_conv.default: long_conv,
     torch.ops.mahia.ssd_scan.default: ssd_scan,
     torch.ops.mahia.moe_ffn.default: moe_ffn,
+    torch.ops.mahia.gate_combine.default: gate_combine,
 }

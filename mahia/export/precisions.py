@@ -90,6 +90,7 @@ def build_fp16(ctx: BuildContext) -> Built:
     tensors while annotating their outputs float16, which ONNX Runtime rejects (measured).
     """
     from onnxruntime.transformers import float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     if ctx.onnx_fp32 is None:
         raise ValueError("fp16 builds ONNX only: the portable fp32 ONNX is missing")
@@ -99,6 +100,7 @@ def build_fp16(ctx: BuildContext) -> Built:
     converted = float16.convert_float_to_float16(source, keep_io_types=True, op_block_list=blocked,
                                                  disable_shape_infer=True)
     del converted.graph.value_info[:]  # as for fp32: DFT shapes must be re-inferred by the runtime
+    OnnxModel(converted).topological_sort()  # the converter appends its input casts after their consumers
     present = sorted({n.op_type for n in ctx.onnx_fp32.graph.node} & set(blocked))
     return Built(onnx=converted, notes={"fp32_ops": present, "converter": "onnxruntime.transformers.float16",
                                         "block_list": blocked})

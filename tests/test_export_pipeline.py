@@ -1,0 +1,91 @@
+"""The pipeline beyond the happy path: byte-identical ONNX, fp16 and bf16 builds, a failed parity
+run kept and marked failed, and interrupted runs (Ctrl-C, kill) that leave nothing behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mahia.export import artifact, stages
+from mahia.export.cli import main
+from mahia.export.config import DimRange, ModelSource
+from tests.test_export_cli import tiny_export  # noqa: F401  (the session's shared export)
+
+
+def test_onnx_is_byte_identical_across_runs(tiny_export: dict) -> None:
+    manifest = json.loads((tiny_export["dir"] / "manifest.json").read_text())
+    loaded = stages.load_model(ModelSource(config_name="tiny"))
+    dims = manifest["dims"]
+    profile = stages.resolve_profile(loaded.config, DimRange("batch", **dims["batch"]), DimRange("seq", **dims["seq"]))
+    program = stages.export_program(loaded.model, profile)
+    again = stages.lower_to_onnx(program, loaded.config, profile, opset=21).SerializeToString(deterministic=True)
+    assert hashlib.sha256(again).hexdigest() == manifest["files"]["model.onnx"]["sha256"]
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(main, ["--config", "tiny", "--batch", "1:2:3", "--seq", "1:16:40", *args])
+
+
+def test_fp16_onnx_passes_its_budget_and_lists_fp32_ops(tmp_path: Path) -> None:
+    result = _invoke("--precision", "fp16", "--out", str(tmp_path), "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    manifest = json.loads((Path(summary["artifact_dir"]) / "manifest.json").read_text())
+    assert manifest["formats"] == ["onnx"] and set(manifest["files"]) >= {"model.onnx", "inputs.json"}
+    assert {"TopK", "CumSum", "DFT"} <= set(manifest["precision"]["notes"]["fp32_ops"])
+    rows = summary["parity"]["rows"]
+    assert {(r["batch"], r["seq"]) for r in rows} == {(1, 1), (2, 16), (3, 40), (3, 37)}
+    assert all(r["passed"] and r["rel_l2_error"] <= 1e-2 for r in rows)
+    assert "DFT" in (Path(summary["artifact_dir"]) / "report.md").read_text()
+
+
+def test_failed_parity_exits_nonzero_and_keeps_a_failed_directory(tmp_path: Path) -> None:
+    # bf16 against eager fp32 cannot meet atol = rtol = 0; its rel L2 error must still be within budget.
+    result = _invoke("--precision", "bf16", "--atol", "0", "--rtol", "0", "--out", str(tmp_path), "--quiet")
+    assert result.exit_code == 1
+    assert "Parity FAILED: worst pt2 output 'logits' at batch" in result.output
+    (kept,) = tmp_path.glob("tiny-bf16-*")
+    assert kept.name.endswith(artifact.FAILED_SUFFIX)
+    manifest = json.loads((kept / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["parity"]["passed"] is False
+    assert manifest["formats"] == ["pt2"] and "model.pt2" in manifest["files"]
+    parity = json.loads((kept / "parity.json").read_text())
+    assert all(not r["polygraphy_passed"] for r in parity["rows"])
+    assert all(r["rel_l2_error"] <= 1e-2 for r in parity["rows"]), "bf16 itself must meet its rel L2 budget"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_export_leaves_nothing(tmp_path: Path, sig: signal.Signals) -> None:
+    exe = Path(sys.executable).parent / "mahia-export"
+    proc = subprocess.Popen([str(exe), "--config", "tiny", "--quiet", "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".tiny-fp32-*.tmp-*")):  # the run is writing its temporary directory
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "export never started writing"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "Interrupted: nothing was written." in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_directories_of_killed_runs_are_swept(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".tiny-fp32-0123456789.tmp-{dead.pid}-abc"
+    live = tmp_path / f".tiny-fp32-0123456789.tmp-{os.getpid()}-def"
+    stale.mkdir()
+    live.mkdir()
+    assert artifact.sweep_stale(tmp_path) == [stale]
+    assert not stale.exists() and live.exists()

@@ -1,0 +1,84 @@
+"""mahia.runtime: verified loading of the session's tiny artifact, both backends at unseen shapes,
+tampered-file refusal by name, and input validation against the model and the manifest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mahia.runtime as runtime
+from mahia.model import InputValidationError, build_model, get_config, random_inputs
+from tests.conftest import relative_error
+from tests.test_export_cli import tiny_export  # noqa: F401  (the session's shared export)
+
+
+@pytest.fixture(scope="module")
+def eager() -> torch.nn.Module:
+    return build_model(get_config("tiny"), seed=0).eval()  # what `mahia-export --config tiny` exported
+
+
+@pytest.mark.parametrize("backend", ["onnx", "pt2"])
+@pytest.mark.parametrize("batch, seq", [(5, 23), (2, 159), (16, 1)])  # never traced nor in parity
+def test_both_backends_match_eager_at_unseen_shapes(tiny_export: dict, eager: torch.nn.Module, backend: str,
+                                                   batch: int, seq: int, generator: torch.Generator) -> None:
+    deployment = runtime.load(tiny_export["dir"], backend=backend)
+    assert deployment.precision == "fp32" and deployment.config == get_config("tiny")
+    assert deployment.manifest["status"] == "passed"
+    inputs = random_inputs(deployment.config, batch, seq, generator)
+    with torch.inference_mode():
+        want = eager(**inputs)
+    got = deployment.run({k: v.numpy() for k, v in inputs.items()})  # numpy inputs as a deployment passes them
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == (batch, 2)
+    assert relative_error(torch.from_numpy(got), want) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.pt2", "inputs.json"])
+def test_tampered_file_is_refused_by_name(tiny_export: dict, tmp_path: Path, name: str) -> None:
+    copy = Path(shutil.copytree(tiny_export["dir"], tmp_path / "artifact"))
+    data = bytearray((copy / name).read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit: same size, different content
+    (copy / name).write_bytes(bytes(data))
+    with pytest.raises(runtime.ArtifactIntegrityError, match=f"{name} does not match its sha256"):
+        runtime.load(copy, backend="pt2" if name == "model.pt2" else "onnx")
+
+
+def test_missing_file_and_failed_manifest_are_refused(tiny_export: dict, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(tiny_export["dir"], tmp_path / "artifact"))
+    (copy / "parity.json").unlink()
+    with pytest.raises(runtime.ArtifactIntegrityError, match="artifact file missing: .*parity.json"):
+        runtime.load(copy)
+    failed = Path(shutil.copytree(tiny_export["dir"], tmp_path / "failed"))
+    manifest = json.loads((failed / "manifest.json").read_text())
+    (failed / "manifest.json").write_text(json.dumps({**manifest, "status": "failed"}))
+    with pytest.raises(runtime.ArtifactIntegrityError, match="failed its parity check"):
+        runtime.load(failed)
+    assert runtime.load(failed, allow_failed=True).precision == "fp32"
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+        runtime.load(tiny_export["dir"], backend="tensorrt")
+    with pytest.raises(runtime.ArtifactIntegrityError, match="no manifest.json"):
+        runtime.load(tmp_path)
+
+
+def _bad(inputs: dict, name: str, value) -> dict:
+    return {**inputs, name: value}
+
+
+def test_inputs_that_fail_validation_are_refused(tiny_export: dict, generator: torch.Generator) -> None:
+    deployment = runtime.load(tiny_export["dir"])
+    good = random_inputs(deployment.config, 2, 10, generator)
+    cases = [
+        (_bad(good, "input_ids", good["input_ids"].int()), "input 'input_ids': got dtype torch.int32"),
+        (_bad(good, "input_ids", good["input_ids"] + 1000), "input 'input_ids': got ids in"),
+        (_bad(good, "attention_mask", torch.tensor([[0] + [1] * 9] * 2)), "right padding"),
+        (_bad(good, "numeric", torch.full((2, 2), float("nan"))), "non-finite"),
+        ({k: v for k, v in good.items() if k != "categorical"}, "missing: ['categorical']"),
+        (random_inputs(deployment.config, 17, 10, generator), "batch 17 is outside the exported range 1..16"),
+    ]
+    for inputs, message in cases:
+        with pytest.raises(InputValidationError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            deployment.run(inputs)
