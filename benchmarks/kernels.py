@@ -327,19 +327,56 @@ def bench_all(bandwidth: float, peak: float) -> list[dict]:
     return rows
 
 
+def profile(bandwidth: float, peak: float) -> list[dict]:
+    """Per-kernel GPU times (torch.profiler) of the ops at the issue's sizes, to see what bounds each."""
+    dtype = torch.bfloat16
+    cases = {
+        "moe_ffn T=16": (lambda a: lambda: kernels.moe_ffn(*a, 2, 0.0))(moe_inputs(16, 1024, 2816, 8, dtype)),
+        "moe_ffn T=16384": (lambda a: lambda: kernels.moe_ffn(*a, 2, 0.0))(moe_inputs(16384, 1024, 2816, 8, dtype)),
+        "ssd_scan B=8 L=4096": (lambda a: lambda: kernels.ssd_scan(*a, 256))(ssd_inputs(8, 4096, 16, 64, 128, dtype)),
+        "long_conv L=4096": (lambda a: lambda: kernels.long_conv(*a, True))(conv_inputs(8, 1024, 4096, True, dtype)),
+    }
+    for name, fn in cases.items():
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                fn()
+            torch.cuda.synchronize()
+        say(f"profile {name} (10 calls)")
+        try:
+            say(prof.key_averages().table(sort_by="device_time_total", row_limit=8))
+        except Exception:
+            say(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8))
+    return []
+
+
 def sweep(bandwidth: float, peak: float) -> list[dict]:
-    """Time candidate tile configs per shape bucket (the committed CONFIGs are chosen from these)."""
+    """Time candidate tile configs per shape bucket (the committed CONFIGs are chosen from these).
+
+    Launchers called directly (not through the op) go through wrap_triton's traced-call path, which
+    adds host time per launch in eager; the op switches that off, and so does this sweep.
+    """
+    from torch._library.triton import set_wrap_triton_enabled
+
+    with set_wrap_triton_enabled(False):
+        return _sweep(bandwidth, peak)
+
+
+def _sweep(bandwidth: float, peak: float) -> list[dict]:
+    """The sweep itself (see sweep)."""
     from mahia.kernels.triton import long_conv as conv_k
     from mahia.kernels.triton import moe_ffn as moe_k
     from mahia.kernels.triton import ssd_scan as ssd_k
 
     rows: list[dict] = []
     dtype = torch.bfloat16
-    small_up = [(64, 128, 4, 4), (128, 128, 4, 4), (64, 256, 4, 3), (32, 256, 4, 4), (128, 64, 4, 5)]
+    small_up = [(64, 128, 4, 4), (128, 128, 4, 4), (64, 256, 4, 3), (32, 256, 4, 4), (32, 128, 4, 6)]
     small_down = [(32, 128, 4, 4), (64, 128, 4, 4), (32, 256, 4, 3), (16, 256, 4, 4), (64, 64, 4, 5)]
-    big = [(128, (64, 64, 8, 4), (128, 64, 8, 3)), (128, (128, 64, 8, 3), (128, 64, 8, 4)),
-           (128, (64, 64, 4, 4), (64, 64, 4, 4)), (64, (64, 64, 4, 4), (64, 64, 4, 4)),
-           (128, (128, 64, 8, 4), (128, 128, 8, 3)), (64, (128, 64, 4, 3), (128, 64, 4, 3))]
+    big = [(128, (128, 64, 8, 4), (128, 128, 8, 3)), (128, (128, 64, 8, 3), (128, 128, 8, 4)),
+           (128, (64, 64, 8, 4), (128, 64, 8, 3)), (64, (128, 64, 4, 4), (128, 64, 4, 4)),
+           (128, (128, 32, 8, 5), (128, 64, 8, 4)), (64, (64, 64, 4, 4), (64, 64, 4, 4))]
     for tokens in (16, 64, 1024, 16384):
         args = moe_inputs(tokens, 1024, 2816, 8, dtype)
         args = (args[0], args[1], torch.ones_like(args[2]), args[3], args[4])
@@ -353,18 +390,18 @@ def sweep(bandwidth: float, peak: float) -> list[dict]:
                   1, 1, bandwidth, peak)
     for length in (1024, 4096):
         x, filt = conv_inputs(8, 1024, length, True, dtype)
-        for bk, nt, bn, warps, stages in [(64, 16, 128, 8, 2), (64, 16, 128, 4, 2), (64, 16, 128, 8, 3),
-                                          (64, 8, 128, 4, 2), (64, 32, 256, 8, 2), (32, 16, 128, 4, 2),
-                                          (128, 8, 64, 8, 2), (128, 16, 128, 8, 2), (64, 16, 64, 4, 2)]:
+        for bk, nt, bn, warps, stages in [(64, 16, 128, 8, 2), (64, 16, 128, 8, 3), (64, 16, 128, 8, 4),
+                                          (64, 8, 64, 4, 3), (64, 32, 256, 8, 3), (32, 16, 128, 4, 3),
+                                          (64, 16, 128, 16, 3), (32, 32, 256, 8, 3)]:
             cfg = {"BLOCK_K": bk, "NT": nt, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
             timed(rows, "conv sweep", f"L={length}", json.dumps(cfg),
                   lambda: conv_k.long_conv(x, filt, True, config=cfg), 1, 1, bandwidth, peak)
     args = ssd_inputs(8, 4096, 16, 64, 128, dtype)
     original = json.loads(json.dumps(ssd_k.CONFIG))
-    variants = [{}, {"output": {"BLOCK_L": 128, "num_warps": 8}}, {"output": {"num_warps": 8}},
-                {"output": {"BLOCK_N": 128}}, {"output": {"num_stages": 3}},
-                {"states": {"BLOCK_N": 32, "BLOCK_P": 64}}, {"states": {"BLOCK_Q": 128, "num_warps": 8}},
-                {"states": {"BLOCK_P": 32, "BLOCK_N": 64}}, {"cb": {"BLOCK": 128, "num_warps": 8}}]
+    variants = [{}, {"output": {"BLOCK_L": 128}}, {"output": {"num_warps": 4}},
+                {"output": {"BLOCK_N": 128}}, {"output": {"num_stages": 3}}, {"output": {"BLOCK_P": 32}},
+                {"states": {"BLOCK_N": 128}}, {"states": {"BLOCK_Q": 128, "num_warps": 8}},
+                {"states": {"num_stages": 3}}, {"cb": {"BLOCK": 128, "num_warps": 8}}]
     for change in variants:
         for part, values in change.items():
             ssd_k.CONFIG[part].update(values)
@@ -393,6 +430,7 @@ def main() -> None:
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--bench", action="store_true")
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="per-kernel GPU times (torch.profiler)")
     parser.add_argument("--out", type=Path, default=None, help="write results.json and log.txt here")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -405,10 +443,11 @@ def main() -> None:
     result: dict = {"environment": env}
     failures = 0
     try:
-        if args.bench or args.sweep:
+        if args.bench or args.sweep or args.profile:
             bandwidth, peak = roofline()
             result["roofline"] = {"hbm_bytes_per_s": bandwidth, "bf16_flops_per_s": peak}
-        for wanted, name, fn in ((args.bench, "bench", bench_all), (args.sweep, "sweep", sweep)):
+        for wanted, name, fn in ((args.bench, "bench", bench_all), (args.profile, "profile", profile),
+                                 (args.sweep, "sweep", sweep)):
             if wanted:
                 try:
                     result[name] = fn(bandwidth, peak)

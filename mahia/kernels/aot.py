@@ -91,8 +91,9 @@ def _variants() -> Iterator[KernelVariant]:
                                      "CAPACITY_LIMITED": False}, 4, 1, "(1, 1, 1)", route_ptrs)
                 bn, bk, warps, stages = cfg["up"]
                 yield KernelVariant("moe_ffn", "moe_up_kernel", dt,
-                                    {"K": top_k, "BLOCK_M": block_m, "BLOCK_N": bn, "BLOCK_K": bk, **mma},
-                                    warps, stages, "(cdiv(T*k + E*(BLOCK_M-1), BLOCK_M), cdiv(H, BLOCK_N), 1)",
+                                    {"K": top_k, "BLOCK_M": block_m, "BLOCK_N": bn, "BLOCK_K": bk,
+                                     "GROUP_M": moe_ffn.GROUP_M, **mma},
+                                    warps, stages, "(cdiv(T*k + E*(BLOCK_M-1), BLOCK_M) * cdiv(H, BLOCK_N), 1, 1)",
                                     {"sorted_ids_ptr": "*i32", "block_expert_ptr": "*i32"})
                 yield KernelVariant("moe_ffn", "moe_combine_kernel", dt,
                                     {"K": top_k, "BLOCK_T": 8, "BLOCK_D": 256}, 4, 1,
@@ -100,8 +101,8 @@ def _variants() -> Iterator[KernelVariant]:
                                     {"weights_ptr": "*fp32", "queue_ptr": "*i32"})
             bn, bk, warps, stages = cfg["down"]
             yield KernelVariant("moe_ffn", "moe_down_kernel", dt,
-                                {"BLOCK_M": block_m, "BLOCK_N": bn, "BLOCK_K": bk, **mma},
-                                warps, stages, "(cdiv(T*k + E*(BLOCK_M-1), BLOCK_M), cdiv(D, BLOCK_N), 1)",
+                                {"BLOCK_M": block_m, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": moe_ffn.GROUP_M, **mma},
+                                warps, stages, "(cdiv(T*k + E*(BLOCK_M-1), BLOCK_M) * cdiv(D, BLOCK_N), 1, 1)",
                                 {"sorted_ids_ptr": "*i32", "block_expert_ptr": "*i32"})
 
 

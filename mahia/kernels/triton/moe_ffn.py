@@ -112,12 +112,23 @@ def moe_route_kernel(logits_ptr, mask_ptr, capacity_factor_ptr, weights_ptr, exp
 
 
 @triton.jit
+def grouped_tile(num_blocks_m, num_blocks_n, GROUP_M: tl.constexpr):
+    """(row block, column tile) of this program, GROUP_M row blocks at a time (L2 reuse of both)."""
+    pid = tl.program_id(0)
+    per_group = GROUP_M * num_blocks_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(num_blocks_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_rows
+    pid_n = (pid % per_group) // group_rows
+    return pid_m, pid_n
+
+
+@triton.jit
 def moe_up_kernel(x_ptr, w1_ptr, sorted_ids_ptr, block_expert_ptr, act_ptr, num_assign, d_model, hidden,
-                  stride_we, K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                  stride_we, num_blocks_m, K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """act[row, n] = silu(x[token] . w1[e, n]) * (x[token] . w1[e, H + n]) for one row block."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_m, pid_n = grouped_tile(num_blocks_m, tl.cdiv(hidden, BLOCK_N), GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
         return
@@ -147,11 +158,10 @@ def moe_up_kernel(x_ptr, w1_ptr, sorted_ids_ptr, block_expert_ptr, act_ptr, num_
 
 @triton.jit
 def moe_down_kernel(act_ptr, w2_ptr, sorted_ids_ptr, block_expert_ptr, out_ptr, num_assign, d_model, hidden,
-                    stride_we, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                    stride_we, num_blocks_m, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    GROUP_M: tl.constexpr, MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """out[assignment, n] = act[row] . w2[e, n] for one row block, scattered to assignment rows."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_m, pid_n = grouped_tile(num_blocks_m, tl.cdiv(d_model, BLOCK_N), GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
         return
@@ -196,8 +206,9 @@ CONFIGS = (
     # (max rows, up: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages), down: (BLOCK_N, BLOCK_K, warps, stages))
     (256, {"BLOCK_M": 16, "up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}),
     (4096, {"BLOCK_M": 64, "up": (64, 64, 4, 4), "down": (64, 64, 4, 4)}),
-    (None, {"BLOCK_M": 128, "up": (64, 64, 8, 4), "down": (128, 64, 8, 3)}),
+    (None, {"BLOCK_M": 128, "up": (128, 64, 8, 4), "down": (128, 128, 8, 3)}),
 )
+GROUP_M = 8  # row blocks walked together over all column tiles
 
 
 def choose_config(num_rows: int) -> dict[str, object]:
@@ -238,7 +249,9 @@ def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tens
     queue = torch.empty(num_tokens, k, dtype=torch.int32, device=device)
     sorted_ids = torch.empty(max_rows, dtype=torch.int32, device=device)
     block_expert = torch.empty(max_blocks, dtype=torch.int32, device=device)
-    factor = torch.full((1,), float(capacity_factor), dtype=torch.float64, device=device)
+    # Read only when capacity-limited (training); inference passes any pointer and allocates nothing.
+    factor = (torch.full((1,), float(capacity_factor), dtype=torch.float64, device=device)
+              if capacity_factor > 0 else weights)
     traceable(moe_route_kernel)[(1,)](
         router_logits, mask, factor, weights, experts, queue, sorted_ids, block_expert,
         num_tokens, num_experts, max_rows, K=k, E_PAD=max(2, triton.next_power_of_2(num_experts)),
@@ -249,15 +262,15 @@ def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tens
     precision = dot_precision(x.dtype)
     act = torch.empty(max_rows, hidden, dtype=x.dtype, device=device)
     bn, bk, warps, stages = _fit(cfg["up"], x.dtype)
-    traceable(moe_up_kernel)[(max_blocks, triton.cdiv(hidden, bn))](
-        x, w1, sorted_ids, block_expert, act, num_tokens * k, d_model, hidden, w1.stride(0),
-        K=k, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, MMA=mma, DOT_PRECISION=precision,
+    traceable(moe_up_kernel)[(max_blocks * triton.cdiv(hidden, bn),)](
+        x, w1, sorted_ids, block_expert, act, num_tokens * k, d_model, hidden, w1.stride(0), max_blocks,
+        K=k, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M, MMA=mma, DOT_PRECISION=precision,
         num_warps=warps, num_stages=stages)
     expert_out = torch.empty(num_tokens * k, d_model, dtype=x.dtype, device=device)
     bn, bk, warps, stages = _fit(cfg["down"], x.dtype)
-    traceable(moe_down_kernel)[(max_blocks, triton.cdiv(d_model, bn))](
-        act, w2, sorted_ids, block_expert, expert_out, num_tokens * k, d_model, hidden, w2.stride(0),
-        BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, MMA=mma, DOT_PRECISION=precision,
+    traceable(moe_down_kernel)[(max_blocks * triton.cdiv(d_model, bn),)](
+        act, w2, sorted_ids, block_expert, expert_out, num_tokens * k, d_model, hidden, w2.stride(0), max_blocks,
+        BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M, MMA=mma, DOT_PRECISION=precision,
         num_warps=warps, num_stages=stages)
     block_d = min(256, triton.next_power_of_2(d_model))
     traceable(moe_combine_kernel)[(triton.cdiv(num_tokens, 8), triton.cdiv(d_model, block_d))](

@@ -165,7 +165,7 @@ def kernel_chunk(chunk_size: int) -> int:
 CONFIG = {
     "cb": {"BLOCK": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
     "states": {"BLOCK_Q": 64, "BLOCK_P": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
-    "output": {"BLOCK_L": 64, "BLOCK_P": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
+    "output": {"BLOCK_L": 64, "BLOCK_P": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
 }
 
 
