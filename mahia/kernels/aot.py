@@ -79,16 +79,18 @@ def _variants() -> Iterator[KernelVariant]:
         yield KernelVariant("ssd_scan", "ssd_chunk_output_kernel", dt,
                             {"Q": q, **{k: cfg["output"][k] for k in ("BLOCK_L", "BLOCK_P", "BLOCK_N")}, **mma},
                             cfg["output"]["num_warps"], cfg["output"]["num_stages"],
-                            "(B * cdiv(L, Q) * H, Q // BLOCK_L, cdiv(P, BLOCK_P))",
+                            "(B * cdiv(L, Q) * H * (Q // BLOCK_L), cdiv(P, BLOCK_P), 1)",
                             {"cb_ptr": "*fp32", "states_ptr": "*fp32", "a_ptr": "*fp32"})
         route_ptrs = {"mask_ptr": "*i1", "capacity_factor_ptr": "*fp64", "weights_ptr": "*fp32",
                       "experts_ptr": "*i32", "queue_ptr": "*i32", "sorted_ids_ptr": "*i32", "block_expert_ptr": "*i32"}
         for limit, cfg in moe_ffn.CONFIGS:
             block_m = cfg["BLOCK_M"]
             for top_k in (1, 2):
+                route_block = 64 if limit is not None and limit <= 256 else 2048
                 yield KernelVariant("moe_ffn", "moe_route_kernel", dt,
-                                    {"K": top_k, "E_PAD": 8, "K_PAD": 2, "BLOCK_T": 256, "BLOCK_M": block_m,
-                                     "CAPACITY_LIMITED": False}, 4, 1, "(1, 1, 1)", route_ptrs)
+                                    {"K": top_k, "E_PAD": 8, "K_PAD": 2, "BLOCK_T": route_block, "BLOCK_M": block_m,
+                                     "CAPACITY_LIMITED": False}, 16 if route_block >= 1024 else 4, 1, "(1, 1, 1)",
+                                    route_ptrs)
                 bn, bk, warps, stages = cfg["up"]
                 yield KernelVariant("moe_ffn", "moe_up_kernel", dt,
                                     {"K": top_k, "BLOCK_M": block_m, "BLOCK_N": bn, "BLOCK_K": bk,

@@ -244,29 +244,33 @@ def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tens
     max_rows = triton.cdiv(num_tokens * k + num_experts * (block_m - 1), block_m) * block_m
     max_blocks = max_rows // block_m
     device = x.device
+    num_assign = num_tokens * k
+    # One int32 workspace (experts, queue positions, permuted ids, block owners): fewer allocations,
+    # which is most of the host time at decode sizes.
+    ints = torch.empty(2 * num_assign + max_rows + max_blocks, dtype=torch.int32, device=device)
+    experts, queue, sorted_ids, block_expert = ints.split([num_assign, num_assign, max_rows, max_blocks])
     weights = torch.empty(num_tokens, k, dtype=torch.float32, device=device)
-    experts = torch.empty(num_tokens, k, dtype=torch.int32, device=device)
-    queue = torch.empty(num_tokens, k, dtype=torch.int32, device=device)
-    sorted_ids = torch.empty(max_rows, dtype=torch.int32, device=device)
-    block_expert = torch.empty(max_blocks, dtype=torch.int32, device=device)
     # Read only when capacity-limited (training); inference passes any pointer and allocates nothing.
     factor = (torch.full((1,), float(capacity_factor), dtype=torch.float64, device=device)
               if capacity_factor > 0 else weights)
+    # The routing program walks all tokens: wide tiles and more warps for many tokens.
+    route_block = min(2048, max(64, triton.next_power_of_2(num_tokens)))
     traceable(moe_route_kernel)[(1,)](
         router_logits, mask, factor, weights, experts, queue, sorted_ids, block_expert,
         num_tokens, num_experts, max_rows, K=k, E_PAD=max(2, triton.next_power_of_2(num_experts)),
-        K_PAD=max(2, triton.next_power_of_2(k)), BLOCK_T=256, BLOCK_M=block_m,
-        CAPACITY_LIMITED=capacity_factor > 0, num_warps=4)
+        K_PAD=max(2, triton.next_power_of_2(k)), BLOCK_T=route_block, BLOCK_M=block_m,
+        CAPACITY_LIMITED=capacity_factor > 0, num_warps=16 if route_block >= 1024 else 4)
 
     mma = mma_dtype(x.dtype, moe_up_kernel)
     precision = dot_precision(x.dtype)
-    act = torch.empty(max_rows, hidden, dtype=x.dtype, device=device)
+    scratch = torch.empty(max_rows * hidden + num_assign * d_model, dtype=x.dtype, device=device)
+    act = scratch[:max_rows * hidden].view(max_rows, hidden)
+    expert_out = scratch[max_rows * hidden:].view(num_assign, d_model)
     bn, bk, warps, stages = _fit(cfg["up"], x.dtype)
     traceable(moe_up_kernel)[(max_blocks * triton.cdiv(hidden, bn),)](
         x, w1, sorted_ids, block_expert, act, num_tokens * k, d_model, hidden, w1.stride(0), max_blocks,
         K=k, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M, MMA=mma, DOT_PRECISION=precision,
         num_warps=warps, num_stages=stages)
-    expert_out = torch.empty(num_tokens * k, d_model, dtype=x.dtype, device=device)
     bn, bk, warps, stages = _fit(cfg["down"], x.dtype)
     traceable(moe_down_kernel)[(max_blocks * triton.cdiv(d_model, bn),)](
         act, w2, sorted_ids, block_expert, expert_out, num_tokens * k, d_model, hidden, w2.stride(0), max_blocks,

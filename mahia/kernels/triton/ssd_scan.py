@@ -99,12 +99,15 @@ def ssd_chunk_output_kernel(x_ptr, dt_ptr, a_ptr, c_ptr, cb_ptr, states_ptr, y_p
                             Q: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
                             MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """y for BLOCK_L positions of one chunk and head: state term + causal intra-chunk term."""
-    pid = tl.program_id(0)  # (batch, chunk, head), head fastest so the heads of a chunk share CB in L2
-    head = pid % heads
-    chunk = (pid // heads) % num_chunks
-    batch = pid // (heads * num_chunks)
-    blk_l = tl.program_id(1)
-    p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    # Program order (batch, chunk, head, row block): the row blocks of one head run together (they
+    # share its entering state and x in L2) and the heads of one chunk next (they share CB).
+    pid = tl.program_id(0)
+    blocks_l: tl.constexpr = Q // BLOCK_L
+    blk_l = pid % blocks_l
+    head = (pid // blocks_l) % heads
+    chunk = (pid // (blocks_l * heads)) % num_chunks
+    batch = pid // (blocks_l * heads * num_chunks)
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = p < head_dim
     a = tl.load(a_ptr + head).to(tl.float32)
     dt_base = dt_ptr + batch * stride_dtb + head
@@ -123,7 +126,7 @@ def ssd_chunk_output_kernel(x_ptr, dt_ptr, a_ptr, c_ptr, cb_ptr, states_ptr, y_p
 
     # State entering the chunk, read through C.
     acc = tl.zeros((BLOCK_L, BLOCK_P), dtype=tl.float32)
-    s_base = states_ptr + (pid // heads * heads + head) * head_dim * state
+    s_base = states_ptr + ((batch * num_chunks + chunk) * heads + head) * head_dim * state
     for n0 in range(0, state, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         cl = tl.load(c_ptr + batch * stride_cb + t_l[:, None] * stride_ct + n[None, :],
@@ -164,8 +167,8 @@ def kernel_chunk(chunk_size: int) -> int:
 # Tile sizes (chosen on the H100, see benchmarks/RESULTS.md).
 CONFIG = {
     "cb": {"BLOCK": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
-    "states": {"BLOCK_Q": 64, "BLOCK_P": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
-    "output": {"BLOCK_L": 64, "BLOCK_P": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
+    "states": {"BLOCK_Q": 64, "BLOCK_P": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+    "output": {"BLOCK_L": 64, "BLOCK_P": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
 }
 
 
@@ -207,7 +210,7 @@ def ssd_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk_size:
     cfg = CONFIG["output"]
     block_l = min(cfg["BLOCK_L"], q)
     blk_p, blk_n = tile(cfg, "BLOCK_P", head_dim), tile(cfg, "BLOCK_N", state)
-    traceable(ssd_chunk_output_kernel)[(batch * num_chunks * heads, q // block_l, triton.cdiv(head_dim, blk_p))](
+    traceable(ssd_chunk_output_kernel)[(batch * num_chunks * heads * (q // block_l), triton.cdiv(head_dim, blk_p))](
         x, dt, a, c, cb, states, y, length, heads, head_dim, state, num_chunks,
         x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), c.stride(0), c.stride(1),
         Q=q, BLOCK_L=block_l, BLOCK_P=blk_p, BLOCK_N=blk_n, MMA=mma, DOT_PRECISION=precision,
