@@ -82,15 +82,24 @@ def _variants() -> Iterator[KernelVariant]:
                             "(B * cdiv(L, Q) * H * (Q // BLOCK_L), cdiv(P, BLOCK_P), 1)",
                             {"cb_ptr": "*fp32", "states_ptr": "*fp32", "a_ptr": "*fp32"})
         route_ptrs = {"mask_ptr": "*i1", "capacity_factor_ptr": "*fp64", "weights_ptr": "*fp32",
-                      "experts_ptr": "*i32", "queue_ptr": "*i32", "sorted_ids_ptr": "*i32", "block_expert_ptr": "*i32"}
+                      "experts_ptr": "*i32", "queue_ptr": "*i32", "sorted_ids_ptr": "*i32", "block_expert_ptr": "*i32",
+                      "counts_ptr": "*i32", "valid_ptr": "*i32", "plan_ptr": "*i32"}
+        tile = moe_ffn.ROUTE_TILE
         for limit, cfg in moe_ffn.CONFIGS:
             block_m = cfg["BLOCK_M"]
             for top_k in (1, 2):
-                route_block = 64 if limit is not None and limit <= 256 else 2048
+                common = {"K": top_k, "E_PAD": 8}
+                # T <= ROUTE_TILE: one routing program; more tokens: top-k, plan, scatter.
                 yield KernelVariant("moe_ffn", "moe_route_kernel", dt,
-                                    {"K": top_k, "E_PAD": 8, "K_PAD": 2, "BLOCK_T": route_block, "BLOCK_M": block_m,
-                                     "CAPACITY_LIMITED": False}, 16 if route_block >= 1024 else 4, 1, "(1, 1, 1)",
-                                    route_ptrs)
+                                    {**common, "K_PAD": 2, "BLOCK_T": tile, "BLOCK_M": block_m,
+                                     "CAPACITY_LIMITED": False}, 4, 1, "(1, 1, 1)", route_ptrs)
+                yield KernelVariant("moe_ffn", "moe_topk_kernel", dt, {**common, "K_PAD": 2, "BLOCK_T": tile}, 4, 1,
+                                    "(cdiv(T, ROUTE_TILE), 1, 1)", route_ptrs)
+                yield KernelVariant("moe_ffn", "moe_plan_kernel", dt,
+                                    {**common, "BLOCK_R": 1024, "BLOCK_M": block_m, "CAPACITY_LIMITED": False}, 4, 1,
+                                    "(1, 1, 1)", route_ptrs)
+                yield KernelVariant("moe_ffn", "moe_scatter_kernel", dt, {**common, "BLOCK_T": tile}, 4, 1,
+                                    "(cdiv(T, ROUTE_TILE), k, 1)", route_ptrs)
                 bn, bk, warps, stages = cfg["up"]
                 yield KernelVariant("moe_ffn", "moe_up_kernel", dt,
                                     {"K": top_k, "BLOCK_M": block_m, "BLOCK_N": bn, "BLOCK_K": bk,
@@ -132,8 +141,9 @@ def _signature(fn: object, variant: KernelVariant) -> tuple[dict[str, str], dict
 
 
 def build(out_dir: Path, archs: tuple[int, ...] = ARCHS, dtypes: tuple[str, ...] = tuple(DTYPES),
-          only: str | None = None) -> dict[str, object]:
-    """Compile every variant (of the given dtypes, kernel names containing `only`) per arch into out_dir."""
+          only: str | None = None, one_per_kernel: bool = False) -> dict[str, object]:
+    """Compile every variant (of the given dtypes, kernel names containing `only`; with
+    one_per_kernel, the first variant of each kernel) for each arch into out_dir."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("aot: unset TRITON_INTERPRET; the interpreter cannot compile kernels")
     import importlib
@@ -148,9 +158,10 @@ def build(out_dir: Path, archs: tuple[int, ...] = ARCHS, dtypes: tuple[str, ...]
         staging_dir = Path(staging)
         seen = set()
         for variant in _variants():
-            if variant.tag in seen or variant.dtype not in dtypes or (only and only not in variant.kernel):
+            key = variant.kernel if one_per_kernel else variant.tag
+            if key in seen or variant.dtype not in dtypes or (only and only not in variant.kernel):
                 continue
-            seen.add(variant.tag)
+            seen.add(key)
             fn = getattr(importlib.import_module(f"mahia.kernels.triton.{variant.module}"), variant.kernel)
             signature, constexprs = _signature(fn, variant)
             for arch in archs:
@@ -186,8 +197,10 @@ def main() -> None:
     parser.add_argument("--arch", default=",".join(map(str, ARCHS)))
     parser.add_argument("--dtype", default=",".join(DTYPES))
     parser.add_argument("--only", default=None, help="compile only kernels whose name contains this")
+    parser.add_argument("--one-per-kernel", action="store_true", help="only the first variant of each kernel")
     args = parser.parse_args()
-    manifest = build(args.out, tuple(int(a) for a in args.arch.split(",")), tuple(args.dtype.split(",")), args.only)
+    manifest = build(args.out, tuple(int(a) for a in args.arch.split(",")), tuple(args.dtype.split(",")), args.only,
+                     args.one_per_kernel)
     print(f"wrote {len(manifest['kernels'])} kernels to {args.out}")
 
 

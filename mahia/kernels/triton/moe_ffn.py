@@ -25,90 +25,171 @@ from mahia.kernels.triton.launch import dot_precision, mma_dtype, traceable
 
 
 @triton.jit
-def moe_route_kernel(logits_ptr, mask_ptr, capacity_factor_ptr, weights_ptr, experts_ptr, queue_ptr,
-                     sorted_ids_ptr, block_expert_ptr, num_tokens, num_experts, max_rows,
-                     K: tl.constexpr, E_PAD: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
-                     BLOCK_M: tl.constexpr, CAPACITY_LIMITED: tl.constexpr):
-    """Routing and permutation for all tokens, in one program (see the module docstring)."""
-    cols = tl.arange(0, E_PAD)
-    col_ok = cols < num_experts
-    slots = tl.arange(0, K_PAD)
-    num_assign = num_tokens * K
+def topk_tile(logits_ptr, t, t_ok, num_experts, cols, col_ok, slots,
+              K: tl.constexpr, E_PAD: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Softmax over experts, top-K, renormalised: (weights [BLOCK_T, K_PAD], experts [BLOCK_T, K_PAD])."""
+    logits = tl.load(logits_ptr + t[:, None] * num_experts + cols[None, :],
+                     mask=t_ok[:, None] & col_ok[None, :], other=float("-inf")).to(tl.float32)
+    logits = tl.where(col_ok[None, :], logits, float("-inf"))
+    peak = tl.where(t_ok, tl.max(logits, axis=1), 0.0)
+    probs = tl.exp(logits - peak[:, None])
+    probs = probs / tl.sum(probs, axis=1)[:, None]
+    probs = tl.where(col_ok[None, :], probs, -1.0)
+    top_vals = tl.zeros((BLOCK_T, K_PAD), dtype=tl.float32)
+    top_idx = tl.zeros((BLOCK_T, K_PAD), dtype=tl.int32)
+    for r in tl.static_range(K):
+        best = tl.max(probs, axis=1)
+        # Lowest expert index among ties, as a deterministic rule.
+        idx = tl.min(tl.where(probs == best[:, None], cols[None, :], E_PAD), axis=1)
+        top_vals = tl.where(slots[None, :] == r, best[:, None], top_vals)
+        top_idx = tl.where(slots[None, :] == r, idx[:, None], top_idx)
+        probs = tl.where(cols[None, :] == idx[:, None], -1.0, probs)
+    return top_vals / tl.sum(top_vals, axis=1)[:, None], top_idx
 
-    # Top-k of the softmax, renormalised; count the real tokens.
-    valid = 0
-    for t0 in range(0, num_tokens, BLOCK_T):
-        t = t0 + tl.arange(0, BLOCK_T)
-        t_ok = t < num_tokens
-        valid += tl.sum((tl.load(mask_ptr + t, mask=t_ok, other=0) != 0).to(tl.int32), axis=0)
-        logits = tl.load(logits_ptr + t[:, None] * num_experts + cols[None, :],
-                         mask=t_ok[:, None] & col_ok[None, :], other=float("-inf")).to(tl.float32)
-        logits = tl.where(col_ok[None, :], logits, float("-inf"))
-        peak = tl.where(t_ok, tl.max(logits, axis=1), 0.0)
-        probs = tl.exp(logits - peak[:, None])
-        probs = probs / tl.sum(probs, axis=1)[:, None]
-        probs = tl.where(col_ok[None, :], probs, -1.0)
-        top_vals = tl.zeros((BLOCK_T, K_PAD), dtype=tl.float32)
-        top_idx = tl.zeros((BLOCK_T, K_PAD), dtype=tl.int32)
-        for r in tl.static_range(K):
-            best = tl.max(probs, axis=1)
-            # Lowest expert index among ties, as a deterministic rule.
-            idx = tl.min(tl.where(probs == best[:, None], cols[None, :], E_PAD), axis=1)
-            top_vals = tl.where(slots[None, :] == r, best[:, None], top_vals)
-            top_idx = tl.where(slots[None, :] == r, idx[:, None], top_idx)
-            probs = tl.where(cols[None, :] == idx[:, None], -1.0, probs)
-        weights = top_vals / tl.sum(top_vals, axis=1)[:, None]
-        out_ok = t_ok[:, None] & (slots < K)[None, :]
-        tl.store(weights_ptr + t[:, None] * K + slots[None, :], weights, mask=out_ok)
-        tl.store(experts_ptr + t[:, None] * K + slots[None, :], top_idx, mask=out_ok)
-    tl.debug_barrier()
 
+@triton.jit
+def expert_capacity(capacity_factor_ptr, valid, num_experts, num_assign, K: tl.constexpr,
+                    CAPACITY_LIMITED: tl.constexpr):
+    """Assignments each expert takes: ceil(capacity_factor * valid * k / E) in float64, in the
+    reference's arithmetic order, or all of them when dropless."""
     if CAPACITY_LIMITED:
-        # Same arithmetic order as the reference: ceil(capacity_factor * valid * k / E) in float64.
         raw = tl.load(capacity_factor_ptr) * valid.to(tl.float64) * K / num_experts
         capacity = raw.to(tl.int32)
         capacity += (capacity.to(tl.float64) < raw).to(tl.int32)
     else:
         capacity = num_assign
+    return capacity
 
-    # Queue position of each assignment at its expert: rank-major, then token order.
-    running = tl.zeros((E_PAD,), dtype=tl.int32)
-    for r in range(0, K):
-        for t0 in range(0, num_tokens, BLOCK_T):
-            t = t0 + tl.arange(0, BLOCK_T)
-            t_ok = t < num_tokens
-            real = t_ok & (tl.load(mask_ptr + t, mask=t_ok, other=0) != 0)
-            e = tl.load(experts_ptr + t * K + r, mask=t_ok, other=0)
-            onehot = ((e[:, None] == cols[None, :]) & real[:, None]).to(tl.int32)
-            before = tl.cumsum(onehot, axis=0) - onehot + running[None, :]
-            position = tl.sum(onehot * before, axis=1)
-            keep = real & (position < capacity)
-            tl.store(queue_ptr + t * K + r, tl.where(keep, position, -1), mask=t_ok)
-            running += tl.sum(onehot, axis=0)
-    tl.debug_barrier()
 
-    # Segment of each expert in the permuted rows, padded to BLOCK_M.
-    kept = tl.minimum(running, capacity)
+@triton.jit
+def expert_segments(totals, capacity, cols, col_ok, sorted_ids_ptr, block_expert_ptr, num_assign, max_blocks,
+                    BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr):
+    """From per-expert assignment counts: segment starts in the permuted rows (each padded to
+    BLOCK_M), the owner of every row block (-1 past the used rows), sentinel ids in the padding."""
+    kept = tl.minimum(totals, capacity)
     padded = tl.cdiv(kept, BLOCK_M) * BLOCK_M
     ends = tl.cumsum(padded, axis=0)
     starts = ends - padded
     used_rows = tl.sum(padded, axis=0)
-    for r0 in range(0, max_rows, BLOCK_T):
-        rows = r0 + tl.arange(0, BLOCK_T)
-        tl.store(sorted_ids_ptr + rows, num_assign, mask=rows < max_rows)
-        first_rows = rows * BLOCK_M
+    for b0 in range(0, max_blocks, BLOCK_B):
+        blocks = b0 + tl.arange(0, BLOCK_B)
+        first_rows = blocks * BLOCK_M
         owner = tl.sum(((ends[None, :] <= first_rows[:, None]) & col_ok[None, :]).to(tl.int32), axis=1)
-        owner = tl.where(first_rows < used_rows, owner, -1)
-        tl.store(block_expert_ptr + rows, owner, mask=rows < max_rows // BLOCK_M)
+        tl.store(block_expert_ptr + blocks, tl.where(first_rows < used_rows, owner, -1), mask=blocks < max_blocks)
+    pad_rows = tl.arange(0, BLOCK_M)
+    pad_at = starts[:, None] + kept[:, None] + pad_rows[None, :]
+    tl.store(sorted_ids_ptr + pad_at, num_assign, mask=col_ok[:, None] & (pad_at < ends[:, None]))
+    return starts
+
+
+@triton.jit
+def moe_route_kernel(logits_ptr, mask_ptr, capacity_factor_ptr, weights_ptr, experts_ptr, queue_ptr,
+                     sorted_ids_ptr, block_expert_ptr, num_tokens, num_experts, max_blocks,
+                     K: tl.constexpr, E_PAD: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
+                     BLOCK_M: tl.constexpr, CAPACITY_LIMITED: tl.constexpr):
+    """Routing and permutation of at most BLOCK_T tokens, in one program (decode sizes)."""
+    cols = tl.arange(0, E_PAD)
+    col_ok = cols < num_experts
+    slots = tl.arange(0, K_PAD)
+    num_assign = num_tokens * K
+    t = tl.arange(0, BLOCK_T)
+    t_ok = t < num_tokens
+    real = t_ok & (tl.load(mask_ptr + t, mask=t_ok, other=0) != 0)
+    weights, top_idx = topk_tile(logits_ptr, t, t_ok, num_experts, cols, col_ok, slots, K, E_PAD, K_PAD, BLOCK_T)
+    out_ok = t_ok[:, None] & (slots < K)[None, :]
+    tl.store(weights_ptr + t[:, None] * K + slots[None, :], weights, mask=out_ok)
+    tl.store(experts_ptr + t[:, None] * K + slots[None, :], top_idx, mask=out_ok)
+    capacity = expert_capacity(capacity_factor_ptr, tl.sum(real.to(tl.int32), axis=0), num_experts, num_assign,
+                               K, CAPACITY_LIMITED)
+
+    # Queue position of each assignment at its expert: rank-major, then token order.
+    running = tl.zeros((E_PAD,), dtype=tl.int32)
+    for r in tl.static_range(K):
+        e = tl.sum(tl.where(slots[None, :] == r, top_idx, 0), axis=1)
+        onehot = ((e[:, None] == cols[None, :]) & real[:, None]).to(tl.int32)
+        position = tl.sum(onehot * (tl.cumsum(onehot, axis=0) - onehot + running[None, :]), axis=1)
+        keep = real & (position < capacity)
+        tl.store(queue_ptr + t * K + r, tl.where(keep, position, -1), mask=t_ok)
+        running += tl.sum(onehot, axis=0)
+    starts = expert_segments(running, capacity, cols, col_ok, sorted_ids_ptr, block_expert_ptr, num_assign,
+                             max_blocks, BLOCK_M, BLOCK_T)
     tl.debug_barrier()
-    for r in range(0, K):
-        for t0 in range(0, num_tokens, BLOCK_T):
-            t = t0 + tl.arange(0, BLOCK_T)
-            t_ok = t < num_tokens
-            position = tl.load(queue_ptr + t * K + r, mask=t_ok, other=-1)
-            e = tl.load(experts_ptr + t * K + r, mask=t_ok, other=0)
-            start = tl.sum(tl.where(e[:, None] == cols[None, :], starts[None, :], 0), axis=1)
-            tl.store(sorted_ids_ptr + start + position, t * K + r, mask=t_ok & (position >= 0))
+    for r in tl.static_range(K):
+        e = tl.sum(tl.where(slots[None, :] == r, top_idx, 0), axis=1)
+        position = tl.load(queue_ptr + t * K + r, mask=t_ok, other=-1)
+        start = tl.sum(tl.where(e[:, None] == cols[None, :], starts[None, :], 0), axis=1)
+        tl.store(sorted_ids_ptr + start + position, t * K + r, mask=t_ok & (position >= 0))
+
+
+@triton.jit
+def moe_topk_kernel(logits_ptr, mask_ptr, weights_ptr, experts_ptr, counts_ptr, valid_ptr, num_tokens, num_experts,
+                    K: tl.constexpr, E_PAD: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Parallel routing, step 1 of 3: top-k per token, and per (rank, token tile) expert counts."""
+    tile = tl.program_id(0)
+    num_tiles = tl.num_programs(0)
+    cols = tl.arange(0, E_PAD)
+    col_ok = cols < num_experts
+    slots = tl.arange(0, K_PAD)
+    t = tile * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_ok = t < num_tokens
+    real = t_ok & (tl.load(mask_ptr + t, mask=t_ok, other=0) != 0)
+    weights, top_idx = topk_tile(logits_ptr, t, t_ok, num_experts, cols, col_ok, slots, K, E_PAD, K_PAD, BLOCK_T)
+    out_ok = t_ok[:, None] & (slots < K)[None, :]
+    tl.store(weights_ptr + t[:, None] * K + slots[None, :], weights, mask=out_ok)
+    tl.store(experts_ptr + t[:, None] * K + slots[None, :], top_idx, mask=out_ok)
+    tl.store(valid_ptr + tile, tl.sum(real.to(tl.int32), axis=0))
+    for r in tl.static_range(K):
+        e = tl.sum(tl.where(slots[None, :] == r, top_idx, 0), axis=1)
+        counts = tl.sum(((e[:, None] == cols[None, :]) & real[:, None]).to(tl.int32), axis=0)
+        tl.store(counts_ptr + (r * num_tiles + tile) * E_PAD + cols, counts)
+
+
+@triton.jit
+def moe_plan_kernel(counts_ptr, valid_ptr, capacity_factor_ptr, plan_ptr, sorted_ids_ptr, block_expert_ptr,
+                    num_tiles, num_tokens, num_experts, max_blocks, K: tl.constexpr, E_PAD: tl.constexpr,
+                    BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr, CAPACITY_LIMITED: tl.constexpr):
+    """Parallel routing, step 2 of 3 (one program): each (rank, tile)'s first queue position per
+    expert (rank-major, then tile order, written over counts), capacity, segments, block owners.
+    plan = [capacity, starts[E_PAD]]."""
+    cols = tl.arange(0, E_PAD)
+    col_ok = cols < num_experts
+    valid = 0
+    for i0 in range(0, num_tiles, BLOCK_R):
+        i = i0 + tl.arange(0, BLOCK_R)
+        valid += tl.sum(tl.load(valid_ptr + i, mask=i < num_tiles, other=0), axis=0)
+    capacity = expert_capacity(capacity_factor_ptr, valid, num_experts, num_tokens * K, K, CAPACITY_LIMITED)
+    running = tl.zeros((E_PAD,), dtype=tl.int32)
+    for i0 in range(0, K * num_tiles, BLOCK_R):
+        i = i0 + tl.arange(0, BLOCK_R)
+        ptrs = counts_ptr + i[:, None] * E_PAD + cols[None, :]
+        counts = tl.load(ptrs, mask=(i < K * num_tiles)[:, None], other=0)
+        tl.store(ptrs, tl.cumsum(counts, axis=0) - counts + running[None, :], mask=(i < K * num_tiles)[:, None])
+        running += tl.sum(counts, axis=0)
+    starts = expert_segments(running, capacity, cols, col_ok, sorted_ids_ptr, block_expert_ptr, num_tokens * K,
+                             max_blocks, BLOCK_M, BLOCK_R)
+    tl.store(plan_ptr, capacity)
+    tl.store(plan_ptr + 1 + cols, starts)
+
+
+@triton.jit
+def moe_scatter_kernel(mask_ptr, experts_ptr, counts_ptr, plan_ptr, queue_ptr, sorted_ids_ptr, num_tokens,
+                       K: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Parallel routing, step 3 of 3: queue position of every assignment, and its permuted row."""
+    tile = tl.program_id(0)
+    r = tl.program_id(1)
+    num_tiles = tl.num_programs(0)
+    cols = tl.arange(0, E_PAD)
+    t = tile * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_ok = t < num_tokens
+    real = t_ok & (tl.load(mask_ptr + t, mask=t_ok, other=0) != 0)
+    e = tl.load(experts_ptr + t * K + r, mask=t_ok, other=0)
+    onehot = ((e[:, None] == cols[None, :]) & real[:, None]).to(tl.int32)
+    first = tl.load(counts_ptr + (r * num_tiles + tile) * E_PAD + cols)
+    position = tl.sum(onehot * (tl.cumsum(onehot, axis=0) - onehot + first[None, :]), axis=1)
+    keep = real & (position < tl.load(plan_ptr))
+    tl.store(queue_ptr + t * K + r, tl.where(keep, position, -1), mask=t_ok)
+    start = tl.sum(tl.where(e[:, None] == cols[None, :], tl.load(plan_ptr + 1 + cols)[None, :], 0), axis=1)
+    tl.store(sorted_ids_ptr + start + position, t * K + r, mask=keep)
 
 
 @triton.jit
@@ -209,6 +290,7 @@ CONFIGS = (
     (None, {"BLOCK_M": 128, "up": (128, 64, 8, 4), "down": (128, 128, 8, 3)}),
 )
 GROUP_M = 8  # row blocks walked together over all column tiles
+ROUTE_TILE = 256  # tokens per routing program; up to this many, routing is one program
 
 
 def choose_config(num_rows: int) -> dict[str, object]:
@@ -253,13 +335,28 @@ def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tens
     # Read only when capacity-limited (training); inference passes any pointer and allocates nothing.
     factor = (torch.full((1,), float(capacity_factor), dtype=torch.float64, device=device)
               if capacity_factor > 0 else weights)
-    # The routing program walks all tokens: wide tiles and more warps for many tokens.
-    route_block = min(2048, max(64, triton.next_power_of_2(num_tokens)))
-    traceable(moe_route_kernel)[(1,)](
-        router_logits, mask, factor, weights, experts, queue, sorted_ids, block_expert,
-        num_tokens, num_experts, max_rows, K=k, E_PAD=max(2, triton.next_power_of_2(num_experts)),
-        K_PAD=max(2, triton.next_power_of_2(k)), BLOCK_T=route_block, BLOCK_M=block_m,
-        CAPACITY_LIMITED=capacity_factor > 0, num_warps=16 if route_block >= 1024 else 4)
+    e_pad = max(2, triton.next_power_of_2(num_experts))
+    k_pad = max(2, triton.next_power_of_2(k))
+    limited = capacity_factor > 0
+    if num_tokens <= ROUTE_TILE:
+        traceable(moe_route_kernel)[(1,)](
+            router_logits, mask, factor, weights, experts, queue, sorted_ids, block_expert,
+            num_tokens, num_experts, max_blocks, K=k, E_PAD=e_pad, K_PAD=k_pad,
+            BLOCK_T=max(16, triton.next_power_of_2(num_tokens)), BLOCK_M=block_m, CAPACITY_LIMITED=limited,
+            num_warps=4)
+    else:
+        num_tiles = triton.cdiv(num_tokens, ROUTE_TILE)
+        counts = torch.empty(k * num_tiles * e_pad + num_tiles + 1 + e_pad, dtype=torch.int32, device=device)
+        counts, valid, plan = counts.split([k * num_tiles * e_pad, num_tiles, 1 + e_pad])
+        traceable(moe_topk_kernel)[(num_tiles,)](
+            router_logits, mask, weights, experts, counts, valid, num_tokens, num_experts,
+            K=k, E_PAD=e_pad, K_PAD=k_pad, BLOCK_T=ROUTE_TILE, num_warps=4)
+        traceable(moe_plan_kernel)[(1,)](
+            counts, valid, factor, plan, sorted_ids, block_expert, num_tiles, num_tokens, num_experts, max_blocks,
+            K=k, E_PAD=e_pad, BLOCK_R=1024, BLOCK_M=block_m, CAPACITY_LIMITED=limited, num_warps=4)
+        traceable(moe_scatter_kernel)[(num_tiles, k)](
+            mask, experts, counts, plan, queue, sorted_ids, num_tokens, K=k, E_PAD=e_pad, BLOCK_T=ROUTE_TILE,
+            num_warps=4)
 
     mma = mma_dtype(x.dtype, moe_up_kernel)
     precision = dot_precision(x.dtype)
