@@ -89,7 +89,7 @@ def _variants() -> Iterator[KernelVariant]:
             block_m = cfg["BLOCK_M"]
             for top_k in (1, 2):
                 common = {"K": top_k, "E_PAD": 8}
-                # T <= ROUTE_TILE: one routing program; more tokens: top-k, plan, scatter.
+                # T <= ROUTE_TILE: this one routing program; more tokens: top-k, plan, scatter.
                 yield KernelVariant("moe_ffn", "moe_route_kernel", dt,
                                     {**common, "K_PAD": 2, "BLOCK_T": tile, "BLOCK_M": block_m,
                                      "CAPACITY_LIMITED": False}, 4, 1, "(1, 1, 1)", route_ptrs)

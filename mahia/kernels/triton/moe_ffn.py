@@ -290,7 +290,8 @@ CONFIGS = (
     (None, {"BLOCK_M": 128, "up": (128, 64, 8, 4), "down": (128, 128, 8, 3)}),
 )
 GROUP_M = 8  # row blocks walked together over all column tiles
-ROUTE_TILE = 256  # tokens per routing program; up to this many, routing is one program
+ROUTE_TILE = 256  # tokens per program of the parallel routing kernels
+ONE_PROGRAM_ROUTING = 1024  # up to this many tokens one routing program does it all (fewer launches)
 
 
 def choose_config(num_rows: int) -> dict[str, object]:
@@ -338,12 +339,12 @@ def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tens
     e_pad = max(2, triton.next_power_of_2(num_experts))
     k_pad = max(2, triton.next_power_of_2(k))
     limited = capacity_factor > 0
-    if num_tokens <= ROUTE_TILE:
+    if num_tokens <= ONE_PROGRAM_ROUTING:
+        route_block = max(16, triton.next_power_of_2(num_tokens))
         traceable(moe_route_kernel)[(1,)](
             router_logits, mask, factor, weights, experts, queue, sorted_ids, block_expert,
             num_tokens, num_experts, max_blocks, K=k, E_PAD=e_pad, K_PAD=k_pad,
-            BLOCK_T=max(16, triton.next_power_of_2(num_tokens)), BLOCK_M=block_m, CAPACITY_LIMITED=limited,
-            num_warps=4)
+            BLOCK_T=route_block, BLOCK_M=block_m, CAPACITY_LIMITED=limited, num_warps=4 if route_block <= 256 else 8)
     else:
         num_tiles = triton.cdiv(num_tokens, ROUTE_TILE)
         counts = torch.empty(k * num_tiles * e_pad + num_tiles + 1 + e_pad, dtype=torch.int32, device=device)
