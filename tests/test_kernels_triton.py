@@ -163,6 +163,18 @@ def test_moe_ffn_matches_reference(gen, dtype, case):
     assert torch.equal(out[~mask], torch.zeros_like(out[~mask])), "masked tokens must give exactly 0"
 
 
+@pytest.mark.parametrize("capacity", [0.0, 1.25])
+@pytestmark_interpreted
+def test_moe_parallel_routing_matches_reference(gen, capacity):
+    # More tokens than one routing program takes: the top-k / plan / scatter kernels.
+    tokens = moe_kernels.ONE_PROGRAM_ROUTING + 37
+    x, logits, mask, w1, w2 = moe_inputs(gen, tokens, 16, 16, 4, torch.float32)
+    cfg = {"BLOCK_M": 128, "up": (16, 16, 4, 1), "down": (16, 16, 4, 1)}
+    out = moe_kernels.moe_ffn(x, logits, mask, w1, w2, 2, capacity, config=cfg)
+    ref = reference.moe_ffn(x.double(), logits.double(), mask, w1.double(), w2.double(), 2, capacity)
+    assert rel_error(out, ref) < TOLERANCE[torch.float32], f"seed {gen.initial_seed()}"
+
+
 @pytest.mark.parametrize("block_m", [16, 64])
 @pytestmark_interpreted
 def test_moe_kernels_are_deterministic_and_tile_independent(gen, block_m):
