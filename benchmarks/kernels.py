@@ -136,6 +136,16 @@ def check() -> list[dict]:
         same = torch.equal(out, again)
         return (rel_error(out, ref) if same else math.inf), ("deterministic" if same else "NOT DETERMINISTIC")
 
+    def fp8_case(tokens, top_k, dtype):
+        x, logits, mask, w1, w2 = moe_inputs(tokens, 1024, 2816, 8, torch.float32)
+        (w1q, s1), (w2q, s2) = reference.quantize_experts_fp8(w1), reference.quantize_experts_fp8(w2)
+        poison_free_memory()
+        out = kernels.moe_ffn_fp8(x.to(dtype), logits, mask, w1q, s1, w2q, s2, top_k, 0.0)
+        w1d, w2d = reference.dequantize_experts_fp8(w1q, s1, torch.float64), reference.dequantize_experts_fp8(
+            w2q, s2, torch.float64)
+        ref = reference.moe_ffn(x.to(dtype).double(), logits.double(), mask, w1d, w2d, top_k, 0.0)
+        return rel_error(out, ref), "fp8 e4m3 weights"
+
     def ssd_case(batch, length, heads, chunk, dtype):
         args = ssd_inputs(batch, length, heads, 64, 128, dtype)
         poison_free_memory()
@@ -161,6 +171,9 @@ def check() -> list[dict]:
         for capacity in ((0.0, 1.25) if tokens == 1000 else (0.0,)):
             guarded("moe_ffn", f"T={tokens} D={d_model} H={hidden} E=8 k={top_k} cf={capacity}", dtype,
                     lambda: moe_case(tokens, d_model, hidden, top_k, capacity, dtype))
+    for dtype, tokens, top_k in itertools.product((torch.bfloat16, torch.float16), (1, 7, 64, 1000, 16384), (2, 8)):
+        guarded("moe_ffn_fp8", f"T={tokens} D=1024 H=2816 E=8 k={top_k}", dtype,
+                lambda: fp8_case(tokens, top_k, dtype))
     for dtype, length in itertools.product(dtypes, (1, 17, 512, 4096)):
         guarded("ssd_scan", f"B=2 L={length} H=16 P=64 N=128 chunk=256", dtype,
                 lambda: ssd_case(2, length, 16, 256, dtype))
@@ -256,6 +269,8 @@ def bench_all(bandwidth: float, peak: float) -> list[dict]:
     """The issue's timing table."""
     rows: list[dict] = []
     dtype = torch.bfloat16
+    import triton.testing
+
     d_model, hidden, experts, top_k = 1024, 2816, 8, 2
     compiled = torch.compile(moe_grouped_mm, dynamic=False)
     for tokens in (16, 64, 1024, 16384):
@@ -271,7 +286,6 @@ def bench_all(bandwidth: float, peak: float) -> list[dict]:
               bytes_moved, flops, bandwidth, peak)
         if tokens <= 1024:
             try:
-                import triton.testing
                 graph_ms = float(triton.testing.do_bench_cudagraph(lambda: kernels.moe_ffn(*args, top_k, 0.0),
                                                                    rep=200, return_mode="median"))
                 row(rows, "moe_ffn", shape, "triton, CUDA graph replay", graph_ms, bytes_moved, flops, bandwidth, peak)
@@ -283,6 +297,19 @@ def bench_all(bandwidth: float, peak: float) -> list[dict]:
                   lambda: moe_dense_masked(*args, top_k), bytes_moved, flops, bandwidth, peak)
         timed(rows, "moe_ffn", shape, "torch._grouped_mm", lambda: moe_grouped_mm(*args, top_k),
               bytes_moved, flops, bandwidth, peak)
+        (w1q, s1), (w2q, s2) = reference.quantize_experts_fp8(w1), reference.quantize_experts_fp8(w2)
+        fp8_args = (x, logits, mask, w1q, s1, w2q, s2)
+        fp8_bytes = weight_bytes // 2 + 2 * tokens * d_model * 2
+        timed(rows, "moe_ffn", shape, "triton FP8 weights (moe_ffn_fp8)",
+              lambda: kernels.moe_ffn_fp8(*fp8_args, top_k, 0.0), fp8_bytes, flops, bandwidth, peak)
+        if tokens <= 1024:
+            try:
+                graph_ms = float(triton.testing.do_bench_cudagraph(lambda: kernels.moe_ffn_fp8(*fp8_args, top_k, 0.0),
+                                                                   rep=200, return_mode="median"))
+                row(rows, "moe_ffn", shape, "triton FP8, CUDA graph replay", graph_ms, fp8_bytes, flops, bandwidth,
+                    peak)
+            except Exception as exc:
+                say(f"moe_ffn_fp8 CUDA graph timing failed: {type(exc).__name__}: {exc}")
         if tokens == 16384:  # the issue's compiled baseline; each token count would recompile
             timed(rows, "moe_ffn", shape, "torch.compile(_grouped_mm)", lambda: compiled(*args, top_k),
                   bytes_moved, flops, bandwidth, peak)

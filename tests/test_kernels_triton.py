@@ -163,6 +163,20 @@ def test_moe_ffn_matches_reference(gen, dtype, case):
     assert torch.equal(out[~mask], torch.zeros_like(out[~mask])), "masked tokens must give exactly 0"
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", [(7, 32, 48, 4, 2), (40, 48, 32, 8, 8)])
+@pytestmark_interpreted
+def test_moe_ffn_fp8_weights_match_reference(gen, dtype, case):
+    tokens, d_model, hidden, experts, top_k = case
+    x, logits, mask, w1, w2 = moe_inputs(gen, tokens, d_model, hidden, experts, torch.float32)
+    x = x.to(dtype)
+    (w1_q, s1), (w2_q, s2) = reference.quantize_experts_fp8(w1), reference.quantize_experts_fp8(w2)
+    out = moe_kernels.moe_ffn(x, logits, mask, w1_q, w2_q, top_k, 0.0, w1_scale=s1, w2_scale=s2)
+    w1_ref, w2_ref = (reference.dequantize_experts_fp8(w, s, torch.float64) for w, s in ((w1_q, s1), (w2_q, s2)))
+    ref = reference.moe_ffn(x.double(), logits.double(), mask, w1_ref, w2_ref, top_k, 0.0)
+    assert rel_error(out, ref) < TOLERANCE[dtype], f"seed {gen.initial_seed()}"
+
+
 @pytest.mark.parametrize("capacity", [0.0, 1.25])
 @pytestmark_interpreted
 def test_moe_parallel_routing_matches_reference(gen, capacity):

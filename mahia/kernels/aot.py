@@ -38,6 +38,7 @@ class KernelVariant:
     num_stages: int
     grid: str  # launch grid as a formula over the op's sizes
     pointer_types: dict[str, str] = field(default_factory=dict)  # overrides of *{dt}
+    min_arch: int = 80  # FP8 (e4m3) conversions need sm_89
 
     @property
     def tag(self) -> str:
@@ -101,20 +102,28 @@ def _variants() -> Iterator[KernelVariant]:
                 yield KernelVariant("moe_ffn", "moe_scatter_kernel", dt, {**common, "BLOCK_T": tile}, 4, 1,
                                     "(cdiv(T, ROUTE_TILE), k, 1)", route_ptrs)
                 bn, bk, warps, stages = cfg["up"]
-                yield KernelVariant("moe_ffn", "moe_up_kernel", dt,
-                                    {"K": top_k, "BLOCK_M": block_m, "BLOCK_N": bn, "BLOCK_K": bk,
-                                     "GROUP_M": moe_ffn.GROUP_M, **mma},
-                                    warps, stages, "(cdiv(T*k + E*(BLOCK_M-1), BLOCK_M) * cdiv(H, BLOCK_N), 1, 1)",
-                                    {"sorted_ids_ptr": "*i32", "block_expert_ptr": "*i32"})
+                for fp8 in (False, True):
+                    weights = {"w1_ptr": "*fp8e4nv", "w1_scale_ptr": "*fp32"} if fp8 else {}
+                    yield KernelVariant("moe_ffn", "moe_up_kernel", dt,
+                                        {"K": top_k, "BLOCK_M": block_m, "BLOCK_N": bn, "BLOCK_K": bk,
+                                         "GROUP_M": moe_ffn.GROUP_M, "W_SCALED": fp8, **mma},
+                                        warps, stages,
+                                        "(cdiv(T*k + E*(BLOCK_M-1), BLOCK_M) * cdiv(H, BLOCK_N), 1, 1)",
+                                        {"sorted_ids_ptr": "*i32", "block_expert_ptr": "*i32", **weights},
+                                        min_arch=89 if fp8 else 80)
                 yield KernelVariant("moe_ffn", "moe_combine_kernel", dt,
                                     {"K": top_k, "BLOCK_T": 8, "BLOCK_D": 256}, 4, 1,
                                     "(cdiv(T, BLOCK_T), cdiv(D, BLOCK_D), 1)",
                                     {"weights_ptr": "*fp32", "queue_ptr": "*i32"})
             bn, bk, warps, stages = cfg["down"]
-            yield KernelVariant("moe_ffn", "moe_down_kernel", dt,
-                                {"BLOCK_M": block_m, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": moe_ffn.GROUP_M, **mma},
-                                warps, stages, "(cdiv(T*k + E*(BLOCK_M-1), BLOCK_M) * cdiv(D, BLOCK_N), 1, 1)",
-                                {"sorted_ids_ptr": "*i32", "block_expert_ptr": "*i32"})
+            for fp8 in (False, True):
+                weights = {"w2_ptr": "*fp8e4nv", "w2_scale_ptr": "*fp32"} if fp8 else {}
+                yield KernelVariant("moe_ffn", "moe_down_kernel", dt,
+                                    {"BLOCK_M": block_m, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": moe_ffn.GROUP_M,
+                                     "W_SCALED": fp8, **mma},
+                                    warps, stages, "(cdiv(T*k + E*(BLOCK_M-1), BLOCK_M) * cdiv(D, BLOCK_N), 1, 1)",
+                                    {"sorted_ids_ptr": "*i32", "block_expert_ptr": "*i32", **weights},
+                                    min_arch=89 if fp8 else 80)
 
 
 def _signature(fn: object, variant: KernelVariant) -> tuple[dict[str, str], dict[str, object]]:
@@ -158,13 +167,13 @@ def build(out_dir: Path, archs: tuple[int, ...] = ARCHS, dtypes: tuple[str, ...]
         staging_dir = Path(staging)
         seen = set()
         for variant in _variants():
-            key = variant.kernel if one_per_kernel else variant.tag
+            key = (variant.kernel, variant.min_arch) if one_per_kernel else variant.tag
             if key in seen or variant.dtype not in dtypes or (only and only not in variant.kernel):
                 continue
             seen.add(key)
             fn = getattr(importlib.import_module(f"mahia.kernels.triton.{variant.module}"), variant.kernel)
             signature, constexprs = _signature(fn, variant)
-            for arch in archs:
+            for arch in (a for a in archs if a >= variant.min_arch):
                 compiled = triton.compile(
                     ASTSource(fn, signature, constexprs=constexprs),
                     target=GPUTarget("cuda", arch, 32),

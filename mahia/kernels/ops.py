@@ -73,6 +73,24 @@ def _moe_ffn_fake(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2
     return torch.empty_like(x)
 
 
+@torch.library.triton_op("mahia::moe_ffn_fp8", mutates_args=())
+def moe_ffn_fp8(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w1_scale: Tensor, w2: Tensor,
+                w2_scale: Tensor, top_k: int, capacity_factor: float) -> Tensor:
+    """moe_ffn with float8_e4m3fn expert weights and float32 per-output-channel scales [E, 2H] / [E, D]."""
+    if _use_triton(x, router_logits, mask, w1, w1_scale, w2, w2_scale) and x.dtype != torch.float32:
+        from mahia.kernels.triton import moe_ffn as kernel
+
+        return kernel.moe_ffn(x, router_logits, mask, w1, w2, top_k, capacity_factor,
+                              w1_scale=w1_scale, w2_scale=w2_scale)
+    return reference.moe_ffn_fp8(x, router_logits, mask, w1, w1_scale, w2, w2_scale, top_k, capacity_factor)
+
+
+@moe_ffn_fp8.register_fake
+def _moe_ffn_fp8_fake(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w1_scale: Tensor, w2: Tensor,
+                      w2_scale: Tensor, top_k: int, capacity_factor: float) -> Tensor:
+    return torch.empty_like(x)
+
+
 @torch.library.triton_op("mahia::gate_combine", mutates_args=())
 def gate_combine(branches: Tensor, gate_logits: Tensor) -> Tensor:
     """Meta-gate: softmax over 3 branch logits [B, L, 3], weighted sum of branches [B, L, D, 3]."""
@@ -116,4 +134,5 @@ def _register_recompute_autograd(op: torch._library.custom_ops.CustomOpDef, fn: 
 _register_recompute_autograd(long_conv, reference.long_conv, num_tensor_args=2)
 _register_recompute_autograd(ssd_scan, reference.ssd_scan, num_tensor_args=5)
 _register_recompute_autograd(moe_ffn, reference.moe_ffn, num_tensor_args=5)
+_register_recompute_autograd(moe_ffn_fp8, reference.moe_ffn_fp8, num_tensor_args=7)
 _register_recompute_autograd(gate_combine, reference.gate_combine, num_tensor_args=2)

@@ -205,10 +205,14 @@ def grouped_tile(num_blocks_m, num_blocks_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def moe_up_kernel(x_ptr, w1_ptr, sorted_ids_ptr, block_expert_ptr, act_ptr, num_assign, d_model, hidden,
-                  stride_we, num_blocks_m, K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """act[row, n] = silu(x[token] . w1[e, n]) * (x[token] . w1[e, H + n]) for one row block."""
+def moe_up_kernel(x_ptr, w1_ptr, w1_scale_ptr, sorted_ids_ptr, block_expert_ptr, act_ptr, num_assign, d_model,
+                  hidden, stride_we, num_blocks_m, K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, W_SCALED: tl.constexpr, MMA: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr):
+    """act[row, n] = silu(x[token] . w1[e, n]) * (x[token] . w1[e, H + n]) for one row block.
+
+    W_SCALED: w1 is FP8 with one scale per output channel, applied to the accumulators (the scale
+    of channel n factors out of the sum over D)."""
     pid_m, pid_n = grouped_tile(num_blocks_m, tl.cdiv(hidden, BLOCK_N), GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
@@ -232,16 +236,22 @@ def moe_up_kernel(x_ptr, w1_ptr, sorted_ids_ptr, block_expert_ptr, act_ptr, num_
                      mask=n_ok[None, :] & k_ok[:, None], other=0.0)
         acc_gate = tl.dot(xs, wg.to(MMA), acc_gate, input_precision=DOT_PRECISION)
         acc_up = tl.dot(xs, wu.to(MMA), acc_up, input_precision=DOT_PRECISION)
+    if W_SCALED:
+        scale_base = w1_scale_ptr + expert * 2 * hidden
+        acc_gate *= tl.load(scale_base + n, mask=n_ok, other=0.0)[None, :]
+        acc_up *= tl.load(scale_base + hidden + n, mask=n_ok, other=0.0)[None, :]
     act = acc_gate / (1.0 + tl.exp(-acc_gate)) * acc_up
     tl.store(act_ptr + rows.to(tl.int64)[:, None] * hidden + n[None, :], act.to(act_ptr.dtype.element_ty),
              mask=n_ok[None, :])
 
 
 @triton.jit
-def moe_down_kernel(act_ptr, w2_ptr, sorted_ids_ptr, block_expert_ptr, out_ptr, num_assign, d_model, hidden,
-                    stride_we, num_blocks_m, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    GROUP_M: tl.constexpr, MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """out[assignment, n] = act[row] . w2[e, n] for one row block, scattered to assignment rows."""
+def moe_down_kernel(act_ptr, w2_ptr, w2_scale_ptr, sorted_ids_ptr, block_expert_ptr, out_ptr, num_assign, d_model,
+                    hidden, stride_we, num_blocks_m, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, W_SCALED: tl.constexpr, MMA: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr):
+    """out[assignment, n] = act[row] . w2[e, n] for one row block, scattered to assignment rows
+    (W_SCALED: FP8 w2, per-output-channel scale applied to the accumulator)."""
     pid_m, pid_n = grouped_tile(num_blocks_m, tl.cdiv(d_model, BLOCK_N), GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
@@ -259,6 +269,8 @@ def moe_down_kernel(act_ptr, w2_ptr, sorted_ids_ptr, block_expert_ptr, out_ptr, 
         a = tl.load(act_ptr + rows.to(tl.int64)[:, None] * hidden + k[None, :], mask=k_ok[None, :], other=0.0)
         w = tl.load(w_base + n[None, :] * hidden + k[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)
         acc = tl.dot(a.to(MMA), w.to(MMA), acc, input_precision=DOT_PRECISION)
+    if W_SCALED:
+        acc *= tl.load(w2_scale_ptr + expert * d_model + n, mask=n_ok, other=0.0)[None, :]
     tl.store(out_ptr + ids.to(tl.int64)[:, None] * d_model + n[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & n_ok[None, :])
 
@@ -311,13 +323,22 @@ def _fit(tiles: tuple[int, int, int, int], dtype: torch.dtype) -> tuple[int, int
 
 
 def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tensor, top_k: int,
-            capacity_factor: float, config: dict[str, object] | None = None) -> Tensor:
-    """Launch the four kernels: x [T, D], router_logits [T, E], mask [T], w1 [E, 2H, D], w2 [E, D, H]."""
+            capacity_factor: float, config: dict[str, object] | None = None,
+            w1_scale: Tensor | None = None, w2_scale: Tensor | None = None) -> Tensor:
+    """Launch the kernels: x [T, D], router_logits [T, E], mask [T], w1 [E, 2H, D], w2 [E, D, H].
+
+    With w1_scale [E, 2H] and w2_scale [E, D] (float32), w1 and w2 are float8_e4m3fn weights with
+    per-output-channel scales (the FP8 deploy format); the products run in x's dtype."""
     num_tokens, d_model = x.shape
     num_experts, two_h, _ = w1.shape
     hidden = two_h // 2
     k = min(top_k, num_experts)
     x, router_logits, w1, w2 = (t.contiguous() for t in (x, router_logits, w1, w2))
+    scaled = w1_scale is not None
+    if scaled != (w2_scale is not None):
+        raise ValueError("moe_ffn: give both w1_scale and w2_scale (FP8 weights) or neither")
+    w1_scale = w1_scale.float().contiguous() if scaled else w1
+    w2_scale = w2_scale.float().contiguous() if scaled else w2
     mask = mask.contiguous()
     y = torch.empty_like(x)
     if num_tokens == 0:
@@ -366,13 +387,15 @@ def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tens
     expert_out = scratch[max_rows * hidden:].view(num_assign, d_model)
     bn, bk, warps, stages = _fit(cfg["up"], x.dtype)
     traceable(moe_up_kernel)[(max_blocks * triton.cdiv(hidden, bn),)](
-        x, w1, sorted_ids, block_expert, act, num_tokens * k, d_model, hidden, w1.stride(0), max_blocks,
-        K=k, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M, MMA=mma, DOT_PRECISION=precision,
+        x, w1, w1_scale, sorted_ids, block_expert, act, num_tokens * k, d_model, hidden, w1.stride(0), max_blocks,
+        K=k, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M, W_SCALED=scaled, MMA=mma,
+        DOT_PRECISION=precision,
         num_warps=warps, num_stages=stages)
     bn, bk, warps, stages = _fit(cfg["down"], x.dtype)
     traceable(moe_down_kernel)[(max_blocks * triton.cdiv(d_model, bn),)](
-        act, w2, sorted_ids, block_expert, expert_out, num_tokens * k, d_model, hidden, w2.stride(0), max_blocks,
-        BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M, MMA=mma, DOT_PRECISION=precision,
+        act, w2, w2_scale, sorted_ids, block_expert, expert_out, num_tokens * k, d_model, hidden, w2.stride(0),
+        max_blocks, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M, W_SCALED=scaled, MMA=mma,
+        DOT_PRECISION=precision,
         num_warps=warps, num_stages=stages)
     block_d = min(256, triton.next_power_of_2(d_model))
     traceable(moe_combine_kernel)[(triton.cdiv(num_tokens, 8), triton.cdiv(d_model, block_d))](
