@@ -6,6 +6,9 @@ table through the quantizer's per-tensor overrides, so the Q/DQ graph and calib.
 numbers. Written here: the choice of nodes, fp8 weight scales (amax / 448 per output channel), and
 the post-pass that gives each consumer of a quantized activation its own Q/DQ pair.
 
+Known ONNX Runtime 1.32 behaviour (measured): its optimizer removes a Relu in front of a float8
+QuantizeLinear, which changes results; MAHIA-X has no Relu, and parity would catch it.
+
 Every function maps (onnx path, table, options) -> quantized onnx path and works on any ONNX file
 whose MatMul/Gemm nodes have initializer weights.
 """
@@ -130,13 +133,16 @@ def quantize_qdq(onnx_path: str | Path, table: CalibrationTable, out_path: str |
                         calibrate_method=method, calibration_cache_path=cache, extra_options=extra)
     quantized = onnx.load(str(out_path))
     if options.dedicated_qdq_pairs:
-        dedicate_qdq_pairs(quantized)
+        dedicate_qdq_pairs(quantized, {n.node for n in nodes})
     onnx.save(quantized, str(out_path))
     return out_path
 
 
-def dedicate_qdq_pairs(model: onnx.ModelProto) -> int:
+def dedicate_qdq_pairs(model: onnx.ModelProto, quantized_nodes: set[str] | None = None) -> int:
     """Give every consumer of a quantized activation its own QuantizeLinear -> DequantizeLinear pair.
+
+    With `quantized_nodes`, consumers outside that set (layers kept in float, which ORT's quantizer
+    also hands the dequantized tensor) read the original float tensor instead.
 
     ONNX Runtime's CPU graph transformer fuses DQ -> MatMul -> (Q) into an integer MatMul only when
     the DQ output has a single consumer; a shared Q/DQ pair leaves every consumer unfused (measured
@@ -157,14 +163,35 @@ def dedicate_qdq_pairs(model: onnx.ModelProto) -> int:
             continue
         q = producers.get(dq.input[0])
         users = consumers.get(dq.output[0], [])
-        if q is None or q.op_type != "QuantizeLinear" or len(users) < 2:
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        if quantized_nodes is not None:
+            for user in [u for u in users if u.name not in quantized_nodes]:
+                for i, name in enumerate(user.input):
+                    if name == dq.output[0]:
+                        user.input[i] = q.input[0]
+            users = [u for u in users if u.name in quantized_nodes]
+        if len(users) < 2:
             continue
         copies = []
         for index, user in enumerate(users[1:], start=1):
-            q_out, dq_out = f"{q.output[0]}_pair{index}", f"{dq.output[0]}_pair{index}"
-            q_copy = onnx.helper.make_node("QuantizeLinear", [q.input[0], *q.input[1:]], [q_out], name=f"{q.name}_pair{index}")
+            suffix = f"_pair{index}"
+            # Own copies of the scale and zero point too: ORT's common-subexpression elimination would
+            # merge Q nodes with identical inputs back into one shared Q.
+            params = []
+            for name in q.input[1:]:
+                if name in initializers:
+                    copy = onnx.TensorProto()
+                    copy.CopyFrom(next(i for i in graph.initializer if i.name == name))
+                    copy.name = name + suffix
+                    graph.initializer.append(copy)
+                    params.append(copy.name)
+                else:
+                    params.append(name)
+            q_out, dq_out = q.output[0] + suffix, dq.output[0] + suffix
+            q_copy = onnx.helper.make_node("QuantizeLinear", [q.input[0], *params], [q_out], name=q.name + suffix)
             q_copy.attribute.extend(q.attribute)
-            dq_copy = onnx.helper.make_node("DequantizeLinear", [q_out, *dq.input[1:]], [dq_out], name=f"{dq.name}_pair{index}")
+            dq_copy = onnx.helper.make_node("DequantizeLinear", [q_out, *params], [dq_out], name=dq.name + suffix)
             dq_copy.attribute.extend(dq.attribute)
             for i, name in enumerate(user.input):
                 if name == dq.output[0]:
@@ -208,3 +235,45 @@ def quantize_int4(onnx_path: str | Path, out_path: str | Path, block_size: int =
     out_path.parent.mkdir(parents=True, exist_ok=True)
     quantizer.model.save_model_to_file(str(out_path), use_external_data_format=False)
     return out_path
+
+
+def restore_float(quantized: onnx.ModelProto, original: onnx.ModelProto, nodes: set[str]) -> onnx.ModelProto:
+    """A copy of `quantized` in which the named MatMul/Gemm nodes read their original float inputs again.
+
+    The quantizer keeps node names, so each node's float inputs come from `original`; Q/DQ nodes and
+    quantized weights nobody reads any more are pruned. This makes a per-layer sensitivity sweep or a
+    mixed-precision graph a cheap graph edit instead of a fresh quantization.
+    """
+    wanted = {n.name: list(n.input) for n in original.graph.node if n.name in nodes}
+    missing = sorted(nodes - set(wanted))
+    if missing:
+        raise CalibrationError(f"nodes not in the float graph: {', '.join(missing)}")
+    model = onnx.ModelProto()
+    model.CopyFrom(quantized)
+    graph = model.graph
+    for node in graph.node:
+        if node.name in wanted:
+            del node.input[:]
+            node.input.extend(wanted[node.name])
+    present = {i.name for i in graph.initializer}
+    originals = {i.name: i for i in original.graph.initializer}
+    for name in {x for inputs in wanted.values() for x in inputs}:
+        if name in originals and name not in present:
+            graph.initializer.append(originals[name])
+    _prune(graph)
+    return model
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Remove Q/DQ nodes whose outputs nobody reads, then unread initializers."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {name for node in graph.node for name in node.input} | outputs
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not set(n.output) & read]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    read = {name for node in graph.node for name in node.input} | outputs
+    for init in [i for i in graph.initializer if i.name not in read]:
+        graph.initializer.remove(init)

@@ -116,7 +116,7 @@ class RangeStatistics:
 def _rounding_step(values: np.ndarray, amax: np.ndarray, grid: str) -> np.ndarray:
     """Spacing of the quantization grid around each value (|values| <= amax), in real units."""
     if grid == "int8":
-        return np.broadcast_to(amax / INT8_MAX, values.shape)
+        return np.broadcast_to(amax / INT8_MAX, np.broadcast_shapes(values.shape, np.shape(amax)))
     scale = amax / FP8_E4M3_MAX
     # E4M3FN: 3 mantissa bits; exponents below -6 are subnormal with the fixed spacing 2^-9.
     exponent = np.floor(np.log2(np.maximum(values / scale, 2.0 ** -6)))
@@ -135,10 +135,11 @@ def mse_amax(hist: np.ndarray, edges: np.ndarray, grid: str, candidates: int = 5
     counts = hist.astype(np.float64)
     top = float(edges[-1])
     trial = np.linspace(top / candidates, top, candidates)
-    errors = np.empty(candidates)
-    for i, amax in enumerate(trial):
-        inside = centres <= amax
-        clip = ((centres[~inside] - amax) ** 2 * counts[~inside]).sum()
-        rounding = (_rounding_step(centres[inside], np.float64(amax), grid) ** 2 / 12.0 * counts[inside]).sum()
-        errors[i] = clip + rounding
-    return float(trial[int(np.argmin(errors))])
+    errors = []
+    for block in np.array_split(trial, max(1, candidates // 64)):  # 64 candidates x bins at a time
+        amax = block[:, None]
+        inside = centres[None, :] <= amax
+        clip = np.where(inside, 0.0, (centres[None, :] - amax) ** 2)
+        step = _rounding_step(np.minimum(centres[None, :], amax), amax, grid)
+        errors.append(((np.where(inside, step ** 2 / 12.0, 0.0) + clip) * counts[None, :]).sum(axis=1))
+    return float(trial[int(np.argmin(np.concatenate(errors)))])
