@@ -230,9 +230,11 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
                 if not torch.isfinite(parts.total):
                     kept = f"the last good checkpoint is {last_path} (step {saved_step(last_path)})" \
                         if last_path.is_file() else "no checkpoint had been written yet"
-                    raise TrainingError(f"loss is not finite ({float(parts.total)}) at step {step + 1} (epoch {epoch + 1}): "
-                                        f"task {float(parts.task)}, load balance {float(parts.load_balance)}, "
-                                        f"z {float(parts.z_loss)}; stopped, {kept}. Try a lower --lr")
+                    total, task_loss, balance, z = (float(t.detach()) for t in
+                                                    (parts.total, parts.task, parts.load_balance, parts.z_loss))
+                    raise TrainingError(f"loss is not finite ({total}) at step {step + 1} (epoch {epoch + 1}): "
+                                        f"task {task_loss}, load balance {balance}, z {z}; stopped, {kept}. "
+                                        "Try a lower --lr")
                 optimizer.zero_grad(set_to_none=True)
                 parts.total.backward()
                 if config.grad_clip > 0:
