@@ -12,7 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mahia.calibration.data import CalibrationError
 from mahia.calibration.quantize import QuantizeOptions, quantize_int4, quantize_qdq, restore_float
-from mahia.calibration.sensitivity import output_error, run_onnx
+from mahia.calibration.sensitivity import (layer_sensitivity, output_error, plan_mixed, run_onnx, sensitivity_markdown,
+                                           sensitivity_plot)
 from mahia.calibration.table import CalibrationTable, TensorRange
 
 K, H, N = 64, 96, 48
@@ -172,3 +173,29 @@ def test_table_that_does_not_fit_the_graph_is_refused(float_graph, tmp_path) -> 
         quantize_qdq(path, partial, tmp_path / "x.onnx")
     with pytest.raises(CalibrationError, match="table is for int8, but fp8 needs float8e4m3fn"):
         quantize_qdq(path, table, tmp_path / "x.onnx", QuantizeOptions("fp8"))
+
+
+def test_mixed_plan_meets_the_budget_or_names_the_limiting_layers(float_graph, tmp_path) -> None:
+    path, feeds, reference = float_graph
+    table = _table(path, feeds, "int8")
+    full = onnx.load(str(quantize_qdq(path, table, tmp_path / "full.onnx", QuantizeOptions("int8"))))
+    original = onnx.load(str(path))
+    node_of = {layer: node for node, layer in table.nodes.items()}
+
+    def quantize(keep: frozenset[str], out):
+        onnx.save(restore_float(full, original, {node_of[l] for l in keep}), str(out))
+        return out
+
+    rows = layer_sensitivity(sorted(node_of), "int8", quantize, feeds, reference)
+    assert [r.rel_l2_error for r in rows] == sorted((r.rel_l2_error for r in rows), reverse=True)
+    everything = output_error(run_onnx(quantize(frozenset(), tmp_path / "all.onnx"), feeds), reference).rel_l2_error
+    float_error = output_error(reference, reference)
+    plan, graph = plan_mixed(rows, "int8", quantize, feeds, reference, everything * 0.6, float_error)
+    assert plan.error.rel_l2_error <= everything * 0.6 and graph.is_file()
+    kept = [layer for layer, precision in plan.precisions.items() if precision == "fp32"]
+    assert kept and set(kept) == {r.layer for r in rows[: len(kept)]}
+    assert "fp32" in sensitivity_markdown(rows, plan) and sensitivity_plot(rows, "t", plan)[:4] == b"\x89PNG"
+    with pytest.raises(CalibrationError, match="no mixed assignment meets accuracy budget 1e-09.*most limiting layers are layer"):
+        plan_mixed(rows, "int8", quantize, feeds, reference, 1e-9, float_error)
+    with pytest.raises(CalibrationError, match="the float graph alone has relative error"):
+        plan_mixed(rows, "int8", quantize, feeds, reference, 1e-9, output_error(reference * 1.01, reference))

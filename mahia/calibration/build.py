@@ -30,7 +30,7 @@ from mahia.model import MahiaX
 
 QUANTIZED_PRECISIONS = ("int8", "fp8", "int4", "auto")
 # Default calibration method per precision, chosen by measurement (benchmarks/quantize.py, RESULTS.md).
-DEFAULT_METHOD = {"int8": "percentile", "fp8": "max", "auto": "percentile"}
+DEFAULT_METHOD = {"int8": "mse", "fp8": "max", "auto": "mse"}
 # auto: int8 Q/DQ everywhere it fits the budget; layers that do not are kept fp32.
 AUTO_BASE_PRECISION = "int8"
 CALIBRATION_JSON, CALIBRATION_CACHE = "calibration.json", "calib.cache"
