@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 import torch
 
-from mahia.calibration.data import CalibrationData, CalibrationDataConfig, CalibrationError, load_calibration_data
+from mahia.calibration.data import (MIN_CALIBRATION_SAMPLES, CalibrationData, CalibrationDataConfig, CalibrationError,
+                                    load_calibration_data)
 from mahia.calibration.onnx_names import parameter_index, quantizable_nodes
 from mahia.calibration.quantize import QuantizeOptions, quantize_int4, quantize_qdq, restore_float
 from mahia.calibration.ranges import collect_ranges
@@ -62,6 +63,9 @@ class CalibrationOptions:
         """Raise CalibrationError for settings that do not fit `precision`."""
         if precision not in QUANTIZED_PRECISIONS:
             raise CalibrationError(f"unknown quantized precision {precision!r}; expected one of {QUANTIZED_PRECISIONS}")
+        if self.samples < MIN_CALIBRATION_SAMPLES:
+            raise CalibrationError(f"too few calibration samples: {self.samples}; at least {MIN_CALIBRATION_SAMPLES} "
+                                   "are needed for stable ranges (default 512)")
         if precision == "int4":
             if self.method not in (None, "none"):
                 raise CalibrationError(f"int4 is weight-only: it takes no activation calibration method (got {self.method!r})")

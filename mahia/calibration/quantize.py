@@ -16,6 +16,7 @@ whose MatMul/Gemm nodes have initializer weights.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,10 +128,14 @@ def quantize_qdq(onnx_path: str | Path, table: CalibrationTable, out_path: str |
         # ORT accepts float8 only from its "Distribution" calibration; our overrides fix every scale anyway.
         method = CalibrationMethod.MinMax if options.precision == "int8" else CalibrationMethod.Distribution
         save_tensors_data(TensorsData(method, ranges), cache)
-        quantize_static(str(onnx_path), str(out_path), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=["MatMul", "Gemm"], per_channel=options.per_channel,
-                        activation_type=qtype, weight_type=qtype, nodes_to_quantize=[n.node for n in nodes],
-                        calibrate_method=method, calibration_cache_path=cache, extra_options=extra)
+        logging.disable(logging.WARNING)  # ORT's quantizer warns on every call that no pre-processing ran
+        try:
+            quantize_static(str(onnx_path), str(out_path), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=["MatMul", "Gemm"], per_channel=options.per_channel,
+                            activation_type=qtype, weight_type=qtype, nodes_to_quantize=[n.node for n in nodes],
+                            calibrate_method=method, calibration_cache_path=cache, extra_options=extra)
+        finally:
+            logging.disable(logging.NOTSET)
     quantized = onnx.load(str(out_path))
     if options.dedicated_qdq_pairs:
         dedicate_qdq_pairs(quantized, {n.node for n in nodes})

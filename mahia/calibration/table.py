@@ -85,8 +85,9 @@ def _range(amax: float, dtype: str, config: MethodConfig, ranges: EagerRanges, e
                        ranges.samples, ranges.data_hash, eager)
 
 
-def build_table(ranges: EagerRanges, nodes: list[QuantizableNode], config: MethodConfig) -> CalibrationTable:
-    """The table for the quantized activations of `nodes` (ONNX names) and for every eager tensor."""
+def build_table(ranges: EagerRanges, nodes: list[QuantizableNode], config: MethodConfig,
+                include_eager: bool = True) -> CalibrationTable:
+    """The table for the quantized activations of `nodes` (ONNX names) and (optionally) every eager tensor."""
     dtype = "int8" if config.grid == "int8" else "float8e4m3fn"
     tensors, layers, selected = {}, {}, {}
     for node in nodes:
@@ -100,7 +101,7 @@ def build_table(ranges: EagerRanges, nodes: list[QuantizableNode], config: Metho
         selected[node.node] = node.layer
     if not selected:
         raise CalibrationError("no quantizable node has an eager range: nothing to calibrate")
-    eager = {n: _range(ranges.amax(n, config), dtype, config, ranges, (n,)) for n in ranges.names()}
+    eager = {n: _range(ranges.amax(n, config), dtype, config, ranges, (n,)) for n in ranges.names()} if include_eager else {}
     return CalibrationTable(dtype, config.method, ranges.samples, ranges.data_hash, tensors, eager, layers, selected)
 
 

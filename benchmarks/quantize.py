@@ -1,0 +1,153 @@
+"""Quantized exports on the CPU: calibration-method comparison, accuracy deltas and INT8 latency.
+
+    python benchmarks/quantize.py --config small --calib-samples 512 --eval-samples 256
+
+Per precision/method: relative logit error and argmax agreement against eager fp32 on test-split
+reviews, and the accuracy delta (points) against the labels; latency of eager fp32, ORT fp32 and ORT
+int8 at 1 x 128 and 8 x max(384) with 2 threads. Prints Markdown; --json writes every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from mahia.calibration.data import CalibrationDataConfig, load_calibration_data
+from mahia.calibration.onnx_names import parameter_index, quantizable_nodes
+from mahia.calibration.quantize import QuantizeOptions, quantize_int4, quantize_qdq
+from mahia.calibration.ranges import collect_ranges
+from mahia.calibration.sensitivity import output_error
+from mahia.calibration.statistics import METHODS, METHODS_FOR_GRID, MethodConfig
+from mahia.calibration.table import build_table
+from mahia.data import load_reviews
+from mahia.export import stages
+from mahia.export.config import DimRange
+from mahia.model import build_model, get_config, load_checkpoint
+
+THREADS = 2
+
+
+def session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="small")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="trained weights (default: seeded, untrained)")
+    parser.add_argument("--calib-samples", type=int, default=512)
+    parser.add_argument("--eval-samples", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+
+    if args.checkpoint:
+        model, _ = load_checkpoint(args.checkpoint)
+        label = f"checkpoint {args.checkpoint}"
+    else:
+        model = build_model(get_config(args.config), seed=0).eval()
+        label = f"{args.config}, seed 0, untrained"
+    config = model.config
+    splits = load_reviews()
+    tmp = Path(tempfile.mkdtemp(prefix="mahia-bench-quantize-"))
+    profile = stages.resolve_profile(config, DimRange("batch", 1, 8, 16), None)
+    fp32_path = tmp / "model.onnx"
+    onnx.save(stages.lower_to_onnx(stages.export_program(model, profile), config, profile, 21), str(fp32_path))
+    graph = onnx.load(str(fp32_path))
+
+    start = time.perf_counter()
+    calibration = load_calibration_data(config.max_seq_len, CalibrationDataConfig(args.calib_samples), dataset=splits["train"])
+    ranges = collect_ranges(model, calibration, METHODS)
+    collect_seconds = time.perf_counter() - start
+    nodes = quantizable_nodes(graph, ranges.names(), parameter_index(model))
+
+    evaluation = load_calibration_data(config.max_seq_len, CalibrationDataConfig(args.eval_samples, split="test", seed=1),
+                                       dataset=splits["test"])
+    feeds = evaluation.numpy_batches()
+    with torch.inference_mode():
+        reference = np.concatenate([model(**b).numpy() for b in evaluation.batches])
+    labels = evaluation.labels.numpy()
+    eager_accuracy = float((reference.argmax(-1) == labels).mean())
+
+    variants: list[tuple[str, str, Path]] = []
+    for precision, grid in (("int8", "int8"), ("fp8", "fp8")):
+        for method in METHODS_FOR_GRID[grid]:
+            table = build_table(ranges, nodes, MethodConfig(method, grid=grid), include_eager=False)
+            path = quantize_qdq(fp32_path, table, tmp / f"{precision}-{method}.onnx", QuantizeOptions(precision))
+            variants.append((precision, method, path))
+    for block in (32, 64, 128):
+        variants.append(("int4", f"block {block}", quantize_int4(fp32_path, tmp / f"int4-{block}.onnx", block,
+                                                               parameter_index(model))))
+    rows = []
+    for precision, method, path in variants:
+        sess = session(path)
+        out = np.concatenate([sess.run(None, f)[0] for f in feeds])
+        error = output_error(out, reference)
+        accuracy = float((out.argmax(-1) == labels).mean())
+        rows.append({"precision": precision, "method": method, "rel_l2_error": error.rel_l2_error,
+                     "argmax_agreement": error.argmax_agreement, "accuracy": accuracy,
+                     "accuracy_delta_pt": 100 * (accuracy - eager_accuracy)})
+
+    latency = []
+    test = splits["test"]
+    for batch, seq in ((1, 128), (8, min(512, config.max_seq_len))):
+        inputs, _ = test.batch(np.arange(batch), seq)
+        pad = seq - inputs["input_ids"].shape[1]
+        for name in ("input_ids", "attention_mask"):
+            inputs[name] = torch.nn.functional.pad(inputs[name], (0, pad))
+        feed = {k: v.numpy() for k, v in inputs.items()}
+        with torch.inference_mode():
+            eager = median_ms(lambda: model(**inputs), args.repeats)
+        fp32 = median_ms(lambda s=session(fp32_path): s.run(None, feed), args.repeats)
+        best_int8 = next(p for prec, m, p in variants if prec == "int8" and m == "mse")
+        int8 = median_ms(lambda s=session(best_int8): s.run(None, feed), args.repeats)
+        latency.append({"batch": batch, "seq": seq, "eager_fp32_ms": eager, "ort_fp32_ms": fp32, "ort_int8_ms": int8,
+                        "int8_speedup_vs_eager": eager / int8, "int8_speedup_vs_ort_fp32": fp32 / int8})
+
+    result = {"model": label, "config": config.name, "calib_samples": calibration.samples, "calib_hash": calibration.content_hash,
+              "eval_samples": evaluation.samples, "eager_accuracy": eager_accuracy, "collect_seconds": collect_seconds,
+              "threads": THREADS, "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+              "date_utc": time.strftime("%Y-%m-%d", time.gmtime()), "accuracy": rows, "latency": latency}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"Model: {label}; calibration {calibration.samples} train samples (hash {calibration.content_hash[:12]}), "
+          f"ranges collected in {collect_seconds:.1f} s; evaluation {evaluation.samples} test samples, "
+          f"eager accuracy {100 * eager_accuracy:.2f} %\n")
+    print("| precision | method | rel. logit error | argmax agreement | accuracy delta (pt) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['precision']} | {r['method']} | {r['rel_l2_error']:.3e} | {r['argmax_agreement']:.4f} | {r['accuracy_delta_pt']:+.2f} |")
+    print("\n| batch x seq | eager fp32 (ms) | ORT fp32 (ms) | ORT int8 (ms) | int8 vs eager | int8 vs ORT fp32 |")
+    print("|---|---|---|---|---|---|")
+    for r in latency:
+        print(f"| {r['batch']} x {r['seq']} | {r['eager_fp32_ms']:.1f} | {r['ort_fp32_ms']:.1f} | {r['ort_int8_ms']:.1f} | "
+              f"{r['int8_speedup_vs_eager']:.2f}x | {r['int8_speedup_vs_ort_fp32']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
