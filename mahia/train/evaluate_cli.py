@@ -71,6 +71,8 @@ def main(artifact_dir: Path | None, backend: tuple[str, ...], checkpoint: Path |
     from mahia.runtime import ArtifactIntegrityError
 
     console = Console()
+    if not console.is_terminal:  # a log or a pipe: do not wrap the table at 80 columns
+        console = Console(width=160)
     try:
         manifest = manifest_of(artifact_dir) if artifact_dir is not None else None
         model, max_len, eager_name = eager_model(checkpoint, manifest)
