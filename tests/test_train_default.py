@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 
 import numpy as np
@@ -12,6 +13,7 @@ from mahia.model import get_config
 from mahia.model.checkpoint import read_checkpoint_metadata
 from mahia.train import predict
 from mahia.train.metrics import classification_metrics, logits_to_prob_positive
+from mahia.train.reproduce import compare_metrics
 
 
 def test_default_model_is_the_trained_small_checkpoint() -> None:
@@ -37,3 +39,12 @@ def test_default_model_has_learned_the_task() -> None:
     assert metrics["roc_auc"] > 0.7, metrics
     shipped = default_metrics()["model"]["test"]
     assert shipped["accuracy"] > shipped["majority_accuracy"] and shipped["roc_auc"] > 0.7, shipped
+
+
+def test_reproduction_check_flags_moved_metrics() -> None:
+    shipped = default_metrics()
+    assert compare_metrics(shipped, copy.deepcopy(shipped)) == []
+    moved = copy.deepcopy(shipped)
+    moved["model"]["test"]["accuracy"] -= 0.02
+    problems = compare_metrics(shipped, moved)
+    assert len(problems) == 1 and problems[0].startswith("model test accuracy")
