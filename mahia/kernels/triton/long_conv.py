@@ -60,7 +60,8 @@ def long_conv_kernel(x_ptr, filt_ptr, out_ptr, batch, length, filt_len, filt_shi
 
 
 def choose_config(batch: int, length: int) -> dict[str, int]:
-    """Tile sizes by shape bucket (chosen on the H100; no autotuning at call time)."""
+    """Tile sizes by shape bucket; no autotuning at call time. The L >= 256 bucket was chosen by
+    benchmarks/kernels.py --sweep on the H100; short sequences use 16-step tiles (not tuned)."""
     block_k = 64 if length >= 256 else 16
     num_blocks = triton.cdiv(length, block_k)
     nt = min(16, triton.next_power_of_2(num_blocks))
