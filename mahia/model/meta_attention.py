@@ -98,5 +98,4 @@ class MetaAttention(nn.Module):
         """x [B, L, D] (normalised), mask [B, L] -> [B, L, D]."""
         u_hyena, u_ssd, u_fourier = self.in_proj(x).chunk(3, dim=-1)
         branches = torch.stack([self.hyena(u_hyena), self.ssd(u_ssd), self.fourier(u_fourier, mask)], dim=-1)
-        weights = torch.softmax(self.gate(x).float(), dim=-1).to(x.dtype)
-        return self.out_proj((branches * weights[..., None, :]).sum(dim=-1))
+        return self.out_proj(kernels.gate_combine(branches, self.gate(x)))
