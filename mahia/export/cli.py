@@ -20,6 +20,8 @@ Examples:
   mahia-export --checkpoint run/model.safetensors --precision fp16
   mahia-export --config small --batch 1:8:32 --seq 16:128:384 --formats onnx
   mahia-export --config tiny --json --quiet      # machine-readable summary on stdout
+  mahia-export --precision fp8                   # FP8 Q/DQ ONNX, calibration.json, calib.cache, sensitivity plot
+  mahia-export --precision auto --accuracy-budget 0.05 --calib-samples 256
 """
 
 
@@ -63,10 +65,17 @@ def _parse_formats(ctx: click.Context, param: click.Parameter, value: str | None
               help="Dynamic sequence range MIN:OPT:MAX. Default: 1:128:min(max_seq_len, 512).")
 @click.option("--atol", type=click.FloatRange(min=0), default=None, help="Override the precision's absolute tolerance.")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, help="Override the precision's relative tolerance.")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=None,
+              help="Quantized precisions: real training samples to calibrate on (default 512).")
+@click.option("--calib-method", type=click.Choice(["max", "percentile", "entropy", "mse"]), default=None,
+              help="Quantized precisions: activation range method (default: int8/auto mse, fp8 max; int4 takes none).")
+@click.option("--accuracy-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="auto: largest relative logit error on calibration samples; the most sensitive layers stay fp32 until met.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress display or summary (errors are still printed).")
 def main(config_name: str | None, checkpoint: Path | None, seed: int, precision: str, formats: tuple[str, ...],
          out_dir: Path, batch: DimRange, seq: DimRange | None, atol: float | None, rtol: float | None,
+         calib_samples: int | None, calib_method: str | None, accuracy_budget: float | None,
          as_json: bool, quiet: bool) -> None:
     """Export MAHIA-X to verified deployable artifacts: a torch.export program (.pt2), portable ONNX, and a
     Polygraphy parity report against the eager PyTorch model. Exits 0 only when every parity check passes."""
@@ -77,7 +86,8 @@ def main(config_name: str | None, checkpoint: Path | None, seed: int, precision:
 
     cfg = ExportConfig(source=ModelSource(config_name, checkpoint, seed), precision=precision, formats=formats,
                        batch=batch, seq=seq, atol=atol, rtol=rtol, out_dir=out_dir,
-                       command_line=("mahia-export", *sys.argv[1:]))
+                       command_line=("mahia-export", *sys.argv[1:]),
+                       calibration=_calibration_options(precision, calib_samples, calib_method, accuracy_budget))
     start = time.perf_counter()
     try:
         with _progress(quiet) as on_stage:
@@ -108,6 +118,27 @@ def main(config_name: str | None, checkpoint: Path | None, seed: int, precision:
     if not quiet and not as_json:
         click.echo(f"Parity passed (worst rel L2 error {worst.rel_l2_error:.2e}, {worst.backend} at "
                    f"{worst.batch} x {worst.seq}). Artifacts: {result.artifact_dir} ({seconds:.1f} s)")
+
+
+def _calibration_options(precision: str, samples: int | None, method: str | None, budget: float | None):
+    """CalibrationOptions for a quantized precision (None for the others, which take no such option)."""
+    from mahia.calibration.build import QUANTIZED_PRECISIONS, CalibrationOptions
+    from mahia.calibration.data import CalibrationError
+
+    given = [name for name, value in (("--calib-samples", samples), ("--calib-method", method),
+                                      ("--accuracy-budget", budget)) if value is not None]
+    if precision not in QUANTIZED_PRECISIONS:
+        if given:
+            raise click.UsageError(f"{', '.join(given)} apply to the quantized precisions "
+                                   f"({', '.join(QUANTIZED_PRECISIONS)}), not {precision}")
+        return None
+    options = CalibrationOptions(**{k: v for k, v in (("samples", samples), ("method", method),
+                                                      ("accuracy_budget", budget)) if v is not None})
+    try:
+        options.check(precision)
+    except CalibrationError as exc:
+        raise click.UsageError(str(exc)) from None
+    return options
 
 
 class _progress:

@@ -118,3 +118,4 @@ class ExportConfig:
     opset: int = 21
     flavour: str = "portable"
     command_line: tuple[str, ...] = field(default_factory=tuple)
+    calibration: object | None = None  # mahia.calibration.build.CalibrationOptions (quantized precisions)

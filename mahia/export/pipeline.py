@@ -90,7 +90,8 @@ def artifact_name(config: ModelConfig, precision: Precision, weights: str, cfg: 
     """`<config>-<precision>-<short hash>`: the hash covers weights and every setting that shapes the output."""
     key = json.dumps({"weights": weights, "config": config.to_json(), "precision": precision.name,
                       "formats": list(cfg.formats), "batch": str(profile.batch), "seq": str(profile.seq),
-                      "tolerances": asdict(tolerances), "opset": cfg.opset, "flavour": cfg.flavour}, sort_keys=True)
+                      "tolerances": asdict(tolerances), "opset": cfg.opset, "flavour": cfg.flavour,
+                      **({"calibration": asdict(cfg.calibration)} if cfg.calibration is not None else {})}, sort_keys=True)
     return f"{config.name}-{precision.name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
@@ -165,7 +166,7 @@ def _run_stages(cfg: ExportConfig, precision: Precision, formats: tuple[str, ...
         feeds = parity.real_samples(config, [(1, profile.seq.opt)] * n, split="train")
         return [{k: torch.from_numpy(v) for k, v in f.items()} for f in feeds]
 
-    ctx = BuildContext(model, onnx_fp32, export_at, calibration_inputs, formats)
+    ctx = BuildContext(model, onnx_fp32, export_at, calibration_inputs, formats, cfg.calibration)
 
     def build() -> tuple[Built, list[str]]:
         built = precision.build(ctx)
@@ -181,6 +182,9 @@ def _run_stages(cfg: ExportConfig, precision: Precision, formats: tuple[str, ...
                 warnings.simplefilter("ignore")  # "No complete tensor found in the group": CPU-only weights, harmless
                 torch.export.save(built.program, f)
             files.append(PT2_FILE)
+        for name, data in built.files.items():
+            directory.write_bytes(name, data)
+            files.append(name)
         return built, files
 
     built, graph_files = timed(precision.stage_name, build, lambda r: tuple(r[1]))

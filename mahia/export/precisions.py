@@ -32,6 +32,7 @@ class BuildContext:
     export_program: Callable[[torch.dtype], torch.export.ExportedProgram]  # torch.export at a dtype
     calibration_inputs: Callable[[int], list[dict[str, torch.Tensor]]]  # n real samples (train split)
     formats: tuple[str, ...]  # the formats this run writes (a subset of the precision's)
+    calibration: Any = None  # mahia.calibration.build.CalibrationOptions for quantized precisions (None: defaults)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Built:
     onnx: onnx.ModelProto | None = None
     program: torch.export.ExportedProgram | None = None
     notes: Mapping[str, Any] = field(default_factory=dict)
+    files: Mapping[str, bytes] = field(default_factory=dict)  # extra artifact files (calibration tables, plots)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,22 @@ def build_bf16(ctx: BuildContext) -> Built:
     return Built(program=ctx.export_program(torch.bfloat16))
 
 
+def quantized_build(precision: str) -> Callable[[BuildContext], Built]:
+    """Build function of a quantized precision: calibrate on real data, quantize the portable ONNX
+    (mahia.calibration.build), and add calibration.json, calib.cache and the sensitivity table/plot."""
+
+    def build(ctx: BuildContext) -> Built:
+        from mahia.calibration.build import CalibrationOptions, build_quantized
+
+        if ctx.onnx_fp32 is None:
+            raise ValueError(f"{precision} builds ONNX only: the portable fp32 ONNX is missing")
+        result = build_quantized(ctx.model, ctx.onnx_fp32, precision, ctx.calibration or CalibrationOptions())
+        return Built(onnx=result.onnx, notes=result.notes, files=result.files)
+
+    build.__doc__ = f"{precision}: quantized portable ONNX from the eager model's calibrated ranges."
+    return build
+
+
 _REGISTRY: dict[str, Precision] = {}
 
 
@@ -141,3 +159,13 @@ register(Precision("fp16", "float16 ONNX (fp32 I/O; ops without fp16 CPU kernels
                    rtol=1e-2, max_rel_error=1e-2, build=build_fp16))
 register(Precision("bf16", "bfloat16 ExportedProgram", (PT2,), atol=1e-2, rtol=5e-2, max_rel_error=1e-2,
                    build=build_bf16))
+# Quantized precisions (mahia.calibration). Budgets: relative L2 error of the logits against eager fp32, set
+# from the measurements in benchmarks/RESULTS.md ("Calibration and quantized exports").
+register(Precision("int8", "int8 Q/DQ ONNX (symmetric, per-channel weights, integer MatMuls on ORT CPU)", (ONNX,),
+                   atol=0.5, rtol=0.2, max_rel_error=0.1, build=quantized_build("int8"), stage_name="quantize"))
+register(Precision("fp8", "fp8 E4M3FN Q/DQ ONNX (emulated on ORT CPU)", (ONNX,), atol=0.5, rtol=0.2,
+                   max_rel_error=0.1, build=quantized_build("fp8"), stage_name="quantize"))
+register(Precision("int4", "int4 weight-only blocked ONNX (opset-21 blocked DequantizeLinear)", (ONNX,), atol=1.0,
+                   rtol=0.3, max_rel_error=0.2, build=quantized_build("int4"), stage_name="quantize"))
+register(Precision("auto", "mixed int8/fp32 ONNX: most sensitive layers kept fp32 until --accuracy-budget", (ONNX,),
+                   atol=0.5, rtol=0.2, max_rel_error=0.1, build=quantized_build("auto"), stage_name="quantize"))

@@ -1,0 +1,50 @@
+"""`mahia-export --precision fp8` end to end on the tiny config, and the calibration options' bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mahia.calibration.table import read_table_json, read_trt_cache
+from mahia.export.cli import main
+
+BIN = Path(sys.executable).parent
+
+
+def test_fp8_export_writes_tables_sensitivity_and_passes_parity(tmp_path) -> None:
+    proc = subprocess.run([str(BIN / "mahia-export"), "--config", "tiny", "--precision", "fp8", "--calib-samples", "32",
+                           "--out", str(tmp_path), "--json", "--quiet"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    directory = Path(summary["artifact_dir"])
+    assert summary["status"] == "passed" and summary["precision"] == "fp8"
+    assert {"model.onnx", "calibration.json", "calib.cache", "sensitivity.json", "sensitivity.md", "sensitivity.png",
+            "parity.json", "manifest.json"} <= {p.name for p in directory.iterdir()}
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert {"calibration.json", "calib.cache", "sensitivity.png"} <= set(manifest["files"])
+    notes = manifest["precision"]["notes"]
+    assert notes["calibration"]["samples"] == 32 and notes["calibration"]["method"] == "max"
+    table = read_table_json(directory / "calibration.json")
+    assert table.dtype == "float8e4m3fn" and table.data_hash == notes["calibration"]["data_hash"]
+    _, _, scales = read_trt_cache(directory / "calib.cache")
+    assert set(scales) == set(table.tensors)
+    assert all(abs(scales[n] - table.tensors[n].amax / 127) <= 1e-7 * scales[n] for n in scales)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--precision", "fp8", "--calib-method", "entropy"], "'entropy' is not available for fp8"),
+    (["--precision", "int8", "--calib-samples", "4"], "too few calibration samples: 4"),
+    (["--precision", "int4", "--calib-method", "max"], "int4 is weight-only"),
+    (["--precision", "int8", "--accuracy-budget", "0.1"], "--accuracy-budget applies to --precision auto only"),
+    (["--precision", "fp32", "--calib-samples", "64"], "--calib-samples apply to the quantized precisions"),
+    (["--precision", "auto", "--accuracy-budget", "0"], "0"),
+])
+def test_bad_calibration_options_fail_before_any_work(tmp_path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["--config", "tiny", "--out", str(tmp_path), *args])
+    assert result.exit_code == 2 and message in result.output
+    assert not any(tmp_path.iterdir())
