@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import mahia.train.trainer as trainer_module
 from mahia.data import load_reviews
 from mahia.data.reviews import REQUIRED_COLUMNS
-from mahia.model import build_model, get_config, load_checkpoint
+from mahia.model import CheckpointError, build_model, get_config, load_checkpoint, save_checkpoint
 from mahia.model.checkpoint import read_checkpoint_metadata
 from mahia.train import TrainConfig, TrainingError, predict, train
 from mahia.train.cli import main as train_cli
@@ -144,3 +144,11 @@ def test_bad_data_gives_a_clear_error(tmp_path: Path, case: str, message: str) -
 def test_text_budget_above_max_seq_len_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(train_cli, ["--config", "tiny", "--max-text-bytes", "161", "--out", str(tmp_path)])
     assert result.exit_code == 1 and "exceeds the model's max_seq_len=160" in result.output
+
+
+def test_distillation_from_a_teacher_checkpoint(tmp_path: Path) -> None:
+    teacher = save_checkpoint(build_model(get_config("tiny"), seed=5), tmp_path / "teacher.safetensors")
+    result = train(TINY.replace(max_steps=2, teacher=str(teacher), distill_weight=0.7), tmp_path / "run")
+    assert result.steps == 2 and result.metrics["train_config"]["teacher"] == str(teacher)
+    with pytest.raises(CheckpointError, match="teacher .* takes at most 160 tokens, training feeds 161"):
+        train(TINY.replace(model="small", max_text_bytes=161, teacher=str(teacher)), tmp_path / "bad")
