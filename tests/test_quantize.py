@@ -190,12 +190,12 @@ def test_mixed_plan_meets_the_budget_or_names_the_limiting_layers(float_graph, t
     assert [r.rel_l2_error for r in rows] == sorted((r.rel_l2_error for r in rows), reverse=True)
     everything = output_error(run_onnx(quantize(frozenset(), tmp_path / "all.onnx"), feeds), reference).rel_l2_error
     float_error = output_error(reference, reference)
-    plan, graph = plan_mixed(rows, "int8", quantize, feeds, reference, everything * 0.6, float_error)
+    plan, graph = plan_mixed(rows, "int8", quantize, feeds, reference, everything * 0.6, float_error, tmp_path)
     assert plan.error.rel_l2_error <= everything * 0.6 and graph.is_file()
     kept = [layer for layer, precision in plan.precisions.items() if precision == "fp32"]
     assert kept and set(kept) == {r.layer for r in rows[: len(kept)]}
     assert "fp32" in sensitivity_markdown(rows, plan) and sensitivity_plot(rows, "t", plan)[:4] == b"\x89PNG"
     with pytest.raises(CalibrationError, match="no mixed assignment meets accuracy budget 1e-09.*most limiting layers are layer"):
-        plan_mixed(rows, "int8", quantize, feeds, reference, 1e-9, float_error)
+        plan_mixed(rows, "int8", quantize, feeds, reference, 1e-9, float_error, tmp_path)
     with pytest.raises(CalibrationError, match="the float graph alone has relative error"):
-        plan_mixed(rows, "int8", quantize, feeds, reference, 1e-9, output_error(reference * 1.01, reference))
+        plan_mixed(rows, "int8", quantize, feeds, reference, 1e-9, output_error(reference * 1.01, reference), tmp_path)

@@ -25,15 +25,18 @@ from mahia.calibration.ranges import collect_ranges
 from mahia.calibration.sensitivity import (LayerSensitivity, MixedPlan, OutputError, layer_sensitivity, output_error,
                                            plan_mixed, run_onnx, sensitivity_json, sensitivity_markdown,
                                            sensitivity_plot)
-from mahia.calibration.statistics import METHODS_FOR_GRID, MethodConfig
-from mahia.calibration.table import CalibrationTable, trt_cache_scales, write_table_json, write_trt_cache
+from mahia.calibration.statistics import MethodConfig
+from mahia.calibration.table import (CalibrationTable, build_table, trt_cache_scales, write_table_json,
+                                     write_trt_cache)
 from mahia.model import MahiaX
 
 QUANTIZED_PRECISIONS = ("int8", "fp8", "int4", "auto")
 # Default calibration method per precision, chosen by measurement (benchmarks/quantize.py, RESULTS.md).
 DEFAULT_METHOD = {"int8": "mse", "fp8": "max", "auto": "mse"}
-# auto: int8 Q/DQ everywhere it fits the budget; layers that do not are kept fp32.
+# auto: int8 Q/DQ everywhere it fits the budget; layers that do not are kept fp32. Default budget: relative
+# logit error on the calibration samples (half the int8 parity budget).
 AUTO_BASE_PRECISION = "int8"
+AUTO_DEFAULT_BUDGET = 0.05
 CALIBRATION_JSON, CALIBRATION_CACHE = "calibration.json", "calib.cache"
 SENSITIVITY_JSON, SENSITIVITY_MD, SENSITIVITY_PNG = "sensitivity.json", "sensitivity.md", "sensitivity.png"
 
@@ -116,13 +119,11 @@ def build_quantized(model: MahiaX, onnx_fp32: onnx.ModelProto, precision: str,
         onnx.save(onnx_fp32, str(fp32_path))
         float_error = output_error(run_onnx(fp32_path, feeds), reference)
         if precision == "int4":
-            return _build_int4(model, fp32_path, Path(tmp), options, params, feeds, reference, data, started)
+            return _build_int4(model, fp32_path, Path(tmp), options, params, feeds, reference, data, started, float_error)
         qdq_precision = AUTO_BASE_PRECISION if precision == "auto" else precision
         method = options.method_for(qdq_precision if precision != "auto" else "auto")
         ranges = collect_ranges(model, data, (method.method,), num_bins=options.num_bins)
         nodes = quantizable_nodes(onnx_fp32, ranges.names(), params)
-        from mahia.calibration.table import build_table
-
         table = build_table(ranges, nodes, method)
         files = {CALIBRATION_JSON: _table_bytes(table, Path(tmp)), CALIBRATION_CACHE: _cache_bytes(table, Path(tmp))}
 
@@ -140,7 +141,7 @@ def build_quantized(model: MahiaX, onnx_fp32: onnx.ModelProto, precision: str,
         plan = None
         if precision == "auto":
             budget = options.accuracy_budget if options.accuracy_budget is not None else AUTO_DEFAULT_BUDGET
-            plan, path = plan_mixed(rows, qdq_precision, quantize, feeds, reference, budget, float_error)
+            plan, path = plan_mixed(rows, qdq_precision, quantize, feeds, reference, budget, float_error, Path(tmp))
         else:
             path = quantize(frozenset(), Path(tmp) / f"model.{precision}.onnx")
         quantized = onnx.load(str(path))
@@ -151,12 +152,8 @@ def build_quantized(model: MahiaX, onnx_fp32: onnx.ModelProto, precision: str,
         return QuantizedBuild(quantized, files, notes, table)
 
 
-# The default budget of --precision auto: the int8 parity budget on the logits' relative error.
-AUTO_DEFAULT_BUDGET = 0.05
-
-
-def _build_int4(model: MahiaX, fp32_path: Path, tmp: Path, options: CalibrationOptions, params: dict,
-                feeds: list, reference: np.ndarray, data: CalibrationData, started: float) -> QuantizedBuild:
+def _build_int4(model: MahiaX, fp32_path: Path, tmp: Path, options: CalibrationOptions, params: dict, feeds: list,
+                reference: np.ndarray, data: CalibrationData, started: float, float_error: OutputError) -> QuantizedBuild:
     model_proto = onnx.load(str(fp32_path))
     initializers = {i.name: len(i.dims) for i in model_proto.graph.initializer}
     layers = sorted({n.layer for n in quantizable_nodes(model_proto, parameters=params)
@@ -168,7 +165,6 @@ def _build_int4(model: MahiaX, fp32_path: Path, tmp: Path, options: CalibrationO
     rows = layer_sensitivity(layers, "int4", quantize, feeds, reference) if options.sensitivity else []
     path = quantize(frozenset(), tmp / "model.int4.onnx")
     error = output_error(run_onnx(path, feeds), reference)
-    float_error = output_error(run_onnx(fp32_path, feeds), reference)
     files = _sensitivity_files(rows, None, f"{model.config.name} int4 (block {options.int4_block_size}): per-layer sensitivity")
     notes = _notes("int4", data, options, error, float_error, started, quantized_layers=layers)
     notes["int4"] = {"block_size": options.int4_block_size, "format": "blocked DequantizeLinear (opset 21), weight-only",

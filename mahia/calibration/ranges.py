@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -160,13 +159,3 @@ def collect_ranges(model: nn.Module, data: CalibrationData, methods: tuple[str, 
         raise CalibrationError("no tensor was observed: the model has no Linear/Conv1d modules or mahia:: ops")
     return EagerRanges(statistics, data.samples, data.content_hash)
 
-
-def expert_names(ranges: EagerRanges, prefix: str, role: str) -> list[str]:
-    """The per-expert names `<prefix>:expert<e>.<role>` that were observed, in expert order."""
-    found = [n for n in ranges.names() if n.startswith(f"{prefix}:expert") and n.endswith(f".{role}")]
-    return sorted(found, key=lambda n: int(n[len(prefix) + len(":expert"):].split(".")[0]))
-
-
-def abs_max_array(ranges: EagerRanges, names: list[str], config: MethodConfig) -> np.ndarray:
-    """amax of several eager tensors as an array (used to merge per-expert ranges)."""
-    return np.array([ranges.amax(n, config) for n in names], dtype=np.float64)

@@ -79,11 +79,11 @@ def layer_sensitivity(layers: Sequence[str], precision: str, quantize: QuantizeF
 
 def plan_mixed(sensitivity: Sequence[LayerSensitivity], precision: str, quantize: QuantizeFn,
                feeds: Sequence[dict[str, np.ndarray]], reference: np.ndarray, budget: float,
-               float_error: OutputError) -> tuple[MixedPlan, Path | None]:
-    """Keep the most sensitive layers in float, one more at a time, until the rel. error is <= budget.
+               float_error: OutputError, workdir: Path) -> tuple[MixedPlan, Path]:
+    """Keep the most sensitive layers in float, as few as possible, so the relative error is <= budget.
 
-    Returns the plan and the graph that meets it (in a temporary file the caller moves or reads),
-    or raises CalibrationError naming the layers that limit it when even the float graph misses it.
+    Returns the plan and the graph that meets it (a file in `workdir`, where every graph tried is
+    written), or raises CalibrationError naming the layers that limit it.
     """
     if budget <= 0:
         raise CalibrationError(f"accuracy budget must be > 0 (a relative logit error), got {budget}")
@@ -91,7 +91,7 @@ def plan_mixed(sensitivity: Sequence[LayerSensitivity], precision: str, quantize
         raise CalibrationError(f"no mixed assignment can meet accuracy budget {budget:.3g}: the float graph alone "
                                f"has relative error {float_error.rel_l2_error:.3g} against eager")
     order = [row.layer for row in sensitivity]
-    tmp = Path(tempfile.mkdtemp(prefix="mahia-mixed-"))
+    tmp = Path(workdir)
     tried: dict[int, tuple[OutputError, Path]] = {}
 
     def attempt(kept: int) -> OutputError:
