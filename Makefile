@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # read the reviews data file it ships.
 STAMP := $(VENV)/.installed
 
-.PHONY: install test export clean
+.PHONY: install test export kernels default-model check-default-model clean
 
 install: $(STAMP)
 
@@ -21,8 +21,22 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
 
+# The main job: the embedded default (trained `small`) exported with FP8 Q/DQ, verified by Polygraphy.
 export: $(STAMP)
-	$(BIN)/mahia-export
+	$(BIN)/mahia-export --precision fp8
+
+# Ahead-of-time PTX/cubin build of every Triton kernel for sm_80/89/90 (no GPU needed).
+kernels: $(STAMP)
+	$(BIN)/python -m mahia.kernels.aot --out artifacts/kernels
+
+# Re-make the embedded default checkpoint with the exact recorded command (about 10+ minutes on 2 cores),
+# and check that the recorded command still reproduces the shipped metrics.
+default-model: $(STAMP)
+	$(BIN)/mahia-train --config small --steps 400 --batch-size 32 --max-text-bytes 128 --lr 2e-3 --warmup-steps 30 --seed 0 --threads 2 --out artifacts/default-model
+	$(BIN)/python -m mahia.train.reproduce install artifacts/default-model
+
+check-default-model: $(STAMP)
+	$(BIN)/python -m mahia.train.reproduce check
 
 clean:
 	rm -rf $(VENV) artifacts
