@@ -89,3 +89,25 @@ def test_directories_of_killed_runs_are_swept(tmp_path: Path) -> None:
     live.mkdir()
     assert artifact.sweep_stale(tmp_path) == [stale]
     assert not stale.exists() and live.exists()
+
+
+def test_weights_above_the_threshold_go_to_external_data(tiny_export: dict, tmp_path: Path) -> None:
+    """The >2 GB path (base/large) forced on tiny: model.onnx + model.onnx.data pass the checker and run."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from polygraphy.json import load_json
+
+    from mahia.export.pipeline import ONNX_DATA_FILE, ONNX_FILE, save_onnx
+
+    source = tiny_export["dir"] / ONNX_FILE
+    directory = artifact.ArtifactDir(tmp_path / "external")
+    model = onnx.load(str(source))
+    large_tensor_bytes = sum(len(t.raw_data) for t in model.graph.initializer if len(t.raw_data) >= 1024)
+    files = save_onnx(model, directory, external_data_threshold=0)
+    assert files == [ONNX_FILE, ONNX_DATA_FILE]
+    assert (directory.path / ONNX_DATA_FILE).stat().st_size >= large_tensor_bytes > 0, "weights must live outside"
+    feed = {name: np.asarray(value) for name, value in load_json(str(tiny_export["dir"] / "inputs.json"))[0].items()}
+    external = ort.InferenceSession(str(directory.path / ONNX_FILE), providers=["CPUExecutionProvider"]).run(None, feed)
+    inline = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, feed)
+    assert np.array_equal(external[0], inline[0])

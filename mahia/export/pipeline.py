@@ -95,10 +95,11 @@ def artifact_name(config: ModelConfig, precision: Precision, weights: str, cfg: 
     return f"{config.name}-{precision.name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
-def save_onnx(model: onnx.ModelProto, directory: artifact.ArtifactDir) -> list[str]:
+def save_onnx(model: onnx.ModelProto, directory: artifact.ArtifactDir,
+              external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> list[str]:
     """Save model.onnx (weights external above the threshold), run the full checker; returns file names."""
     weights = sum(len(t.raw_data) for t in model.graph.initializer)
-    if weights > EXTERNAL_DATA_THRESHOLD:
+    if weights > external_data_threshold:
         try:
             onnx.save_model(model, str(directory.path / ONNX_FILE), save_as_external_data=True,
                             all_tensors_to_one_file=True, location=ONNX_DATA_FILE, size_threshold=1024)
