@@ -9,7 +9,6 @@ from click.testing import CliRunner
 
 from mahia.model import build_model, get_config, save_checkpoint
 from mahia.train.evaluate_cli import main as eval_cli
-from tests.test_export_cli import tiny_export  # noqa: F401  (the session's shared export)
 
 
 def test_fp32_artifact_matches_eager_metrics(tiny_export: dict, tmp_path: Path) -> None:

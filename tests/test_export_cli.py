@@ -4,13 +4,11 @@ reads its artifact directory), the report's Polygraphy command, and every bad-in
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,36 +17,7 @@ from click.testing import CliRunner
 from mahia.export import artifact
 from mahia.export.cli import main
 from mahia.model import build_model, get_config, save_checkpoint
-
-BIN = Path(sys.executable).parent
-
-
-def _shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory shared by every xdist worker of this session (the workers' common base temp)."""
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
-@pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """`mahia-export --config tiny --json` run once per session (across xdist workers, under a file lock).
-
-    Returns {"dir": artifact Path, "summary": the --json summary, "returncode", "stderr"}; tests must
-    not modify the directory (copy it first).
-    """
-    root = _shared_root(tmp_path_factory)
-    record = root / "tiny-export.json"
-    with open(root / "tiny-export.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not record.exists():
-            out = root / "tiny-artifacts"
-            proc = subprocess.run([str(BIN / "mahia-export"), "--config", "tiny", "--out", str(out), "--json"],
-                                  capture_output=True, text=True, timeout=600)
-            record.write_text(json.dumps({"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}))
-        data = json.loads(record.read_text())
-    assert data["returncode"] == 0, data["stderr"][-3000:]
-    summary = json.loads(data["stdout"])
-    return {"dir": Path(summary["artifact_dir"]), "summary": summary, "stderr": data["stderr"]}
+from tests.conftest import BIN
 
 
 def test_export_passes_and_writes_every_artifact(tiny_export: dict) -> None:

@@ -18,7 +18,6 @@ from click.testing import CliRunner
 from mahia.export import artifact, stages
 from mahia.export.cli import main
 from mahia.export.config import DimRange, ModelSource
-from tests.test_export_cli import tiny_export  # noqa: F401  (the session's shared export)
 
 
 def test_onnx_is_byte_identical_across_runs(tiny_export: dict) -> None:

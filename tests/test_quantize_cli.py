@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,7 @@ from click.testing import CliRunner
 
 from mahia.calibration.table import read_table_json, read_trt_cache
 from mahia.export.cli import main
-
-BIN = Path(sys.executable).parent
+from tests.conftest import BIN
 
 
 def test_fp8_export_writes_tables_sensitivity_and_passes_parity(tmp_path) -> None:

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import struct
 
-import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper

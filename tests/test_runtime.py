@@ -14,7 +14,6 @@ import torch
 import mahia.runtime as runtime
 from mahia.model import InputValidationError, build_model, get_config, random_inputs
 from tests.conftest import relative_error
-from tests.test_export_cli import tiny_export  # noqa: F401  (the session's shared export)
 
 
 @pytest.fixture(scope="module")

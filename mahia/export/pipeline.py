@@ -24,7 +24,7 @@ import torch
 from mahia.export import artifact, parity, report, stages
 from mahia.export.config import ExportConfig, ShapeProfile, Tolerances
 from mahia.export.precisions import ONNX, PT2, BuildContext, Built, Precision, get_precision
-from mahia.model import INPUT_NAMES, ModelConfig
+from mahia.model import ModelConfig
 
 ONNX_FILE, ONNX_DATA_FILE, PT2_FILE = "model.onnx", "model.onnx.data", "model.pt2"
 INPUTS_FILE, EAGER_FILE, PARITY_FILE, REPORT_FILE = "inputs.json", "eager_outputs.json", "parity.json", "report.md"

@@ -26,10 +26,15 @@ def save_checkpoint(model: MahiaX, path: str | Path, metadata: dict[str, str] | 
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     meta = {"format": "pt", **(metadata or {}), CONFIG_KEY: model.config.to_json()}
+    return save_safetensors_atomically(tensors, path, meta)
+
+
+def save_safetensors_atomically(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
+    """Write a safetensors file through a temporary file in the same folder, renamed into place when complete."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=meta)
+        save_file(tensors, tmp, metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

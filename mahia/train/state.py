@@ -7,17 +7,14 @@ optimiser file repeats the step so that a resume can check the pair belongs toge
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from mahia.model import CheckpointError, MahiaX, save_checkpoint
-from mahia.model.checkpoint import read_checkpoint_metadata
+from mahia.model.checkpoint import read_checkpoint_metadata, save_safetensors_atomically
 
 TRAIN_CONFIG_KEY = "mahia_train_config"
 
@@ -36,17 +33,6 @@ def optimizer_path(checkpoint: str | Path) -> Path:
     """The optimiser-state file that belongs to a training checkpoint."""
     checkpoint = Path(checkpoint)
     return checkpoint.with_name(checkpoint.stem + ".optim.safetensors")
-
-
-def _write_atomically(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def progress_metadata(progress: TrainingProgress) -> dict[str, str]:
@@ -76,7 +62,7 @@ def save_training_state(model: MahiaX, optimizer: torch.optim.Optimizer, path: P
         for key, value in values.items():
             tensors[f"state.{index}.{key}"] = torch.as_tensor(value).detach().to("cpu").contiguous()
     groups = [{k: v for k, v in group.items()} for group in state["param_groups"]]
-    _write_atomically(tensors, optimizer_path(path), {"param_groups": json.dumps(groups), "step": str(progress.step)})
+    save_safetensors_atomically(tensors, optimizer_path(path), {"param_groups": json.dumps(groups), "step": str(progress.step)})
     save_checkpoint(model, path, stamp)
 
 
