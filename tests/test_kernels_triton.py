@@ -132,6 +132,22 @@ def test_ssd_scan_matches_reference(gen, dtype, shape):
     assert rel_error(out, ref) < TOLERANCE[dtype], f"seed {gen.initial_seed()}"
 
 
+@pytestmark_interpreted
+def test_ssd_scan_takes_the_models_strided_views(gen):
+    """The model passes x, b, c as column slices of one projection (non-contiguous rows): found on the H100."""
+    batch, length, heads, head_dim, state = 2, 37, 2, 8, 16
+    inner = heads * head_dim
+    proj = randn(gen, batch, length, inner + 2 * state + 5)
+    x, b, c, _ = proj.split([inner, state, state, 5], dim=-1)
+    x = x.reshape(batch, length, heads, head_dim)
+    assert not x.is_contiguous() and not b.is_contiguous()
+    dt = F.softplus(randn(gen, batch, length, heads) - 1.0)
+    a = -(torch.rand(heads, generator=gen) * 4 + 0.5)
+    out = ssd_kernels.ssd_scan(x, dt, a, b, c, 16)
+    ref = reference.ssd_scan(x.double(), dt.double(), a.double(), b.double(), c.double(), 16)
+    assert rel_error(out, ref) < TOLERANCE[torch.float32]
+
+
 def moe_inputs(gen, tokens, d_model, hidden, experts, dtype):
     """x, float32 router logits (no ties, which torch.topk breaks arbitrarily), mask, w1, w2."""
     x = randn(gen, tokens, d_model, dtype=dtype)

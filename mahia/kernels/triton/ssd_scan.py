@@ -176,10 +176,11 @@ def ssd_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk_size:
     """Launch the three kernels: x [B, L, H, P], dt [B, L, H], a [H], b/c [B, L, N] -> y [B, L, H, P]."""
     batch, length, heads, head_dim = x.shape
     state = b.shape[-1]
-    x, dt, a, b, c = (t if t.stride(-1) == 1 else t.contiguous() for t in (x, dt, a, b, c))
-    if x.stride(2) != head_dim:
-        x = x.contiguous()
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    # x must be contiguous: the output kernel writes y with x's strides (the model passes x as a
+    # column slice of a projection, whose row stride is wider than heads * head_dim).
+    x = x.contiguous()
+    dt, a, b, c = (t if t.stride(-1) == 1 else t.contiguous() for t in (dt, a, b, c))
+    y = torch.empty_like(x)
     if y.numel() == 0:
         return y
     q = kernel_chunk(chunk_size)
