@@ -15,14 +15,13 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import median_seconds
 
 SHAPES = ((1, 128), (8, 512))
 
@@ -48,17 +47,6 @@ def run_export(config: str, out: Path) -> dict:
         raise SystemExit(f"mahia-export --config {config} failed:\n{(out / f'{config}.err').read_text()[-3000:]}")
     summary = json.loads((out / f"{config}.json").read_text())
     return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "summary": summary}
-
-
-def latency(fn, repeats: int) -> float:
-    """Median seconds of fn() over `repeats` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure_latency(artifact_dir: Path, config_name: str, repeats: int, threads: int) -> dict:
@@ -88,8 +76,8 @@ def measure_latency(artifact_dir: Path, config_name: str, repeats: int, threads:
             with torch.inference_mode():
                 eager(**tensors)
 
-        ort_s = latency(lambda: session.run(["logits"], feed), repeats)
-        eager_s = latency(run_eager, repeats)
+        ort_s = median_seconds(lambda: session.run(["logits"], feed), repeats)
+        eager_s = median_seconds(run_eager, repeats)
         results[(batch, seq)] = {"ort_ms": ort_s * 1e3, "eager_ms": eager_s * 1e3, "speedup": eager_s / ort_s}
     return results
 
@@ -146,7 +134,7 @@ def compare_optimizers(config_name: str, threads: int, repeats: int) -> list[str
             rows.append(f"| {name} | {len(model.graph.node)} | | {seconds:.1f} | fails in ORT: {str(exc).splitlines()[0][:120]} | | | {domains} |")
             continue
         err = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
-        ms = [latency(lambda f=f: session.run(["logits"], f), repeats) * 1e3 for f in feeds]
+        ms = [median_seconds(lambda f=f: session.run(["logits"], f), repeats) * 1e3 for f in feeds]
         rows.append(f"| {name} | {len(model.graph.node)} | {model.ByteSize() / 1e6:.2f} | {seconds:.1f} | "
                     f"{ms[0]:.1f} | {ms[1]:.1f} | {err:.1e} | {domains} |")
     return rows

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from timing import median_seconds
 
 from mahia.calibration.data import CalibrationDataConfig, load_calibration_data
 from mahia.calibration.onnx_names import parameter_index, quantizable_nodes
@@ -43,16 +44,6 @@ def session(path: Path):
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
 
 
 def main() -> None:
@@ -122,10 +113,10 @@ def main() -> None:
             inputs[name] = torch.nn.functional.pad(inputs[name], (0, pad))
         feed = {k: v.numpy() for k, v in inputs.items()}
         with torch.inference_mode():
-            eager = median_ms(lambda: model(**inputs), args.repeats)
-        fp32 = median_ms(lambda s=session(fp32_path): s.run(None, feed), args.repeats)
+            eager = 1e3 * median_seconds(lambda: model(**inputs), args.repeats)
+        fp32 = 1e3 * median_seconds(lambda s=session(fp32_path): s.run(None, feed), args.repeats)
         best_int8 = next(p for prec, m, p in variants if prec == "int8" and m == "mse")
-        int8 = median_ms(lambda s=session(best_int8): s.run(None, feed), args.repeats)
+        int8 = 1e3 * median_seconds(lambda s=session(best_int8): s.run(None, feed), args.repeats)
         latency.append({"batch": batch, "seq": seq, "eager_fp32_ms": eager, "ort_fp32_ms": fp32, "ort_int8_ms": int8,
                         "int8_speedup_vs_eager": eager / int8, "int8_speedup_vs_ort_fp32": fp32 / int8})
 
