@@ -32,7 +32,7 @@ kernels: $(STAMP)
 # Re-make the embedded default checkpoint with the exact recorded command (about 10+ minutes on 2 cores),
 # and check that the recorded command still reproduces the shipped metrics.
 default-model: $(STAMP)
-	$(BIN)/mahia-train --config small --steps 400 --batch-size 32 --max-text-bytes 128 --lr 2e-3 --warmup-steps 30 --seed 0 --threads 2 --out artifacts/default-model
+	$(BIN)/mahia-train --config small --epochs 1 --batch-size 32 --max-text-tokens 64 --lr 2e-3 --warmup-steps 30 --seed 0 --threads 2 --out artifacts/default-model
 	$(BIN)/python -m mahia.train.reproduce install artifacts/default-model
 
 check-default-model: $(STAMP)

@@ -54,7 +54,7 @@ def main() -> None:
     test = load_reviews(DataConfig(path=args.data))["test"]
     worst = 0.0
     for rows in (range(64), range(1), range(3)):
-        inputs, _ = test.batch(rows, model.config.max_seq_len)
+        inputs, _ = test.batch(rows, model.config.max_seq_len, model.config.vocab_size)
         with torch.no_grad():
             expected = model.cpu()(**inputs)
             cuda_inputs = {k: v.cuda() for k, v in inputs.items()}

@@ -72,12 +72,12 @@ def main() -> None:
     graph = onnx.load(str(fp32_path))
 
     start = time.perf_counter()
-    calibration = load_calibration_data(config.max_seq_len, CalibrationDataConfig(args.calib_samples), dataset=splits["train"])
+    calibration = load_calibration_data(config, CalibrationDataConfig(args.calib_samples), dataset=splits["train"])
     ranges = collect_ranges(model, calibration, METHODS)
     collect_seconds = time.perf_counter() - start
     nodes = quantizable_nodes(graph, ranges.names(), parameter_index(model))
 
-    evaluation = load_calibration_data(config.max_seq_len, CalibrationDataConfig(args.eval_samples, split="test", seed=1),
+    evaluation = load_calibration_data(config, CalibrationDataConfig(args.eval_samples, split="test", seed=1),
                                        dataset=splits["test"])
     feeds = evaluation.numpy_batches()
     with torch.inference_mode():
@@ -107,7 +107,7 @@ def main() -> None:
     latency = []
     test = splits["test"]
     for batch, seq in ((1, 128), (8, min(512, config.max_seq_len))):
-        inputs, _ = test.batch(np.arange(batch), seq)
+        inputs, _ = test.batch(np.arange(batch), seq, config.vocab_size)
         pad = seq - inputs["input_ids"].shape[1]
         for name in ("input_ids", "attention_mask"):
             inputs[name] = torch.nn.functional.pad(inputs[name], (0, pad))

@@ -16,19 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from mahia.export.artifact import SCHEMA_VERSION, sha256_file
 from mahia.model import INPUT_NAMES, InputValidationError, ModelConfig, validate_inputs
 
-BACKENDS = {"onnx": "model.onnx", "pt2": "model.pt2"}
+BACKENDS = ("onnx", "pt2")
 
 
 class ArtifactIntegrityError(RuntimeError):
     """An artifact directory that must not be loaded: tampered, missing or unverified files."""
-
-
-def _sha256(path: Path) -> str:
-    from mahia.export.artifact import sha256_file
-
-    return sha256_file(path)
 
 
 def verify_files(directory: Path, manifest: Mapping[str, Any]) -> None:
@@ -42,7 +37,7 @@ def verify_files(directory: Path, manifest: Mapping[str, Any]) -> None:
             raise ArtifactIntegrityError(f"manifest.json lists a file outside the directory: {name!r}")
         if not path.is_file():
             raise ArtifactIntegrityError(f"artifact file missing: {path}")
-        if path.stat().st_size != record["bytes"] or _sha256(path) != record["sha256"]:
+        if path.stat().st_size != record["bytes"] or sha256_file(path) != record["sha256"]:
             raise ArtifactIntegrityError(f"artifact file {path} does not match its sha256 in manifest.json: "
                                          "it was modified after export; refusing to load it")
 
@@ -123,10 +118,13 @@ def load(artifact_dir: str | Path, backend: str = "onnx", allow_failed: bool = F
     if manifest.get("status") != "passed" and not allow_failed:
         raise ArtifactIntegrityError(f"{directory} failed its parity check (status {manifest.get('status')!r}); "
                                      "pass allow_failed=True to load it for debugging")
-    file_name = BACKENDS[backend]
-    if file_name not in manifest["files"]:
-        raise ValueError(f"{directory} has no {file_name} (formats: {', '.join(manifest.get('formats', []))}); "
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise ArtifactIntegrityError(f"{manifest_path} has schema_version {manifest.get('schema_version')!r}; this "
+                                     f"mahia reads {SCHEMA_VERSION}: re-export the artifact")
+    if backend not in manifest["formats"]:
+        raise ValueError(f"{directory} has no {backend} graph (formats: {', '.join(manifest['formats'])}); "
                          f"use backend={'pt2' if backend == 'onnx' else 'onnx'!r}")
+    file_name = manifest["onnx"]["file"] if backend == "onnx" else "model.pt2"
     config = ModelConfig.from_json(json.dumps(manifest["model"]["config"]))
     factory = _onnx_runner if backend == "onnx" else _pt2_runner
     runner = factory(directory / file_name, manifest)

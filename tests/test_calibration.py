@@ -15,6 +15,7 @@ from mahia.calibration.statistics import MethodConfig, RangeStatistics, mse_amax
 from mahia.calibration.table import (CalibrationTable, TensorRange, read_table_json, read_trt_cache,
                                      write_table_json, write_trt_cache)
 from mahia.data import load_reviews
+from mahia.data.tokenizer import split_words, token_id
 from mahia.model import build_model, get_config
 
 METHODS = ("max", "percentile", "entropy", "mse")
@@ -29,23 +30,24 @@ def reviews_train():
 def tiny_ranges(reviews_train):
     config = get_config("tiny")
     model = build_model(config, seed=0).eval()
-    data = load_calibration_data(config.max_seq_len, CalibrationDataConfig(samples=32, batch_size=16), dataset=reviews_train)
+    data = load_calibration_data(config, CalibrationDataConfig(samples=32, batch_size=16), dataset=reviews_train)
     return model, data, collect_ranges(model, data, METHODS, num_bins=512)
 
 
 def test_calibration_data_is_a_deterministic_real_subset(reviews_train) -> None:
-    first = load_calibration_data(160, CalibrationDataConfig(samples=40, batch_size=16), dataset=reviews_train)
-    again = load_calibration_data(160, CalibrationDataConfig(samples=40, batch_size=16), dataset=reviews_train)
-    other = load_calibration_data(160, CalibrationDataConfig(samples=40, batch_size=16, seed=1), dataset=reviews_train)
+    first = load_calibration_data(get_config("tiny"), CalibrationDataConfig(samples=40, batch_size=16), dataset=reviews_train)
+    again = load_calibration_data(get_config("tiny"), CalibrationDataConfig(samples=40, batch_size=16), dataset=reviews_train)
+    other = load_calibration_data(get_config("tiny"), CalibrationDataConfig(samples=40, batch_size=16, seed=1), dataset=reviews_train)
     assert first.samples == 40 and sum(b["input_ids"].shape[0] for b in first.batches) == 40
     assert first.content_hash == again.content_hash != other.content_hash
     assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(first.batches, again.batches))
-    # Real text: [CLS] then UTF-8 bytes of a review (shifted by 2), not random ids.
+    # Real text: [CLS] then the hashed words of a review, not random ids.
     ids = first.batches[-1]["input_ids"][0]
-    text = bytes((ids[1:][ids[1:] > 0] - 2).tolist()).decode("utf-8")
-    assert text in {t[: len(text)] for t in reviews_train.texts}
+    words = tuple(ids[1:][ids[1:] > 0].tolist())
+    vocab = get_config("tiny").vocab_size
+    assert words in {tuple(token_id(w, vocab) for w in split_words(t)[: len(words)]) for t in reviews_train.texts}
     with pytest.raises(CalibrationError, match="too few calibration samples: 4"):
-        load_calibration_data(160, CalibrationDataConfig(samples=4), dataset=reviews_train)
+        load_calibration_data(get_config("tiny"), CalibrationDataConfig(samples=4), dataset=reviews_train)
 
 
 def test_ranges_cover_module_inputs_and_custom_op_internals(tiny_ranges) -> None:

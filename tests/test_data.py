@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from mahia.data import DataConfig, DataError, default_data_path, encode_texts, load_reviews
+from mahia.data.tokenizer import split_words, token_id, truncate_words
 from mahia.data.reviews import REQUIRED_COLUMNS
 from mahia.model import get_config, validate_inputs
-from mahia.model.config import BYTE_OFFSET, CLS_ID, REVIEWS_CATEGORICAL_CARDINALITIES
+from mahia.model.config import CLS_ID, FIRST_WORD_ID, REVIEWS_CATEGORICAL_CARDINALITIES
 
 
 @pytest.fixture(scope="module")
@@ -59,19 +60,28 @@ def test_rows_without_review_text_keep_title_and_features(splits) -> None:
 
 def test_batches_are_valid_model_inputs(splits) -> None:
     config = get_config("tiny")
-    inputs, labels = splits["val"].batch(range(7), config.max_seq_len)
+    inputs, labels = splits["val"].batch(range(7), config.max_seq_len, config.vocab_size)
     validate_inputs(config, inputs)
     assert labels.shape == (7,) and set(labels.tolist()) <= {0, 1}
     assert inputs["input_ids"].shape[1] <= config.max_seq_len
     assert (inputs["input_ids"][:, 0] == CLS_ID).all()
-    batches = list(splits["val"].subset(np.arange(10)).iter_batches(4, 64))
+    batches = list(splits["val"].subset(np.arange(10)).iter_batches(4, 64, config.vocab_size))
     assert [b[1].shape[0] for b in batches] == [4, 4, 2]
 
 
-def test_byte_tokenizer() -> None:
-    ids, mask = encode_texts(["hé", ""], max_len=3)
-    assert ids.tolist() == [[CLS_ID, ord("h") + BYTE_OFFSET, 0xC3 + BYTE_OFFSET], [CLS_ID, 0, 0]]
-    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+def test_word_tokenizer() -> None:
+    assert split_words("Runs SMALL, isn't it?  Très chic!") == ["runs", "small", ",", "isn't", "it", "?", "très",
+                                                                "chic", "!"]
+    ids, mask = encode_texts(["Runs small, runs", ""], max_len=4, vocab_size=100)
+    runs, small, comma = (token_id(w, 100) for w in ("runs", "small", ","))
+    assert ids.tolist() == [[CLS_ID, runs, small, comma], [CLS_ID, 0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1, 1], [1, 0, 0, 0]]
+    # The hash is fixed (a deployment recomputes it): these ids are part of the trained default's contract.
+    assert [token_id(w, 4096) for w in ("love", "dress", "!")] == [2250, 4048, 1805]
+    assert all(FIRST_WORD_ID <= token_id(str(i), 7) < 7 for i in range(200))
+    with pytest.raises(ValueError, match="vocab_size must be > 2"):
+        token_id("a", 2)
+    assert truncate_words("One, two three", 2) == "one ,"
 
 
 def test_bad_data_files(tmp_path: Path) -> None:
@@ -96,4 +106,4 @@ def test_slice_as_explicit_path(tmp_path: Path) -> None:
     pq.write_table(pq.read_table(default_data_path()).slice(0, 200), path)
     splits = load_reviews(DataConfig(path=str(path)))
     assert {k: len(v) for k, v in splits.items()} == {"train": 160, "val": 20, "test": 20}
-    assert isinstance(splits["train"].batch([0, 1], 32)[0]["input_ids"], torch.Tensor)
+    assert isinstance(splits["train"].batch([0, 1], 32, 512)[0]["input_ids"], torch.Tensor)

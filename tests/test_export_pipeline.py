@@ -97,16 +97,16 @@ def test_weights_above_the_threshold_go_to_external_data(tiny_export: dict, tmp_
     import onnxruntime as ort
     from polygraphy.json import load_json
 
-    from mahia.export.pipeline import ONNX_DATA_FILE, ONNX_FILE, save_onnx
+    from mahia.export.pipeline import save_onnx
 
-    source = tiny_export["dir"] / ONNX_FILE
+    source = tiny_export["dir"] / "model.onnx"
     directory = artifact.ArtifactDir(tmp_path / "external")
     model = onnx.load(str(source))
     large_tensor_bytes = sum(len(t.raw_data) for t in model.graph.initializer if len(t.raw_data) >= 1024)
-    files = save_onnx(model, directory, external_data_threshold=0)
-    assert files == [ONNX_FILE, ONNX_DATA_FILE]
-    assert (directory.path / ONNX_DATA_FILE).stat().st_size >= large_tensor_bytes > 0, "weights must live outside"
+    files = save_onnx(model, directory, "model.onnx", external_data_threshold=0)
+    assert files == ["model.onnx", "model.onnx.data"]
+    assert (directory.path / "model.onnx.data").stat().st_size >= large_tensor_bytes > 0, "weights must live outside"
     feed = {name: np.asarray(value) for name, value in load_json(str(tiny_export["dir"] / "inputs.json"))[0].items()}
-    external = ort.InferenceSession(str(directory.path / ONNX_FILE), providers=["CPUExecutionProvider"]).run(None, feed)
+    external = ort.InferenceSession(str(directory.path / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)
     inline = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, feed)
     assert np.array_equal(external[0], inline[0])

@@ -17,16 +17,21 @@ from tests.conftest import BIN
 
 def test_fp8_export_writes_tables_sensitivity_and_passes_parity(tmp_path) -> None:
     proc = subprocess.run([str(BIN / "mahia-export"), "--precision", "fp8", "--calib-samples", "32", "--batch", "1:2:4",
-                           "--seq", "1:24:64", "--out", str(tmp_path), "--json", "--quiet"],
+                           "--seq", "1:24:64", "--eval-rows", "256", "--out", str(tmp_path), "--json", "--quiet"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     directory = Path(summary["artifact_dir"])
     assert summary["status"] == "passed" and summary["precision"] == "fp8"
-    assert {"model.onnx", "calibration.json", "calib.cache", "sensitivity.json", "sensitivity.md", "sensitivity.png",
+    task = summary["task"]  # the default is trained: its test-split accuracy is checked against fp8's budget
+    assert task["passed"] and task["rows"] == 256 and task["budget"]["max_accuracy_drop_pt"] == 0.1
+    assert {"model.fp8.onnx", "calibration.json", "calib.cache", "sensitivity.json", "sensitivity.md", "sensitivity.png",
             "parity.json", "manifest.json"} <= {p.name for p in directory.iterdir()}
+    assert not (directory / "model.onnx").exists()
     manifest = json.loads((directory / "manifest.json").read_text())
-    assert {"calibration.json", "calib.cache", "sensitivity.png"} <= set(manifest["files"])
+    assert {"model.fp8.onnx", "calibration.json", "calib.cache", "sensitivity.png"} <= set(manifest["files"])
+    assert manifest["onnx"]["file"] == "model.fp8.onnx"
+    assert "polygraphy run model.fp8.onnx --onnxrt" in (directory / "report.md").read_text()
     notes = manifest["precision"]["notes"]
     assert notes["calibration"]["samples"] == 32 and notes["calibration"]["method"] == "max"
     table = read_table_json(directory / "calibration.json")

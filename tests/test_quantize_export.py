@@ -30,7 +30,7 @@ def exported():
     model = build_model(config, seed=0).eval()
     profile = stages.resolve_profile(config, DimRange("batch", 1, 4, 8), DimRange("seq", 1, 64, 160))
     graph = stages.lower_to_onnx(stages.export_program(model, profile), config, profile, 21)
-    data = load_calibration_data(config.max_seq_len, CalibrationDataConfig(samples=SAMPLES, batch_size=16),
+    data = load_calibration_data(config, CalibrationDataConfig(samples=SAMPLES, batch_size=16),
                                  dataset=load_reviews()["train"])
     return model, graph, data
 

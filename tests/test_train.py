@@ -21,7 +21,7 @@ from mahia.train import TrainConfig, TrainingError, predict, train
 from mahia.train.cli import main as train_cli
 
 # A tiny model on 32 training rows and 24 val / test rows (both classes present): a second or two a run.
-TINY = TrainConfig(model="tiny", batch_size=8, max_text_bytes=48, lr=3e-3, warmup_steps=2, save_every=2,
+TINY = TrainConfig(model="tiny", batch_size=8, max_text_tokens=48, lr=3e-3, warmup_steps=2, save_every=2,
                    train_rows=32, eval_rows=24, baseline=False)
 
 
@@ -100,7 +100,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, monke
 
 def test_same_seed_gives_the_same_weights_through_the_cli(tmp_path: Path) -> None:
     # The default checkpoint's code path (mahia-train, small config), shortened to 2 steps on a slice.
-    args = ["--config", "small", "--steps", "2", "--batch-size", "4", "--max-text-bytes", "32", "--lr", "2e-3",
+    args = ["--config", "small", "--steps", "2", "--batch-size", "4", "--max-text-tokens", "32", "--lr", "2e-3",
             "--warmup-steps", "30", "--seed", "0", "--train-rows", "8", "--eval-rows", "16", "--no-baseline"]
     runs = []
     for name in ("a", "b"):
@@ -141,7 +141,7 @@ def test_bad_data_gives_a_clear_error(tmp_path: Path, case: str, message: str) -
 
 
 def test_text_budget_above_max_seq_len_is_refused(tmp_path: Path) -> None:
-    result = CliRunner().invoke(train_cli, ["--config", "tiny", "--max-text-bytes", "161", "--out", str(tmp_path)])
+    result = CliRunner().invoke(train_cli, ["--config", "tiny", "--max-text-tokens", "161", "--out", str(tmp_path)])
     assert result.exit_code == 1 and "exceeds the model's max_seq_len=160" in result.output
 
 
@@ -150,4 +150,4 @@ def test_distillation_from_a_teacher_checkpoint(tmp_path: Path) -> None:
     result = train(TINY.replace(max_steps=2, teacher=str(teacher), distill_weight=0.7), tmp_path / "run")
     assert result.steps == 2 and result.metrics["train_config"]["teacher"] == str(teacher)
     with pytest.raises(CheckpointError, match="teacher .* takes at most 160 tokens, training feeds 161"):
-        train(TINY.replace(model="small", max_text_bytes=161, teacher=str(teacher)), tmp_path / "bad")
+        train(TINY.replace(model="small", max_text_tokens=161, teacher=str(teacher)), tmp_path / "bad")

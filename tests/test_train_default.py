@@ -33,12 +33,12 @@ def test_default_model_has_learned_the_task() -> None:
     # 256 test rows keep this to a few seconds: ROC AUC well above chance (0.5) shows the weights are
     # the trained ones; the full-split figures are metrics.json's.
     default = load_default_model()
-    max_len = int(read_checkpoint_metadata(DEFAULT_CHECKPOINT)["max_text_bytes"])
+    max_len = int(read_checkpoint_metadata(DEFAULT_CHECKPOINT)["max_text_tokens"])
     test = load_reviews()["test"].subset(np.arange(256))
     metrics = classification_metrics(test.labels, logits_to_prob_positive(predict(default.model, test, max_len).logits))
-    assert metrics["roc_auc"] > 0.7, metrics
-    shipped = default_metrics()["model"]["test"]
-    assert shipped["accuracy"] > shipped["majority_accuracy"] and shipped["roc_auc"] > 0.7, shipped
+    assert metrics["roc_auc"] > 0.85, metrics
+    shipped = default_metrics()["model"]["test"]  # the whole split: clearly above the majority class
+    assert shipped["accuracy"] > shipped["majority_accuracy"] + 0.05 and shipped["roc_auc"] > 0.9, shipped
 
 
 def test_reproduction_check_flags_moved_metrics() -> None:

@@ -1,6 +1,6 @@
 """The embedded default checkpoint's recorded command, re-run in full, reproduces its test metrics.
 
-This is the slowest test of the suite (about 3.5 minutes on 2 idle cores: 400 training steps, test
+This is the slowest test of the suite (about 3.5 minutes on 2 idle cores: one epoch of 588 training steps, test
 evaluation and the baseline fit), kept in it because the shipped checkpoint is only as good as the
 command that made it.
 """

@@ -111,7 +111,7 @@ def build_quantized(model: MahiaX, onnx_fp32: onnx.ModelProto, precision: str,
     options.check(precision)
     started = time.perf_counter()
     if data is None:
-        data = load_calibration_data(model.config.max_seq_len, CalibrationDataConfig(options.samples, batch_size=options.batch_size))
+        data = load_calibration_data(model.config, CalibrationDataConfig(options.samples, batch_size=options.batch_size))
     params = parameter_index(model)
     feeds, reference = _eager_reference(model, data, options.sensitivity_samples, options.sensitivity_max_len)
     with tempfile.TemporaryDirectory(prefix="mahia-quantize-") as tmp:

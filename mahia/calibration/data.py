@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 
 from mahia.data import DataConfig, ReviewsDataset, load_reviews
+from mahia.data.tokenizer import split_words
+from mahia.model import ModelConfig
 
 MIN_CALIBRATION_SAMPLES = 16
 
@@ -51,11 +53,11 @@ def select_rows(dataset: ReviewsDataset, samples: int, seed: int) -> ReviewsData
     if samples > len(dataset):
         raise CalibrationError(f"{samples} calibration samples requested but the split has only {len(dataset)} rows")
     picked = np.random.default_rng(seed).choice(len(dataset), size=samples, replace=False)
-    lengths = np.array([len(dataset.texts[i].encode("utf-8")) for i in picked])
+    lengths = np.array([len(split_words(dataset.texts[i])) for i in picked])
     return dataset.subset(picked[np.argsort(lengths, kind="stable")])
 
 
-def load_calibration_data(max_seq_len: int, config: CalibrationDataConfig = CalibrationDataConfig(),
+def load_calibration_data(model_config: ModelConfig, config: CalibrationDataConfig = CalibrationDataConfig(),
                           data_config: DataConfig = DataConfig(), dataset: ReviewsDataset | None = None) -> CalibrationData:
     """Batches of `config.samples` real rows from `config.split` of the reviews data (never random tensors)."""
     if dataset is None:
@@ -64,10 +66,11 @@ def load_calibration_data(max_seq_len: int, config: CalibrationDataConfig = Cali
             raise CalibrationError(f"unknown data split {config.split!r}; expected one of {', '.join(splits)}")
         dataset = splits[config.split]
     rows = select_rows(dataset, config.samples, config.seed)
+    max_seq_len, vocab_size = model_config.max_seq_len, model_config.vocab_size
     max_len = min(config.max_len or max_seq_len, max_seq_len)
     batches, labels = [], []
     for start in range(0, len(rows), config.batch_size):
-        inputs, y = rows.batch(np.arange(start, min(start + config.batch_size, len(rows))), max_len)
+        inputs, y = rows.batch(np.arange(start, min(start + config.batch_size, len(rows))), max_len, vocab_size)
         batches.append(inputs)
         labels.append(y)
     return CalibrationData(tuple(batches), torch.cat(labels), len(rows), config.split, rows.content_hash())

@@ -85,21 +85,21 @@ class ReviewsDataset:
                               self.categorical[indices], self.labels[indices], self.row_ids[indices],
                               self.source_sha256)
 
-    def batch(self, indices: np.ndarray | range, max_len: int) -> tuple[dict[str, Tensor], Tensor]:
+    def batch(self, indices: np.ndarray | range, max_len: int, vocab_size: int) -> tuple[dict[str, Tensor], Tensor]:
         """(model inputs, labels) for the rows at `indices`, text padded to the longest in the batch."""
         indices = np.asarray(indices, dtype=np.int64)
-        ids, mask = encode_texts([self.texts[i] for i in indices], max_len)
+        ids, mask = encode_texts([self.texts[i] for i in indices], max_len, vocab_size)
         inputs = {"input_ids": ids, "attention_mask": mask,
                   "numeric": torch.from_numpy(self.numeric[indices].copy()),
                   "categorical": torch.from_numpy(self.categorical[indices].copy())}
         return inputs, torch.from_numpy(self.labels[indices].copy())
 
-    def iter_batches(self, batch_size: int, max_len: int, shuffle: bool = False,
+    def iter_batches(self, batch_size: int, max_len: int, vocab_size: int, shuffle: bool = False,
                      seed: int = 0) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
         """Batches over the whole dataset, optionally in a seeded random order."""
         order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
         for start in range(0, len(self), batch_size):
-            yield self.batch(order[start:start + batch_size], max_len)
+            yield self.batch(order[start:start + batch_size], max_len, vocab_size)
 
     def content_hash(self) -> str:
         """sha256 over the source file hash and the row ids: identifies exactly which rows these are."""

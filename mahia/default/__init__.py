@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mahia.model import CheckpointError, MahiaX, load_checkpoint
+from mahia.model.checkpoint import text_tokens_of
 
 DEFAULT_DIR = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT = DEFAULT_DIR / "small.safetensors"
@@ -24,6 +25,7 @@ class DefaultModel:
     model: MahiaX
     label: str
     trained: bool
+    text_tokens: int  # tokens per text it was trained on ([CLS] + words)
 
 
 def default_metrics() -> dict[str, object]:
@@ -37,9 +39,9 @@ def load_default_model() -> DefaultModel:
     """The trained `small` checkpoint shipped in the package, in eval mode."""
     if not DEFAULT_CHECKPOINT.is_file():
         raise CheckpointError(f"the default checkpoint {DEFAULT_CHECKPOINT} is missing from the package; "
-                              "re-create it with `python -m mahia.train.reproduce --write-default`")
+                              "re-create it with `make default-model`")
     model, metadata = load_checkpoint(DEFAULT_CHECKPOINT)
     test = default_metrics()["model"]["test"]
     label = (f"{model.config.name}, trained on the reviews data for {metadata.get('step', '?')} steps "
              f"(test accuracy {test['accuracy']:.3f}, ROC AUC {test['roc_auc']:.3f})")
-    return DefaultModel(model, label, trained=True)
+    return DefaultModel(model, label, trained=True, text_tokens=text_tokens_of(model, metadata))

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 MANIFEST = "manifest.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FAILED_SUFFIX = ".failed"
 
 

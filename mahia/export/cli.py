@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from mahia.export.config import DEFAULT_BATCH, DimRange, ExportConfig, ModelSource
+from mahia.export.config import DEFAULT_BATCH, DimRange, ExportConfig, ModelSource, TaskCheckConfig
 from mahia.export.precisions import FORMATS, precisions
 from mahia.model import CONFIGS
 
@@ -71,14 +71,22 @@ def _parse_formats(ctx: click.Context, param: click.Parameter, value: str | None
               help="Quantized precisions: activation range method (default: int8/auto mse, fp8 max; int4 takes none).")
 @click.option("--accuracy-budget", type=click.FloatRange(min=0, min_open=True), default=None,
               help="auto: largest relative logit error on calibration samples; the most sensitive layers stay fp32 until met.")
+@click.option("--eval-rows", type=click.IntRange(min=2), default=None,
+              help="Trained models: test-split rows of the task check (default: the whole split).")
+@click.option("--max-accuracy-drop", type=click.FloatRange(min=0), default=None,
+              help="Relax the precision's task budget: largest accepted accuracy drop, in points.")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
+              help="Relax the precision's task budget: least fraction of unchanged predictions.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress display or summary (errors are still printed).")
 def main(config_name: str | None, checkpoint: Path | None, seed: int, precision: str, formats: tuple[str, ...],
          out_dir: Path, batch: DimRange, seq: DimRange | None, atol: float | None, rtol: float | None,
          calib_samples: int | None, calib_method: str | None, accuracy_budget: float | None,
+         eval_rows: int | None, max_accuracy_drop: float | None, min_agreement: float | None,
          as_json: bool, quiet: bool) -> None:
     """Export MAHIA-X to verified deployable artifacts: a torch.export program (.pt2), portable ONNX, and a
-    Polygraphy parity report against the eager PyTorch model. Exits 0 only when every parity check passes."""
+    Polygraphy parity report against the eager PyTorch model; for a trained model, the accuracy drop and
+    argmax agreement on the test split. Exits 0 only when every check is within its budget."""
     from mahia.export.artifact import ArtifactError
     from mahia.export.pipeline import run_export
     from mahia.export.stages import ExportError
@@ -87,7 +95,8 @@ def main(config_name: str | None, checkpoint: Path | None, seed: int, precision:
     cfg = ExportConfig(source=ModelSource(config_name, checkpoint, seed), precision=precision, formats=formats,
                        batch=batch, seq=seq, atol=atol, rtol=rtol, out_dir=out_dir,
                        command_line=("mahia-export", *sys.argv[1:]),
-                       calibration=_calibration_options(precision, calib_samples, calib_method, accuracy_budget))
+                       calibration=_calibration_options(precision, calib_samples, calib_method, accuracy_budget),
+                       task=TaskCheckConfig(eval_rows, max_accuracy_drop, min_agreement))
     start = time.perf_counter()
     try:
         with _progress(quiet) as on_stage:
@@ -106,18 +115,30 @@ def main(config_name: str | None, checkpoint: Path | None, seed: int, precision:
         click.echo(json.dumps({"status": result.manifest["status"], "artifact_dir": str(result.artifact_dir),
                                "precision": precision, "formats": result.manifest["formats"],
                                "model": {k: result.manifest["model"][k] for k in ("label", "trained", "source")},
-                               "parity": result.parity.to_dict(), "stages": result.manifest["stages"],
+                               "parity": result.parity.to_dict(), "task": result.manifest["task"],
+                               "stages": result.manifest["stages"],
                                "files": result.manifest["files"], "seconds": round(seconds, 2)}, indent=2))
-    if not result.passed:
+    task = result.task
+    if task is not None and not task.passed:
+        click.echo(f"Task check FAILED on {task.rows} test rows ({task.backend}): {task.failure()} "
+                   f"(eager accuracy {task.eager_accuracy:.4f}, deployed {task.deployed_accuracy:.4f}; relax with "
+                   f"--max-accuracy-drop / --min-agreement); kept for debugging: {result.artifact_dir}", err=True)
+    if not result.parity.passed:
         click.echo(f"Parity FAILED: worst {worst.backend} output {worst.output!r} at batch {worst.batch} x seq "
                    f"{worst.seq}: rel L2 error {worst.rel_l2_error:.3e}, max abs error {worst.max_abs_error:.3e} "
                    f"(budget atol={result.parity.tolerances.atol}, rtol={result.parity.tolerances.rtol}, "
                    f"rel L2 <= {result.parity.tolerances.max_rel_error}); kept for debugging: {result.artifact_dir}",
                    err=True)
+    if not result.passed:
         sys.exit(1)
     if not quiet and not as_json:
         click.echo(f"Parity passed (worst rel L2 error {worst.rel_l2_error:.2e}, {worst.backend} at "
-                   f"{worst.batch} x {worst.seq}). Artifacts: {result.artifact_dir} ({seconds:.1f} s)")
+                   f"{worst.batch} x {worst.seq}).")
+        if task is not None:
+            click.echo(f"Task check passed on {task.rows} test rows: accuracy {task.deployed_accuracy:.4f} vs eager "
+                       f"{task.eager_accuracy:.4f} ({100 * (task.deployed_accuracy - task.eager_accuracy):+.2f} pt), argmax agreement "
+                       f"{task.agreement:.4f}.")
+        click.echo(f"Artifacts: {result.artifact_dir} ({seconds:.1f} s)")
 
 
 def _calibration_options(precision: str, samples: int | None, method: str | None, budget: float | None):

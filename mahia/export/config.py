@@ -87,6 +87,32 @@ class Tolerances:
 
 
 @dataclass(frozen=True)
+class TaskBudget:
+    """What a precision may lose on the task: accuracy drop (points) and the least argmax agreement."""
+
+    max_accuracy_drop_pt: float
+    min_agreement: float
+
+    def __post_init__(self) -> None:
+        if not self.max_accuracy_drop_pt >= 0 or not 0 <= self.min_agreement <= 1:
+            raise ValueError(f"task budget {self}: the drop must be >= 0 points and the agreement in [0, 1]")
+
+
+@dataclass(frozen=True)
+class TaskCheckConfig:
+    """How the task check runs: how many test rows (None: the whole split) and the user's budget overrides."""
+
+    rows: int | None = None
+    max_accuracy_drop_pt: float | None = None
+    min_agreement: float | None = None
+
+    def budget(self, default: TaskBudget) -> TaskBudget:
+        """The precision's budget with this run's overrides."""
+        return TaskBudget(default.max_accuracy_drop_pt if self.max_accuracy_drop_pt is None else self.max_accuracy_drop_pt,
+                          default.min_agreement if self.min_agreement is None else self.min_agreement)
+
+
+@dataclass(frozen=True)
 class ModelSource:
     """Where the model comes from: a named config (seeded weights), a checkpoint, or the embedded default."""
 
@@ -119,3 +145,4 @@ class ExportConfig:
     flavour: str = "portable"
     command_line: tuple[str, ...] = field(default_factory=tuple)
     calibration: object | None = None  # mahia.calibration.build.CalibrationOptions (quantized precisions)
+    task: TaskCheckConfig = TaskCheckConfig()  # the test-split accuracy check of trained models

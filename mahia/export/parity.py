@@ -35,7 +35,7 @@ def real_samples(config: ModelConfig, points: Sequence[tuple[int, int]], split: 
     for batch, seq in points:
         rows = np.arange(start, start + batch) % len(data)
         start += batch
-        inputs, _ = data.batch(rows, seq)
+        inputs, _ = data.batch(rows, seq, config.vocab_size)
         pad = seq - inputs["input_ids"].shape[1]
         for name in ("input_ids", "attention_mask"):
             inputs[name] = torch.nn.functional.pad(inputs[name], (0, pad))

@@ -21,12 +21,12 @@ import numpy as np
 import onnx
 import torch
 
-from mahia.export import artifact, parity, report, stages
+from mahia.export import artifact, parity, report, stages, task_check
 from mahia.export.config import ExportConfig, ShapeProfile, Tolerances
 from mahia.export.precisions import ONNX, PT2, BuildContext, Built, Precision, get_precision
 from mahia.model import ModelConfig
 
-ONNX_FILE, ONNX_DATA_FILE, PT2_FILE = "model.onnx", "model.onnx.data", "model.pt2"
+PT2_FILE = "model.pt2"
 INPUTS_FILE, EAGER_FILE, PARITY_FILE, REPORT_FILE = "inputs.json", "eager_outputs.json", "parity.json", "report.md"
 # Above this many bytes of weights the ONNX weights go to an external data file (protobuf caps at 2 GiB).
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -49,9 +49,10 @@ class ExportResult:
     """What a run produced: where, whether parity passed, and the manifest written."""
 
     artifact_dir: Path
-    passed: bool
+    passed: bool  # parity passed, and the task check too where it ran
     manifest: dict
     parity: parity.ParityResult
+    task: task_check.TaskResult | None = None  # None: untrained model, no task check
     stages: tuple[StageRecord, ...] = field(default_factory=tuple)
 
 
@@ -95,21 +96,27 @@ def artifact_name(config: ModelConfig, precision: Precision, weights: str, cfg: 
     return f"{config.name}-{precision.name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
-def save_onnx(model: onnx.ModelProto, directory: artifact.ArtifactDir,
+def onnx_file_name(precision: str) -> str:
+    """model.onnx for fp32, model.<precision>.onnx for every other precision."""
+    return "model.onnx" if precision == "fp32" else f"model.{precision}.onnx"
+
+
+def save_onnx(model: onnx.ModelProto, directory: artifact.ArtifactDir, file_name: str,
               external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> list[str]:
-    """Save model.onnx (weights external above the threshold), run the full checker; returns file names."""
+    """Save the graph (weights in `<file>.data` above the threshold), run the full checker; returns file names."""
     weights = sum(len(t.raw_data) for t in model.graph.initializer)
     if weights > external_data_threshold:
+        data_name = f"{file_name}.data"
         try:
-            onnx.save_model(model, str(directory.path / ONNX_FILE), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=ONNX_DATA_FILE, size_threshold=1024)
+            onnx.save_model(model, str(directory.path / file_name), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
         except OSError as exc:
-            raise artifact.ArtifactError(artifact.describe_os_error(exc, directory.target / ONNX_FILE)) from None
-        files = [ONNX_FILE, ONNX_DATA_FILE]
+            raise artifact.ArtifactError(artifact.describe_os_error(exc, directory.target / file_name)) from None
+        files = [file_name, data_name]
     else:
-        directory.write_bytes(ONNX_FILE, model.SerializeToString(deterministic=True))
-        files = [ONNX_FILE]
-    stages.check_onnx(directory.path / ONNX_FILE)
+        directory.write_bytes(file_name, model.SerializeToString(deterministic=True))
+        files = [file_name]
+    stages.check_onnx(directory.path / file_name)
     return files
 
 
@@ -155,6 +162,7 @@ def _run_stages(cfg: ExportConfig, precision: Precision, formats: tuple[str, ...
                 profile: ShapeProfile, tolerances: Tolerances, directory: artifact.ArtifactDir,
                 timed: Callable, records: list[StageRecord]) -> ExportResult:
     model, config = loaded.model, loaded.config
+    onnx_file = onnx_file_name(precision.name)
     program = timed("export", lambda: stages.export_program(model, profile))
     onnx_fp32 = None
     if ONNX in formats:
@@ -175,7 +183,7 @@ def _run_stages(cfg: ExportConfig, precision: Precision, formats: tuple[str, ...
         if ONNX in formats:
             if built.onnx is None:
                 raise stages.ExportError(f"precision {precision.name!r} built no ONNX graph")
-            files += save_onnx(built.onnx, directory)
+            files += save_onnx(built.onnx, directory, onnx_file)
         if PT2 in formats:
             if built.program is None:
                 raise stages.ExportError(f"precision {precision.name!r} built no ExportedProgram")
@@ -197,7 +205,7 @@ def _run_stages(cfg: ExportConfig, precision: Precision, formats: tuple[str, ...
         parity.save_polygraphy_files(feeds, reference, directory.path / INPUTS_FILE, directory.path / EAGER_FILE)
         backends = {}
         if ONNX in formats:
-            backends["onnxrt"] = directory.path / ONNX_FILE
+            backends["onnxrt"] = directory.path / onnx_file
         if PT2 in formats:
             backends["pt2"] = directory.path / PT2_FILE
         spec = {n: (np.dtype(s["dtype"]), tuple(None if isinstance(d, str) else d for d in s["shape"]))
@@ -208,9 +216,17 @@ def _run_stages(cfg: ExportConfig, precision: Precision, formats: tuple[str, ...
 
     result: parity.ParityResult = timed("verify", verify, lambda r: (INPUTS_FILE, EAGER_FILE, PARITY_FILE))
 
+    task: task_check.TaskResult | None = None
+    if loaded.trained:
+        backend = ONNX if ONNX in formats else PT2
+        graph = directory.path / (onnx_file if backend == ONNX else PT2_FILE)
+        task = timed("task", lambda: task_check.check_task(model, loaded.text_tokens, backend, graph, profile,
+                                                           cfg.task, precision.task_budget))
+    passed = result.passed and (task is None or task.passed)
+
     manifest = {
         "schema_version": artifact.SCHEMA_VERSION,
-        "status": "passed" if result.passed else "failed",
+        "status": "passed" if passed else "failed",
         "command": list(cfg.command_line) or [sys.argv[0], *sys.argv[1:]],
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "packages": package_versions(),
@@ -218,21 +234,23 @@ def _run_stages(cfg: ExportConfig, precision: Precision, formats: tuple[str, ...
                   "weights_sha256": loaded.weights_sha256, "config": json.loads(config.to_json())},
         "precision": {"name": precision.name, "summary": precision.summary, "notes": dict(built.notes)},
         "formats": list(formats),
-        "onnx": {"opset": cfg.opset, "flavour": cfg.flavour, "optimizer": "onnxscript (torch.onnx optimize=True)"}
+        "onnx": {"file": onnx_file, "opset": cfg.opset, "flavour": cfg.flavour, "optimizer": "onnxscript (torch.onnx optimize=True)"}
         if ONNX in formats else None,
         "inputs": input_spec(config),
         "outputs": output_spec(config),
         "dims": {"batch": profile.batch.to_dict(), "seq": profile.seq.to_dict()},
         "parity": {"passed": result.passed, "tolerances": asdict(tolerances), "points": [list(p) for p in profile.points()],
                    "worst": asdict(result.worst()), "file": PARITY_FILE},
+        "task": task.to_dict() if task is not None else
+        {"skipped": "the model is untrained: its task metrics would mean nothing"},
         "stages": [asdict(r) for r in records],
     }
 
     def package() -> Path:
         stage_records = records + [StageRecord("package", 0.0, (REPORT_FILE, artifact.MANIFEST))]
         directory.write_bytes(REPORT_FILE, report.render(manifest, result, stage_records, graph_files).encode())
-        return directory.finish({**manifest, "stages": [asdict(r) for r in stage_records]}, result.passed)
+        return directory.finish({**manifest, "stages": [asdict(r) for r in stage_records]}, passed)
 
     final = timed("package", package)
     manifest = json.loads((final / artifact.MANIFEST).read_text())
-    return ExportResult(final, result.passed, manifest, result, tuple(records))
+    return ExportResult(final, passed, manifest, result, task, tuple(records))

@@ -8,10 +8,23 @@ from collections.abc import Sequence
 from mahia.export.parity import ParityResult
 
 
-def polygraphy_command(atol: float, rtol: float, onnx_file: str = "model.onnx") -> str:
+def polygraphy_command(atol: float, rtol: float, onnx_file: str) -> str:
     """The `polygraphy run` command that re-checks the ONNX graph against the saved eager outputs."""
     return (f"polygraphy run {onnx_file} --onnxrt --load-inputs inputs.json --load-outputs eager_outputs.json "
             f"--atol {atol!r} --rtol {rtol!r}")
+
+
+def task_lines(task: dict) -> list[str]:
+    """The task-check section: eager vs deployed accuracy on the test split, against the budget."""
+    if "skipped" in task:
+        return [f"Not run: {task['skipped']}."]
+    budget = task["budget"]
+    return [f"**{'PASSED' if task['passed'] else 'FAILED'}** on {task['rows']} test-split reviews (texts cut to "
+            f"{task['text_tokens']} tokens, {task['backend']}); budget: accuracy drop <= "
+            f"{budget['max_accuracy_drop_pt']} points, argmax agreement >= {budget['min_agreement']}.",
+            "", "| eager accuracy | deployed accuracy | drop (points) | argmax agreement |", "|---|---|---|---|",
+            f"| {task['eager_accuracy']:.4f} | {task['deployed_accuracy']:.4f} | {task['accuracy_drop_pt']:.2f} | "
+            f"{task['argmax_agreement']:.4f} |"]
 
 
 def render(manifest: dict, result: ParityResult, stage_records: Sequence, graph_files: Sequence[str]) -> str:
@@ -53,12 +66,13 @@ def render(manifest: dict, result: ParityResult, stage_records: Sequence, graph_
     for r in result.rows:
         lines.append(f"| {r.backend} | {r.batch} x {r.seq} | {r.output} | {r.max_abs_error:.3e} | "
                      f"{r.rel_l2_error:.3e} | {'pass' if r.passed else 'FAIL'} |")
+    lines += ["", "## Task check", ""] + task_lines(manifest["task"])
     lines += ["", "## Timings", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {s.name} | {s.seconds:.2f} |" for s in stage_records if s.name != "package"]
     lines += ["", "## Re-run", "", "The export:", "", "    " + shlex.join(manifest["command"]), ""]
     if "onnx" in manifest["formats"]:
         lines += ["The ONNX parity check with Polygraphy alone, from this directory:", "",
-                  "    " + polygraphy_command(tol.atol, tol.rtol), ""]
+                  "    " + polygraphy_command(tol.atol, tol.rtol, manifest["onnx"]["file"]), ""]
     backend = "onnx" if "onnx" in manifest["formats"] else "pt2"
     lines += ["Loading for deployment (verifies every file's sha256 against manifest.json):", "",
               "    import mahia.runtime",

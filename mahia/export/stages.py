@@ -25,7 +25,7 @@ from torch.export import Dim
 from mahia.export import onnx_lowering
 from mahia.export.config import DEFAULT_SEQ, DimRange, ModelSource, ShapeProfile
 from mahia.model import INPUT_NAMES, OUTPUT_NAMES, MahiaX, ModelConfig, build_model, get_config, random_inputs
-from mahia.model.checkpoint import load_checkpoint
+from mahia.model.checkpoint import load_checkpoint, text_tokens_of
 
 ONNX_FLAVOURS: dict[str, dict[Callable, Callable]] = {"portable": onnx_lowering.PORTABLE_TRANSLATIONS}
 
@@ -44,6 +44,7 @@ class LoadedModel:
     trained: bool
     source: str
     weights_sha256: str
+    text_tokens: int  # tokens per text it was trained on: what the task check feeds it
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
@@ -64,16 +65,19 @@ def load_model(source: ModelSource) -> LoadedModel:
         trained = metadata.get("trained", "").strip().lower() in ("1", "true", "yes")
         label = metadata.get("label") or f"checkpoint {Path(source.checkpoint).name}"
         origin = f"checkpoint {source.checkpoint}"
+        text_tokens = text_tokens_of(model, metadata)
     elif source.config_name is not None:
         model = build_model(get_config(source.config_name), seed=source.seed).eval()
         label, trained = f"{source.config_name}, seed {source.seed}, untrained (random initialisation)", False
         origin = f"config {source.config_name}"
+        text_tokens = model.config.max_seq_len
     else:
         from mahia.default import load_default_model
 
         default = load_default_model()
         model, label, trained, origin = default.model.eval(), default.label, default.trained, "embedded default"
-    return LoadedModel(model.eval(), model.config, label, trained, origin, weights_sha256(model))
+        text_tokens = default.text_tokens
+    return LoadedModel(model.eval(), model.config, label, trained, origin, weights_sha256(model), text_tokens)
 
 
 def resolve_profile(config: ModelConfig, batch: DimRange, seq: DimRange | None) -> ShapeProfile:

@@ -94,3 +94,8 @@ def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], s
         problems.append("mis-shaped tensors: " + "; ".join(shaped))
     if problems:
         raise CheckpointError(f"checkpoint {source} does not fit the model: " + " | ".join(problems))
+
+
+def text_tokens_of(model: MahiaX, metadata: dict[str, str]) -> int:
+    """Tokens per text the model was trained with (checkpoint metadata "max_text_tokens"), else its max_seq_len."""
+    return int(metadata.get("max_text_tokens") or model.config.max_seq_len)

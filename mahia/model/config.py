@@ -6,11 +6,12 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-# Byte-level vocabulary: id 0 is padding, id 1 is the [CLS] token, ids 2..257 are UTF-8 bytes.
+# Hashed word vocabulary (mahia.data.tokenizer): id 0 is padding, id 1 is the [CLS] token, ids from 2
+# on are hashed words. 4096 ids keep the trained default checkpoint under 10 MB.
 PAD_ID = 0
 CLS_ID = 1
-BYTE_OFFSET = 2
-BYTE_VOCAB_SIZE = 256 + BYTE_OFFSET
+FIRST_WORD_ID = 2
+DEFAULT_VOCAB_SIZE = 4096
 
 # The reviews data set's tabular schema (see mahia.data.reviews): age and log positive-feedback
 # count; division, department and class names, each table with index 0 reserved for unknown.
@@ -43,7 +44,7 @@ class ModelConfig:
     memory_nodes: int
     diffusion_steps: int
     # Inputs and output.
-    vocab_size: int = BYTE_VOCAB_SIZE
+    vocab_size: int = DEFAULT_VOCAB_SIZE
     num_numeric: int = REVIEWS_NUM_NUMERIC
     categorical_cardinalities: tuple[int, ...] = REVIEWS_CATEGORICAL_CARDINALITIES
     num_classes: int = 2
@@ -57,6 +58,9 @@ class ModelConfig:
         for field in positive:
             if getattr(self, field) < 1:
                 raise ValueError(f"ModelConfig.{field} must be >= 1, got {getattr(self, field)}")
+        if self.vocab_size <= FIRST_WORD_ID:
+            raise ValueError(f"ModelConfig.vocab_size must be > {FIRST_WORD_ID} (pad and [CLS] are reserved), "
+                             f"got {self.vocab_size}")
         if self.filter_features % 2:
             raise ValueError(f"ModelConfig.filter_features must be even (sin/cos pairs), got {self.filter_features}")
         if self.diffusion_steps < 0 or self.num_numeric < 0:
@@ -109,7 +113,7 @@ CONFIGS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(
         name="tiny", d_model=32, n_layers=2, max_seq_len=160, ssm_heads=2, ssm_head_dim=16, d_state=8,
         chunk_size=16, filter_features=8, filter_hidden=16, num_experts=4, top_k=2, expert_hidden=64,
-        capacity_factor=1.25, memory_nodes=8, diffusion_steps=2),
+        capacity_factor=1.25, memory_nodes=8, diffusion_steps=2, vocab_size=512),
     "small": ModelConfig(
         name="small", d_model=96, n_layers=3, max_seq_len=384, ssm_heads=4, ssm_head_dim=24, d_state=16,
         chunk_size=64, filter_features=16, filter_hidden=32, num_experts=8, top_k=2, expert_hidden=192,

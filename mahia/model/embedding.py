@@ -1,4 +1,4 @@
-"""Input embedding: byte tokens plus FT-Transformer-style tabular tokens placed before the text."""
+"""Input embedding: word tokens plus FT-Transformer-style tabular tokens placed before the text."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from mahia.model.config import BYTE_OFFSET, ModelConfig
+from mahia.model.config import FIRST_WORD_ID, ModelConfig
 from mahia.model.mahia_x import INPUT_NAMES
 
 
@@ -82,9 +82,9 @@ def validate_inputs(config: ModelConfig, inputs: Mapping[str, Tensor]) -> None:
 
 def random_inputs(config: ModelConfig, batch: int, length: int, generator: torch.Generator | None = None,
                   full: bool = False) -> dict[str, Tensor]:
-    """A valid random batch: byte tokens, right padding of random length (none if `full`), random features."""
+    """A valid random batch: word ids, right padding of random length (none if `full`), random features."""
     g = generator
-    ids = torch.randint(BYTE_OFFSET, config.vocab_size, (batch, length), generator=g)
+    ids = torch.randint(FIRST_WORD_ID, config.vocab_size, (batch, length), generator=g)
     lengths = torch.full((batch,), length) if full else torch.randint(1, length + 1, (batch,), generator=g)
     lengths[0] = length  # the longest sample fills the batch, as a real padded batch does
     mask = (torch.arange(length)[None, :] < lengths[:, None]).to(torch.int64)

@@ -12,10 +12,9 @@ import torch
 
 from mahia.data import ReviewsDataset
 from mahia.model import MahiaX, build_model, get_config, load_checkpoint
+from mahia.model.checkpoint import text_tokens_of
+from mahia.runtime import BACKENDS
 from mahia.train.evaluation import length_sorted_order
-
-BACKENDS = ("onnx", "pt2")
-
 
 def manifest_of(artifact_dir: Path) -> dict[str, object]:
     """The artifact's manifest.json, or a ValueError naming the file."""
@@ -26,11 +25,6 @@ def manifest_of(artifact_dir: Path) -> dict[str, object]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from None
-
-
-def text_budget_of(model: MahiaX, metadata: dict[str, str]) -> int:
-    """Tokens per text the model was trained with (checkpoint metadata), else its max_seq_len."""
-    return int(metadata.get("max_text_bytes") or model.config.max_seq_len)
 
 
 def eager_model(checkpoint: Path | None, manifest: dict[str, object] | None) -> tuple[MahiaX, int, str]:
@@ -46,7 +40,7 @@ def eager_model(checkpoint: Path | None, manifest: dict[str, object] | None) -> 
                              "pass it with --checkpoint")
     if checkpoint is not None:
         model, metadata = load_checkpoint(checkpoint)
-        return model, text_budget_of(model, metadata), f"checkpoint {checkpoint}"
+        return model, text_tokens_of(model, metadata), f"checkpoint {checkpoint}"
     if source.startswith("config "):
         label = str(manifest.get("model", {}).get("label", ""))  # type: ignore[union-attr]
         seed = re.search(r"seed (\d+)", label)
@@ -55,7 +49,7 @@ def eager_model(checkpoint: Path | None, manifest: dict[str, object] | None) -> 
     from mahia.default import DEFAULT_CHECKPOINT
 
     model, metadata = load_checkpoint(DEFAULT_CHECKPOINT)
-    return model, text_budget_of(model, metadata), "embedded default"
+    return model, text_tokens_of(model, metadata), "embedded default"
 
 
 def check_same_weights(manifest: dict[str, object], model: MahiaX, artifact_dir: Path) -> None:
@@ -70,13 +64,13 @@ def check_same_weights(manifest: dict[str, object], model: MahiaX, artifact_dir:
 
 
 def run_batches(run: Callable[[dict[str, torch.Tensor]], np.ndarray], dataset: ReviewsDataset, max_len: int,
-                batch_size: int, min_len: int = 1) -> np.ndarray:
+                vocab_size: int, batch_size: int, min_len: int = 1) -> np.ndarray:
     """Logits [N, C] of `run` over length-sorted batches, in dataset order; sequences right-padded to min_len."""
     order = length_sorted_order(dataset, max_len)
     out: np.ndarray | None = None
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        inputs, _ = dataset.batch(rows, max_len)
+        inputs, _ = dataset.batch(rows, max_len, vocab_size)
         short = min_len - inputs["input_ids"].shape[1]
         if short > 0:  # padding positions are masked out: the logits do not change
             for name in ("input_ids", "attention_mask"):
@@ -99,7 +93,8 @@ def artifact_limits(manifest: dict[str, object], max_len: int, batch_size: int) 
 
 
 def evaluate_artifact(artifact_dir: Path, manifest: dict[str, object], backends: tuple[str, ...],
-                      dataset: ReviewsDataset, max_len: int, batch_size: int) -> Iterator[tuple[str, np.ndarray]]:
+                      dataset: ReviewsDataset, max_len: int, vocab_size: int,
+                      batch_size: int) -> Iterator[tuple[str, np.ndarray]]:
     """(name, logits [N, C]) for each requested backend (default: each one the artifact holds)."""
     import mahia.runtime
 
@@ -111,4 +106,4 @@ def evaluate_artifact(artifact_dir: Path, manifest: dict[str, object], backends:
     for backend in chosen:
         deployment = mahia.runtime.load(artifact_dir, backend=backend)
         yield (f"{backend} {deployment.precision}",
-               run_batches(deployment.run, dataset, max_len, batch_size, min_len))
+               run_batches(deployment.run, dataset, max_len, vocab_size, batch_size, min_len))

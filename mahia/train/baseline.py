@@ -9,6 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import OneHotEncoder
 
 from mahia.data import ReviewsDataset
+from mahia.data.tokenizer import truncate_words
 from mahia.model.config import REVIEWS_CATEGORICAL_CARDINALITIES
 from mahia.train.metrics import classification_metrics
 
@@ -16,19 +17,19 @@ from mahia.train.metrics import classification_metrics
 C_GRID = (0.25, 1.0, 4.0, 16.0)
 
 
-def truncate_texts(texts: tuple[str, ...], max_bytes: int | None) -> list[str]:
-    """Texts cut to their first max_bytes UTF-8 bytes (what a byte model with that budget sees)."""
-    if max_bytes is None:
+def truncate_texts(texts: tuple[str, ...], max_words: int | None) -> list[str]:
+    """Texts cut to their first max_words tokens (what the model with that budget sees)."""
+    if max_words is None:
         return list(texts)
-    return [t.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore") for t in texts]
+    return [truncate_words(t, max_words) for t in texts]
 
 
 class TfidfLogisticBaseline:
     """Word 1-2-gram TF-IDF (sublinear tf) + standardised numeric + one-hot categorical -> logistic regression."""
 
-    def __init__(self, c: float = 1.0, max_text_bytes: int | None = None, seed: int = 0) -> None:
+    def __init__(self, c: float = 1.0, max_words: int | None = None, seed: int = 0) -> None:
         self.c = c
-        self.max_text_bytes = max_text_bytes
+        self.max_words = max_words
         self.seed = seed
         self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, strip_accents="unicode")
         self.onehot = OneHotEncoder(categories=[list(range(c)) for c in REVIEWS_CATEGORICAL_CARDINALITIES],
@@ -36,7 +37,7 @@ class TfidfLogisticBaseline:
         self.classifier = LogisticRegression(C=c, max_iter=5000, random_state=seed)
 
     def _features(self, data: ReviewsDataset, fit: bool) -> sp.csr_matrix:
-        texts = truncate_texts(data.texts, self.max_text_bytes)
+        texts = truncate_texts(data.texts, self.max_words)
         text = self.vectorizer.fit_transform(texts) if fit else self.vectorizer.transform(texts)
         cats = self.onehot.fit_transform(data.categorical) if fit else self.onehot.transform(data.categorical)
         return sp.hstack([text, sp.csr_matrix(data.numeric.astype(np.float64)), cats]).tocsr()
@@ -52,16 +53,16 @@ class TfidfLogisticBaseline:
 
 
 def run_baseline(train: ReviewsDataset, val: ReviewsDataset, test: ReviewsDataset,
-                 max_text_bytes: int | None = None, seed: int = 0) -> dict[str, object]:
+                 max_words: int | None = None, seed: int = 0) -> dict[str, object]:
     """Fit on train for each C in C_GRID, keep the best by validation ROC AUC, report val and test metrics."""
     best: tuple[float, TfidfLogisticBaseline] | None = None
     for c in C_GRID:
-        model = TfidfLogisticBaseline(c, max_text_bytes, seed).fit(train)
+        model = TfidfLogisticBaseline(c, max_words, seed).fit(train)
         auc = classification_metrics(val.labels, model.predict_proba(val))["roc_auc"]
         if best is None or auc > best[0]:
             best = (auc, model)
     assert best is not None
     model = best[1]
-    return {"C": model.c, "max_text_bytes": max_text_bytes,
+    return {"C": model.c, "max_words": max_words,
             "val": classification_metrics(val.labels, model.predict_proba(val)),
             "test": classification_metrics(test.labels, model.predict_proba(test))}

@@ -23,8 +23,8 @@ from mahia.train.trainer import METRICS_NAME, TrainingError, train
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, help="Peak learning rate.")
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=50)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32)
-@click.option("--max-text-bytes", type=click.IntRange(min=1), default=None,
-              help="Tokens per text ([CLS] + bytes); default: the model's max_seq_len.")
+@click.option("--max-text-tokens", type=click.IntRange(min=1), default=None,
+              help="Tokens per text ([CLS] + words); default: the model's max_seq_len.")
 @click.option("--seed", type=int, default=0)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/train"),
               help="Output folder: best.safetensors, last.safetensors (+ optimiser state), metrics.json.")
@@ -44,14 +44,14 @@ from mahia.train.trainer import METRICS_NAME, TrainingError, train
               help="Continue from a last.safetensors written by mahia-train.")
 @click.option("--no-baseline", is_flag=True, help="Skip the TF-IDF + logistic-regression baseline.")
 def main(model: str, epochs: int, max_steps: int | None, lr: float, warmup_steps: int, batch_size: int,
-         max_text_bytes: int | None, seed: int, out: Path, teacher: Path | None, distill_temperature: float,
+         max_text_tokens: int | None, seed: int, out: Path, teacher: Path | None, distill_temperature: float,
          distill_weight: float, device: str, threads: int | None, data_path: str | None, train_rows: int | None,
          eval_rows: int | None, save_every: int, resume: Path | None, no_baseline: bool) -> None:
     """Train MAHIA-X on the reviews data; keep the best checkpoint by validation ROC AUC."""
     console = Console(stderr=True)
     try:
         config = TrainConfig(model=model, epochs=epochs, max_steps=max_steps, lr=lr, warmup_steps=warmup_steps,
-                             batch_size=batch_size, max_text_bytes=max_text_bytes, seed=seed,
+                             batch_size=batch_size, max_text_tokens=max_text_tokens, seed=seed,
                              teacher=str(teacher) if teacher else None, distill_temperature=distill_temperature,
                              distill_weight=distill_weight, device=device, threads=threads, data_path=data_path,
                              train_rows=train_rows, eval_rows=eval_rows, save_every=save_every,

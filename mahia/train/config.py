@@ -13,7 +13,7 @@ class TrainConfig:
 
     Steps are optimiser steps. The run ends after `epochs` passes over the training split or after
     `max_steps` steps, whichever comes first; validation runs at the end of every epoch and at the end
-    of the run. `max_text_bytes` caps the tokens per text (the [CLS] token plus bytes) to bound the
+    of the run. `max_text_tokens` caps the tokens per text (the [CLS] token plus words) to bound the
     cost of a CPU run; None means the model config's max_seq_len.
     """
 
@@ -27,7 +27,7 @@ class TrainConfig:
     warmup_steps: int = 50
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    max_text_bytes: int | None = None
+    max_text_tokens: int | None = None
     aux_loss_weight: float = 0.01
     z_loss_weight: float = 1e-3
     teacher: str | None = None
@@ -47,7 +47,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "max_text_bytes", "threads", "train_rows", "eval_rows"):
+        for name in ("max_steps", "max_text_tokens", "threads", "train_rows", "eval_rows"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {value}")

@@ -86,7 +86,8 @@ def main(artifact_dir: Path | None, backend: tuple[str, ...], checkpoint: Path |
         eager = classification_metrics(dataset.labels, logits_to_prob_positive(eager_logits))
         results: list[dict[str, object]] = [{"name": f"eager fp32 ({eager_name})", **eager}]
         if artifact_dir is not None and manifest is not None:
-            for name, logits in evaluate_artifact(artifact_dir, manifest, backend, dataset, max_len, batch_size):
+            for name, logits in evaluate_artifact(artifact_dir, manifest, backend, dataset, max_len,
+                                                        model.config.vocab_size, batch_size):
                 results.append(compare_to_eager(name, logits, eager_logits, dataset.labels, eager))
     except (DataError, CheckpointError, InputValidationError, ArtifactIntegrityError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -94,7 +95,7 @@ def main(artifact_dir: Path | None, backend: tuple[str, ...], checkpoint: Path |
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomically({"artifact": str(artifact_dir) if artifact_dir else None, "split": split,
-                               "rows": len(dataset), "max_text_bytes": max_len, "results": results}, json_out)
+                               "rows": len(dataset), "max_text_tokens": max_len, "results": results}, json_out)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from mahia.data import ReviewsDataset
+from mahia.data.tokenizer import split_words
 from mahia.model import MahiaX
 from mahia.train.metrics import classification_metrics, expert_assignment_counts, load_fractions, logits_to_prob_positive
 
@@ -22,7 +23,7 @@ class Predictions:
 
 def length_sorted_order(dataset: ReviewsDataset, max_len: int) -> np.ndarray:
     """Row order by encoded length, so batches carry little padding (results do not depend on padding)."""
-    lengths = np.array([min(len(t.encode("utf-8")) + 1, max_len) for t in dataset.texts])
+    lengths = np.array([min(len(split_words(t)) + 1, max_len) for t in dataset.texts])
     return np.argsort(lengths, kind="stable")
 
 
@@ -42,7 +43,7 @@ def predict(model: MahiaX, dataset: ReviewsDataset, max_len: int, batch_size: in
     try:
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            inputs, _ = dataset.batch(rows, max_len)
+            inputs, _ = dataset.batch(rows, max_len, config.vocab_size)
             inputs = {k: v.to(device) for k, v in inputs.items()}
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
                 output = model.forward_with_router_logits(**inputs)

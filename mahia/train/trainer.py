@@ -73,12 +73,12 @@ def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
 
 
 def text_budget(config: TrainConfig, max_seq_len: int) -> int:
-    """Tokens per text during training and evaluation: max_text_bytes, at most the model's max_seq_len."""
-    if config.max_text_bytes is None:
+    """Tokens per text during training and evaluation: max_text_tokens, at most the model's max_seq_len."""
+    if config.max_text_tokens is None:
         return max_seq_len
-    if config.max_text_bytes > max_seq_len:
-        raise ValueError(f"max_text_bytes={config.max_text_bytes} exceeds the model's max_seq_len={max_seq_len}")
-    return config.max_text_bytes
+    if config.max_text_tokens > max_seq_len:
+        raise ValueError(f"max_text_tokens={config.max_text_tokens} exceeds the model's max_seq_len={max_seq_len}")
+    return config.max_text_tokens
 
 
 def load_splits(config: TrainConfig) -> dict[str, ReviewsDataset]:
@@ -120,7 +120,7 @@ def _load_teacher(config: TrainConfig, device: torch.device, max_len: int) -> Ma
                               f"the student {get_config(config.model).num_classes}")
     if teacher.config.max_seq_len < max_len:
         raise CheckpointError(f"teacher {config.teacher} takes at most {teacher.config.max_seq_len} tokens, "
-                              f"training feeds {max_len}: lower max_text_bytes")
+                              f"training feeds {max_len}: lower max_text_tokens")
     return teacher.to(device).eval().requires_grad_(False)
 
 
@@ -173,7 +173,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
-    base_metadata = {TRAIN_CONFIG_KEY: config.to_json(), "data_sha256": data_hash, "max_text_bytes": str(max_len),
+    base_metadata = {TRAIN_CONFIG_KEY: config.to_json(), "data_sha256": data_hash, "max_text_tokens": str(max_len),
                      "trained": "true"}
 
     def run_metadata(at_step: int) -> dict[str, str]:
@@ -213,7 +213,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
             for start in batches:
                 if step >= total_steps:
                     break
-                inputs, labels = train_set.batch(order[start:start + config.batch_size], max_len)
+                inputs, labels = train_set.batch(order[start:start + config.batch_size], max_len,
+                                                 model_config.vocab_size)
                 inputs = {k: v.to(device) for k, v in inputs.items()}
                 labels = labels.to(device)
                 for group in optimizer.param_groups:
@@ -270,7 +271,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
         "model_config": json.loads(model_config.to_json()),
         "data": {"sha256": train_set.source_sha256, "train_sha256": data_hash,
                  "rows": {name: len(split) for name, split in splits.items()}},
-        "max_text_bytes": max_len,
+        "max_text_tokens": max_len,
         "steps": step,
         "best_step": int(best_metadata["step"]),
         "train_seconds_this_run": round(train_seconds, 1),  # the step loop, validation included
