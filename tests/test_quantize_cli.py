@@ -33,7 +33,7 @@ def test_fp8_export_writes_tables_sensitivity_and_passes_parity(tmp_path) -> Non
     assert manifest["onnx"]["file"] == "model.fp8.onnx"
     assert "polygraphy run model.fp8.onnx --onnxrt" in (directory / "report.md").read_text()
     notes = manifest["precision"]["notes"]
-    assert notes["calibration"]["samples"] == 32 and notes["calibration"]["method"] == "max"
+    assert notes["calibration"]["samples"] == 32 and notes["calibration"]["method"] == "mse"
     table = read_table_json(directory / "calibration.json")
     assert table.dtype == "float8e4m3fn" and table.data_hash == notes["calibration"]["data_hash"]
     _, _, scales = read_trt_cache(directory / "calib.cache")

@@ -65,7 +65,7 @@ def test_fp8_and_int4_builds_run_with_sensitivity_tables(exported) -> None:
     model, graph, data = exported
     fp8 = build_quantized(model, graph, "fp8", _options(), data)
     dtypes = {i.data_type for i in fp8.onnx.graph.initializer}
-    assert onnx.TensorProto.FLOAT8E4M3FN in dtypes and fp8.notes["calibration"]["method"] == "max"
+    assert onnx.TensorProto.FLOAT8E4M3FN in dtypes and fp8.notes["calibration"]["method"] == "mse"
     assert fp8.notes["calibration_set_error"]["rel_l2_error"] < 0.2
     rows = json.loads(fp8.files["sensitivity.json"])["layers"]
     assert len(rows) == len(fp8.notes["quantized_layers"]) and fp8.files["sensitivity.png"][:8] == b"\x89PNG\r\n\x1a\n"

@@ -32,7 +32,7 @@ from mahia.model import MahiaX
 
 QUANTIZED_PRECISIONS = ("int8", "fp8", "int4", "auto")
 # Default calibration method per precision, chosen by measurement (benchmarks/quantize.py, RESULTS.md).
-DEFAULT_METHOD = {"int8": "mse", "fp8": "max", "auto": "mse"}
+DEFAULT_METHOD = {"int8": "mse", "fp8": "mse", "auto": "mse"}
 # auto: int8 Q/DQ everywhere it fits the budget; layers that do not are kept fp32. Default budget: relative
 # logit error on the calibration samples (half the int8 parity budget).
 AUTO_BASE_PRECISION = "int8"

@@ -222,6 +222,8 @@ def quantize_int4(onnx_path: str | Path, out_path: str | Path, block_size: int =
     from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
+    # The module sets up INFO logging of every node it skips on import (a line per MatMul and more).
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     if block_size not in INT4_BLOCK_SIZES:
         raise CalibrationError(f"int4 block size must be one of {INT4_BLOCK_SIZES}, got {block_size}")
     model = onnx.load(str(onnx_path))

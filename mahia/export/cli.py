@@ -68,7 +68,7 @@ def _parse_formats(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--calib-samples", type=click.IntRange(min=1), default=None,
               help="Quantized precisions: real training samples to calibrate on (default 512).")
 @click.option("--calib-method", type=click.Choice(["max", "percentile", "entropy", "mse"]), default=None,
-              help="Quantized precisions: activation range method (default: int8/auto mse, fp8 max; int4 takes none).")
+              help="Quantized precisions: activation range method (default: mse for int8, fp8 and auto; int4 takes none).")
 @click.option("--accuracy-budget", type=click.FloatRange(min=0, min_open=True), default=None,
               help="auto: largest relative logit error on calibration samples; the most sensitive layers stay fp32 until met.")
 @click.option("--eval-rows", type=click.IntRange(min=2), default=None,

@@ -13,23 +13,10 @@ from mahia.model.fabric import DynamicNeuroFabric
 from mahia.model.memory import GraphDiffusionMemory
 from mahia.model.meta_attention import MetaAttention
 from mahia.model.moe import MixtureOfExperts
+from mahia.model.norm import RMSNorm
 
 INPUT_NAMES = ("input_ids", "attention_mask", "numeric", "categorical")
 OUTPUT_NAMES = ("logits",)
-
-
-class RMSNorm(nn.Module):
-    """Root-mean-square norm with a learned scale, computed in float32."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x * rsqrt(mean(x^2) + eps) * weight."""
-        x32 = x.float()
-        return (x32 * torch.rsqrt(x32.square().mean(dim=-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:

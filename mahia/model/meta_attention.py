@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from mahia import kernels
 from mahia.model.config import ModelConfig
 from mahia.model.filters import ImplicitFilter
+from mahia.model.norm import RMSNorm
 
 
 def causal_depthwise_conv(x: Tensor, conv: nn.Conv1d) -> Tensor:
@@ -40,7 +41,11 @@ class HyenaBranch(nn.Module):
 
 
 class SSDBranch(nn.Module):
-    """Mamba-2 selective state space branch (scalar decay per head, input-dependent dt, B, C)."""
+    """Mamba-2 selective state space branch (scalar decay per head, input-dependent dt, B, C).
+
+    As in Mamba-2, the gated output is RMS-normalised before out_proj: without it the scan's output
+    grew to ~1e5 in the trained model, which no per-tensor int8 activation scale can represent.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -48,6 +53,7 @@ class SSDBranch(nn.Module):
         self.chunk_size = config.chunk_size
         inner = self.heads * self.head_dim
         self.proj = nn.Linear(config.d_model, 2 * inner + 2 * self.state + self.heads)
+        self.norm = RMSNorm(inner, config.norm_eps)
         self.out_proj = nn.Linear(inner, config.d_model)
         # Mamba-2 initialisation: decay rates in [1, 16], dt in [1e-3, 1e-1] after softplus.
         self.a_log = nn.Parameter(torch.log(torch.linspace(1.0, 16.0, self.heads)))
@@ -64,7 +70,7 @@ class SSDBranch(nn.Module):
         dt = F.softplus(dt + self.dt_bias)
         a = -torch.exp(self.a_log)
         y = kernels.ssd_scan(x, dt, a, b, c, self.chunk_size) + self.skip[:, None] * x
-        return self.out_proj(y.reshape(batch, length, inner) * F.silu(z))
+        return self.out_proj(self.norm(y.reshape(batch, length, inner) * F.silu(z)))
 
 
 class FourierBranch(nn.Module):
