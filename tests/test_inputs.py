@@ -42,7 +42,7 @@ def bad_cases(good: dict[str, torch.Tensor]) -> list[tuple[str, dict, str]]:
         ("batch mismatch", with_change(good, "numeric", good["numeric"][:2]), r"'numeric'.*\(2, 2\).*\[3, 2\]"),
         ("mask shape", with_change(good, "attention_mask", mask[:, :5]), r"'attention_mask'.*shape"),
         ("feature count", with_change(good, "categorical", good["categorical"][:, :2]), r"'categorical'.*\[3, 3\]"),
-        ("id too large", with_change(good, "input_ids", ids + TINY.vocab_size), r"'input_ids'.*ids in \[0, 257\]"),
+        ("id too large", with_change(good, "input_ids", ids + TINY.vocab_size), r"'input_ids'.*ids in \[0, 511\]"),
         ("negative id", with_change(good, "input_ids", ids - 300), r"'input_ids'"),
         ("code outside table", with_change(good, "categorical", bad_code), r"'categorical'.*feature 2.*\[0, 20\]"),
         ("nan numeric", with_change(good, "numeric", nan_numeric), r"'numeric'.*nan.*sample 1, feature 1"),

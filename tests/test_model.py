@@ -137,7 +137,21 @@ def test_half_precision_close_to_float32(tiny_model: MahiaX, dtype: torch.dtype,
     inputs = random_inputs(TINY, 3, 37, generator)
     half = build_model(TINY, seed=0).eval().to(dtype)
     with torch.no_grad():
-        ref = tiny_model(**inputs)
-        out = half(**{k: (v.to(dtype) if v.is_floating_point() else v) for k, v in inputs.items()})
-    assert out.dtype == dtype
-    assert relative_error(out, ref) < tolerance
+        ref = tiny_model.forward_with_router_logits(**inputs)
+        out = half.forward_with_router_logits(**{k: (v.to(dtype) if v.is_floating_point() else v)
+                                                 for k, v in inputs.items()})
+    assert out.logits.dtype == dtype
+    # A random model's router has near ties; where half precision flips one (a discrete change, not an
+    # accumulated error), that sample is exempt, and the flip must be a near tie in float32.
+    k = TINY.effective_top_k
+    flipped = torch.zeros(3, dtype=torch.bool)
+    for ref_logits, half_logits in zip(ref.router_logits, out.router_logits):
+        chosen = ref_logits.topk(k, -1).indices.sort(-1).values
+        differs = (chosen != half_logits.float().topk(k, -1).indices.sort(-1).values).any(-1)
+        differs = differs.reshape(3, -1) & ref.token_mask.reshape(3, -1).bool()
+        top = ref_logits.topk(k + 1, -1).values.reshape(3, -1, k + 1)
+        assert ((top[..., k - 1] - top[..., k])[differs] < 5e-2).all(), "a routing flip that is not a near tie"
+        flipped |= differs.any(-1)
+    assert not flipped.all(), "every sample flipped an expert: nothing left to compare"
+    keep = ~flipped
+    assert relative_error(out.logits[keep], ref.logits[keep]) < tolerance
