@@ -100,7 +100,8 @@ def compare_optimizers(config_name: str, threads: int, repeats: int) -> list[str
         raw = torch.onnx.export(program, (), kwargs=stages.example_inputs(loaded.config, profile), dynamo=True,
                                 opset_version=21, dynamic_shapes=stages.dynamic_shapes(profile),
                                 input_names=list(stages.INPUT_NAMES), output_names=["logits"], optimize=False,
-                                custom_translation_table=stages.ONNX_FLAVOURS["portable"]).model_proto
+                                custom_translation_table=stages.ONNX_FLAVOURS["portable"](
+                                    stages.max_tokens(loaded.config, profile))).model_proto
     del raw.graph.value_info[:]
     start = time.perf_counter()
     optimized = stages.lower_to_onnx(program, loaded.config, profile, 21)

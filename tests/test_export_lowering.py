@@ -7,16 +7,18 @@ import pytest
 import torch
 from torch.export import Dim
 
-from mahia.export.onnx_lowering import OPSET, PORTABLE_TRANSLATIONS
+from mahia.export import onnx_lowering
+from mahia.export.onnx_lowering import MATMUL_DFT_MAX_LENGTH, OPSET, long_conv_lowering, portable_translations
 from mahia.export.stages import quiet_exporters
 from mahia.kernels import reference
 from tests.conftest import relative_error
 
 
-def _session(module: torch.nn.Module, args: tuple, dynamic_shapes: tuple) -> ort.InferenceSession:
+def _session(module: torch.nn.Module, args: tuple, dynamic_shapes: tuple,
+             max_length: int = MATMUL_DFT_MAX_LENGTH) -> ort.InferenceSession:
     with quiet_exporters():
         program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, dynamic_shapes=dynamic_shapes,
-                                    custom_translation_table=PORTABLE_TRANSLATIONS, optimize=True)
+                                    custom_translation_table=portable_translations(max_length), optimize=True)
     model = program.model_proto
     del model.graph.value_info[:]  # as the pipeline does: the exporter's DFT shapes are the traced ones
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -36,13 +38,20 @@ class LongConv(torch.nn.Module):
         return torch.ops.mahia.long_conv(x, filt, self.causal)
 
 
+def test_long_conv_lowering_follows_the_longest_sequence() -> None:
+    assert long_conv_lowering(MATMUL_DFT_MAX_LENGTH) is onnx_lowering.long_conv_matmul
+    assert long_conv_lowering(MATMUL_DFT_MAX_LENGTH + 1) is onnx_lowering.long_conv_dft
+
+
+@pytest.mark.parametrize("max_length", [MATMUL_DFT_MAX_LENGTH, MATMUL_DFT_MAX_LENGTH + 1], ids=["matmul", "dft"])
 @pytest.mark.parametrize("causal", [True, False])
-def test_long_conv_lowering_matches_reference_at_unseen_lengths(causal: bool, generator: torch.Generator) -> None:
+def test_long_conv_lowering_matches_reference_at_unseen_lengths(causal: bool, max_length: int,
+                                                                generator: torch.Generator) -> None:
     length = Dim("length", min=2, max=300)
     batch = Dim("batch", min=1, max=8)
     filt_dims = {1: length} if causal else {1: 2 * length - 1}
     x, filt = torch.randn(2, 4, 17, generator=generator), torch.randn(4, 17 if causal else 33, generator=generator)
-    session = _session(LongConv(causal), (x, filt), ({0: batch, 2: length}, filt_dims))
+    session = _session(LongConv(causal), (x, filt), ({0: batch, 2: length}, filt_dims), max_length)
     for b, n in ((1, 2), (3, 37), (2, 256), (5, 300)):  # 256: 2L is a power of two; 300: it is not
         x = torch.randn(b, 4, n, generator=generator)
         filt = torch.randn(4, n if causal else 2 * n - 1, generator=generator)

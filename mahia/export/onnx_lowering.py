@@ -35,7 +35,7 @@ def _dim(x, axis: int):
     return op.Shape(x, start=axis, end=axis + 1 if axis != -1 else None)
 
 
-def long_conv(x, filt, causal: bool):
+def long_conv_dft(x, filt, causal: bool):
     """FFT long convolution by complex DFT of a power-of-two size n >= 2L (ONNX DFT, opset 20+).
 
     Any n >= 2L gives the same linear convolution on the kept outputs (see the reference); rounding
@@ -60,6 +60,51 @@ def long_conv(x, filt, causal: bool):
     real_part = op.Squeeze(op.Slice(full, _i64(0), _i64(1), _i64(-1)), _i64(-1))  # [B, D, n]
     start = _i64(0) if causal else op.Sub(length, _i64(1))
     out = op.Slice(real_part, start, op.Add(start, length), _i64(2))
+    return op.CastLike(out, dtype_like)
+
+
+def _twiddles(rows, cols, n):
+    """cos and sin of 2*pi*(r*c mod n)/n for r in rows, c in cols (int64 1-D): two [R, C] float matrices.
+
+    The product is reduced mod n in integers first, so every angle lies in [0, 2*pi) and float32 keeps it
+    to ~1e-7 whatever the length.
+    """
+    phase = op.Mod(op.Mul(op.Unsqueeze(rows, _i64(1)), op.Unsqueeze(cols, _i64(0))), n)
+    angle = op.Mul(op.Cast(phase, to=FLOAT), op.Div(_f32(2.0 * math.pi), op.Cast(n, to=FLOAT)))
+    return op.Cos(angle), op.Sin(angle)
+
+
+def long_conv_matmul(x, filt, causal: bool):
+    """Long convolution as a real DFT of size n = 2L written as MatMuls with twiddle matrices built at run time.
+
+    X = x @ (cos - i sin) over the L input times and the L + 1 one-sided bins, the same for the filter,
+    Y = X * F, then y[m] = sum_k w_k (Re Y_k cos - Im Y_k sin)(2 pi k m / n) / n (w = 1 at k = 0 and L,
+    else 2) at the L kept outputs m. O(B D L^2) multiply-adds against the FFT's O(B D L log L), but as
+    large GEMMs; ONNX Runtime's DFT kernel is slower at the lengths this is chosen for (see long_conv).
+    """
+    dtype_like = x
+    x = op.Cast(x, to=FLOAT)
+    filt = op.Cast(filt, to=FLOAT)
+    length = _dim(x, 2)
+    n = op.Mul(length, _i64(2))
+    zero, one = op.Constant(value_int=0), op.Constant(value_int=1)
+    times = op.Range(zero, op.Squeeze(length, _i64(0)), one)  # 0..L-1
+    bins = op.Range(zero, op.Squeeze(op.Add(length, _i64(1)), _i64(0)), one)  # 0..L
+    cos_x, sin_x = _twiddles(times, bins, n)
+    xr, xi = op.MatMul(x, cos_x), op.Neg(op.MatMul(x, sin_x))  # [B, D, L+1]
+    if causal:
+        cos_f, sin_f = cos_x, sin_x
+    else:  # the two-sided filter spans 2L - 1 offsets
+        cos_f, sin_f = _twiddles(op.Range(zero, op.Squeeze(op.Sub(n, _i64(1)), _i64(0)), one), bins, n)
+    fr, fi = op.MatMul(filt, cos_f), op.Neg(op.MatMul(filt, sin_f))  # [D, L+1]
+    yr = op.Sub(op.Mul(xr, fr), op.Mul(xi, fi))
+    yi = op.Add(op.Mul(xr, fi), op.Mul(xi, fr))
+    outputs = times if causal else op.Add(times, op.Squeeze(op.Sub(length, _i64(1)), _i64(0)))
+    cos_y, sin_y = _twiddles(bins, outputs, n)  # [L+1, L]
+    edge = op.Or(op.Equal(bins, zero), op.Equal(bins, op.Squeeze(length, _i64(0))))
+    weight = op.Div(op.Where(edge, _f32(1.0), _f32(2.0)), op.Cast(n, to=FLOAT))  # [L+1]
+    weight = op.Unsqueeze(weight, _i64(1))
+    out = op.Sub(op.MatMul(yr, op.Mul(cos_y, weight)), op.MatMul(yi, op.Mul(sin_y, weight)))
     return op.CastLike(out, dtype_like)
 
 
@@ -142,9 +187,21 @@ def gate_combine(branches, gate_logits):
     return op.ReduceSum(op.Mul(branches, op.Unsqueeze(weights, _i64(-2))), _i64(-1), keepdims=0)
 
 
-PORTABLE_TRANSLATIONS: dict[Callable, Callable] = {
-    torch.ops.mahia.long_conv.default: long_conv,
-    torch.ops.mahia.ssd_scan.default: ssd_scan,
-    torch.ops.mahia.moe_ffn.default: moe_ffn,
-    torch.ops.mahia.gate_combine.default: gate_combine,
-}
+# Longest sequence (tokens, tabular ones included) a graph may see for long_conv to lower to MatMuls:
+# beyond it ONNX Runtime's DFT is faster (measured, benchmarks/RESULTS.md "long_conv lowerings").
+MATMUL_DFT_MAX_LENGTH = 1024
+
+
+def long_conv_lowering(max_length: int) -> Callable:
+    """long_conv's lowering for graphs whose sequences are at most max_length tokens long."""
+    return long_conv_matmul if max_length <= MATMUL_DFT_MAX_LENGTH else long_conv_dft
+
+
+def portable_translations(max_length: int) -> dict[Callable, Callable]:
+    """The portable flavour's custom_translation_table for sequences of at most max_length tokens."""
+    return {
+        torch.ops.mahia.long_conv.default: long_conv_lowering(max_length),
+        torch.ops.mahia.ssd_scan.default: ssd_scan,
+        torch.ops.mahia.moe_ffn.default: moe_ffn,
+        torch.ops.mahia.gate_combine.default: gate_combine,
+    }

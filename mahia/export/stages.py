@@ -27,7 +27,8 @@ from mahia.export.config import DEFAULT_SEQ, DimRange, ModelSource, ShapeProfile
 from mahia.model import INPUT_NAMES, OUTPUT_NAMES, MahiaX, ModelConfig, build_model, get_config, random_inputs
 from mahia.model.checkpoint import load_checkpoint, text_tokens_of
 
-ONNX_FLAVOURS: dict[str, dict[Callable, Callable]] = {"portable": onnx_lowering.PORTABLE_TRANSLATIONS}
+# Each flavour: the custom_translation_table for a graph whose sequences are at most N tokens long.
+ONNX_FLAVOURS: dict[str, Callable[[int], dict[Callable, Callable]]] = {"portable": onnx_lowering.portable_translations}
 
 
 class ExportError(RuntimeError):
@@ -150,7 +151,7 @@ def lower_to_onnx(program: torch.export.ExportedProgram, config: ModelConfig, pr
         onnx_program = torch.onnx.export(program, (), kwargs=inputs, dynamo=True, opset_version=opset,
                                          dynamic_shapes=dynamic_shapes(profile), input_names=list(INPUT_NAMES),
                                          output_names=list(OUTPUT_NAMES), optimize=True, verbose=False,
-                                         custom_translation_table=ONNX_FLAVOURS[flavour])
+                                         custom_translation_table=ONNX_FLAVOURS[flavour](max_tokens(config, profile)))
     model = onnx_program.model_proto
     del model.graph.value_info[:]
     for node in model.graph.node:
@@ -159,6 +160,11 @@ def lower_to_onnx(program: torch.export.ExportedProgram, config: ModelConfig, pr
     model.producer_name, model.producer_version = "mahia", __import__("mahia").__version__
     model.doc_string = f"MAHIA-X {config.name}, {flavour} ONNX flavour"
     return model
+
+
+def max_tokens(config: ModelConfig, profile: ShapeProfile) -> int:
+    """The longest sequence the exported graph sees: the profile's text maximum plus the tabular tokens."""
+    return profile.seq.max + config.num_tabular_tokens
 
 
 def check_onnx(path: Path) -> None:
