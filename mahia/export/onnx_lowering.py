@@ -167,25 +167,33 @@ def ssd_scan(x, dt, a, b, c, chunk_size: int):
 
 
 def moe_ffn(x, router_logits, mask, w1, w2, top_k: int, capacity_factor: float):
-    """Dropless top-k MoE as a dense all-experts weighted combine (exact for inference).
+    """Dropless top-k MoE, sparse: each expert runs on exactly the tokens routed to it (exact for inference).
 
-    Routing is the reference's: softmax in float32, top-k, renormalised; the weights of the experts a
-    token did not choose are exactly zero, so summing every expert's output gives the sparse result.
+    Routing is the reference's: softmax in float32, top-k, renormalised, masked tokens weighted 0. Then,
+    per expert, NonZero finds its tokens, Gather feeds them through the SwiGLU expert and ScatterND(add)
+    accumulates the weighted outputs: E / k times fewer expert FLOPs than running every expert on every
+    token (the dense combine measured 60 % of ONNX Runtime's time on `base` at 8 x 512).
     """
     if capacity_factor > 0:
         raise NotImplementedError("moe_ffn lowering is dropless only (capacity_factor <= 0, the eval-mode "
                                   f"setting); got capacity_factor={capacity_factor}: export the model in eval()")
+    num_experts = int(w1.shape[0])  # the weights are initializers: their shape is static
     probs = op.Softmax(op.Cast(router_logits, to=FLOAT), axis=-1)
-    k = op.Min(_i64(top_k), _dim(w1, 0))  # top_k clamped to the number of experts, as in the reference
-    top_probs, experts = op.TopK(probs, k, axis=-1, largest=1, sorted=1)
+    top_probs, experts = op.TopK(probs, _i64(min(top_k, num_experts)), axis=-1, largest=1, sorted=1)
     weights = op.Div(top_probs, op.ReduceSum(top_probs, _i64(-1), keepdims=1))
     dense = op.ScatterElements(op.Mul(probs, _f32(0.0)), experts, weights, axis=1)
     dense = op.Mul(dense, op.Unsqueeze(op.Cast(mask, to=FLOAT), _i64(1)))  # [T, E]; masked tokens get 0
-    hidden = op.MatMul(op.Unsqueeze(x, _i64(0)), op.Transpose(w1, perm=[0, 2, 1]))  # [E, T, 2H]
-    gate, up = op.Split(hidden, num_outputs=2, axis=-1)
-    expert_out = op.MatMul(op.Mul(op.Mul(gate, op.Sigmoid(gate)), up), op.Transpose(w2, perm=[0, 2, 1]))  # [E, T, D]
-    combine = op.Unsqueeze(op.Transpose(dense, perm=[1, 0]), _i64(-1))  # [E, T, 1]
-    out = op.ReduceSum(op.Mul(op.Cast(expert_out, to=FLOAT), combine), _i64(0), keepdims=0)
+    out = op.Mul(op.Cast(x, to=FLOAT), _f32(0.0))  # [T, D] accumulator
+    for expert in range(num_experts):
+        index = op.Constant(value_int=expert)
+        weight = op.Gather(dense, index, axis=1)  # [T]
+        rows = op.Squeeze(op.NonZero(op.Greater(weight, _f32(0.0))), _i64(0))  # the tokens routed here
+        hidden = op.MatMul(op.Gather(x, rows, axis=0), op.Transpose(op.Gather(w1, index, axis=0), perm=[1, 0]))
+        gate, up = op.Split(hidden, num_outputs=2, axis=-1)
+        expert_out = op.MatMul(op.Mul(op.Mul(gate, op.Sigmoid(gate)), up),
+                               op.Transpose(op.Gather(w2, index, axis=0), perm=[1, 0]))  # [n, D]
+        weighted = op.Mul(op.Cast(expert_out, to=FLOAT), op.Unsqueeze(op.Gather(weight, rows, axis=0), _i64(1)))
+        out = op.ScatterND(out, op.Unsqueeze(rows, _i64(1)), weighted, reduction="add")
     return op.CastLike(out, x)
 
 
