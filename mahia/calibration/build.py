@@ -168,7 +168,7 @@ def _build_int4(model: MahiaX, fp32_path: Path, tmp: Path, options: CalibrationO
     files = _sensitivity_files(rows, None, f"{model.config.name} int4 (block {options.int4_block_size}): per-layer sensitivity")
     notes = _notes("int4", data, options, error, float_error, started, quantized_layers=layers)
     notes["int4"] = {"block_size": options.int4_block_size, "format": "blocked DequantizeLinear (opset 21), weight-only",
-                     "tool": "onnxruntime MatMulNBitsQuantizer (QDQ)", "kept_float": "expert (3-D) weights, sensitive layers"}
+                     "tool": "onnxruntime MatMulNBitsQuantizer (QDQ)", "kept_float": "sensitive layers (routers, gates, filters, head)"}
     return QuantizedBuild(onnx.load(str(path)), files, notes)
 
 

@@ -1,9 +1,9 @@
 """Which ONNX nodes get quantized, and which eager tensor each quantized ONNX tensor corresponds to.
 
 A MatMul/Gemm is tied to its eager layer by its weight: the ONNX initializer holds the same numbers
-as the module's parameter (transposed for MatMul, as is for Gemm with transB=1; the MoE lowering's
-batched expert weights are w1 / w2 with the last two axes swapped), so a digest of the bytes finds
-the layer whatever the exporter named things and whether or not it kept node metadata. When a graph
+as the module's parameter (transposed for MatMul, as is for Gemm with transB=1; the sparse MoE
+lowering's per-expert weights are w1[e] / w2[e] transposed), so a digest of the bytes finds the layer
+and expert whatever the exporter named things and whether or not it kept node metadata. When a graph
 still has torch.onnx's `pkg.torch.onnx.name_scopes` metadata, that names the layer too.
 """
 
@@ -46,18 +46,25 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(f"{array.shape}".encode() + array.tobytes()).hexdigest()
 
 
-def parameter_index(model: nn.Module) -> dict[str, tuple[str, str]]:
-    """Digest of each weight as an ONNX graph may hold it -> (module path, role: "linear", "w1" or "w2")."""
-    index: dict[str, tuple[str, str]] = {}
+def parameter_index(model: nn.Module) -> dict[str, tuple[str, str, int | None]]:
+    """Digest of each weight as an ONNX graph may hold it -> (module path, role, expert).
+
+    role is "linear", or "w1" / "w2" of a mixture of experts; expert is the expert's index for a
+    per-expert weight, None for a batched [E, ...] one.
+    """
+    index: dict[str, tuple[str, str, int | None]] = {}
     for path, module in model.named_modules():
         if isinstance(module, nn.Linear):
             weight = module.weight.detach().float().numpy()
-            index[_digest(weight)] = (path, "linear")
-            index[_digest(weight.T)] = (path, "linear")
+            index[_digest(weight)] = (path, "linear", None)
+            index[_digest(weight.T)] = (path, "linear", None)
         for role in MOE_ROLES:
             param = getattr(module, role, None)
             if isinstance(param, nn.Parameter) and param.dim() == 3:
-                index[_digest(param.detach().float().transpose(1, 2).numpy())] = (path, role)
+                batched = param.detach().float().transpose(1, 2).numpy()
+                index[_digest(batched)] = (path, role, None)
+                for expert, weight in enumerate(batched):
+                    index[_digest(weight)] = (path, role, expert)
     return index
 
 
@@ -72,16 +79,20 @@ def _scopes(node: onnx.NodeProto) -> list[str]:
     return []
 
 
-def _eager_sources(path: str, role: str, eager: set[str]) -> tuple[str, ...]:
+def _eager_sources(path: str, role: str, expert: int | None, eager: set[str]) -> tuple[str, ...]:
     if role == "linear":
         return (f"{path}:input",) if f"{path}:input" in eager else ()
+    # One expert's tokens, where calibration routed any to it; else every token (w1) or every expert (w2).
+    own = f"{path}/moe_ffn:expert{expert}.{'input' if role == 'w1' else 'hidden'}"
+    if expert is not None and own in eager:
+        return (own,)
     if role == "w1":
         return (f"{path}/moe_ffn:x",) if f"{path}/moe_ffn:x" in eager else ()
     return tuple(sorted(n for n in eager if n.startswith(f"{path}/moe_ffn:expert") and n.endswith(".hidden")))
 
 
 def quantizable_nodes(model: onnx.ModelProto, eager_names: list[str] | None = None,
-                      parameters: dict[str, tuple[str, str]] | None = None,
+                      parameters: dict[str, tuple[str, str, int | None]] | None = None,
                       keep_float_pattern: str = KEEP_FLOAT_PATTERN) -> list[QuantizableNode]:
     """MatMul/Gemm nodes whose weight (input B) is an initializer, with their layer and eager sources.
 
@@ -108,15 +119,15 @@ def quantizable_nodes(model: onnx.ModelProto, eager_names: list[str] | None = No
             module, call = (scopes[-2] if len(scopes) >= 2 else ""), scopes[-1]
             if call.startswith("moe_ffn") and len(weight.dims) == 3:
                 count = moe_calls[f"{module}/{call}"] = moe_calls.get(f"{module}/{call}", 0) + 1
-                where = (module, MOE_ROLES[min(count, 2) - 1])
+                where = (module, MOE_ROLES[min(count, 2) - 1], None)
             elif module:
-                where = (module, "linear")
+                where = (module, "linear", None)
         if where is None:
             layer, sources = node.name, ()
         else:
-            path, role = where
+            path, role, expert = where
             layer = path if role == "linear" else f"{path}.experts.{role}"
-            sources = _eager_sources(path, role, eager)
+            sources = _eager_sources(path, role, expert, eager)
         keep = bool(re.search(keep_float_pattern, layer))
         if eager_names is not None and not sources and not keep:
             unmatched.append(f"{node.name} ({node.op_type}, weight {weight.name} {list(weight.dims)}, layer {layer})")

@@ -212,12 +212,12 @@ def dedicate_qdq_pairs(model: onnx.ModelProto, quantized_nodes: set[str] | None 
 
 
 def quantize_int4(onnx_path: str | Path, out_path: str | Path, block_size: int = 128,
-                  parameters: dict[str, tuple[str, str]] | None = None,
+                  parameters: dict[str, tuple[str, str, int | None]] | None = None,
                   keep_float_pattern: str = KEEP_FLOAT_PATTERN, keep_float_layers: frozenset[str] = frozenset()) -> Path:
     """Weight-only blocked int4 (symmetric) of 2-D MatMul weights as opset-21 blocked DequantizeLinear.
 
     ONNX Runtime's MatMulNBitsQuantizer in QDQ format does the work; weights whose input dimension is
-    not a multiple of the block are padded by it. Sensitive layers and 3-D (expert) weights stay float.
+    not a multiple of the block are padded by it. Sensitive layers and batched 3-D weights stay float.
     """
     from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer

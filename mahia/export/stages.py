@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import onnxscript.optimizer
 import torch
 from torch.export import Dim
 
@@ -133,6 +134,10 @@ def export_program(model: MahiaX, profile: ShapeProfile, dtype: torch.dtype = to
         return torch.export.export(model, (), kwargs=inputs, dynamic_shapes=dynamic_shapes(profile), strict=False)
 
 
+# Elements up to which constant subgraphs are folded after export (the optimizer's default is 8192).
+FOLD_LIMIT = 1 << 31
+
+
 def lower_to_onnx(program: torch.export.ExportedProgram, config: ModelConfig, profile: ShapeProfile,
                   opset: int, flavour: str = "portable") -> onnx.ModelProto:
     """Stage 3: the ExportedProgram as ONNX (custom ops through the flavour's translation table).
@@ -152,7 +157,11 @@ def lower_to_onnx(program: torch.export.ExportedProgram, config: ModelConfig, pr
                                          dynamic_shapes=dynamic_shapes(profile), input_names=list(INPUT_NAMES),
                                          output_names=list(OUTPUT_NAMES), optimize=True, verbose=False,
                                          custom_translation_table=ONNX_FLAVOURS[flavour](max_tokens(config, profile)))
-    model = onnx_program.model_proto
+    # A second optimizer pass without its size limits folds each expert's weight slice (Gather +
+    # Transpose of the batched [E, ...] expert weights in the sparse MoE lowering) into an initializer:
+    # ORT then runs plain MatMuls on constant weights, and the quantizers see (and quantize) them.
+    model = onnxscript.optimizer.optimize(onnx_program.model_proto, input_size_limit=FOLD_LIMIT,
+                                          output_size_limit=FOLD_LIMIT)
     del model.graph.value_info[:]
     for node in model.graph.node:
         del node.metadata_props[:]
