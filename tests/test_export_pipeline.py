@@ -40,11 +40,11 @@ def test_fp16_onnx_passes_its_budget_and_lists_fp32_ops(tmp_path: Path) -> None:
     summary = json.loads(result.output)
     manifest = json.loads((Path(summary["artifact_dir"]) / "manifest.json").read_text())
     assert manifest["formats"] == ["onnx"] and set(manifest["files"]) >= {"model.fp16.onnx", "inputs.json"}
-    assert {"TopK", "CumSum", "DFT"} <= set(manifest["precision"]["notes"]["fp32_ops"])
+    assert {"TopK", "CumSum", "ScatterND", "Cos", "Sin"} <= set(manifest["precision"]["notes"]["fp32_ops"])
     rows = summary["parity"]["rows"]
     assert {(r["batch"], r["seq"]) for r in rows} == {(1, 1), (2, 16), (3, 40), (3, 37)}
     assert all(r["passed"] and r["rel_l2_error"] <= 1e-2 for r in rows)
-    assert "DFT" in (Path(summary["artifact_dir"]) / "report.md").read_text()
+    assert "ScatterND" in (Path(summary["artifact_dir"]) / "report.md").read_text()
 
 
 def test_failed_parity_exits_nonzero_and_keeps_a_failed_directory(tmp_path: Path) -> None:

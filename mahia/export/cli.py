@@ -88,6 +88,7 @@ def main(config_name: str | None, checkpoint: Path | None, seed: int, precision:
     Polygraphy parity report against the eager PyTorch model; for a trained model, the accuracy drop and
     argmax agreement on the test split. Exits 0 only when every check is within its budget."""
     from mahia.export.artifact import ArtifactError
+    from mahia.export.parity import ParityRunError
     from mahia.export.pipeline import run_export
     from mahia.export.stages import ExportError
     from mahia.model import CheckpointError, InputValidationError
@@ -103,7 +104,7 @@ def main(config_name: str | None, checkpoint: Path | None, seed: int, precision:
             result = run_export(cfg, on_stage)
     except (CheckpointError, InputValidationError, ValueError) as exc:
         raise click.UsageError(str(exc).splitlines()[0]) from None
-    except (ArtifactError, ExportError, OSError) as exc:
+    except (ArtifactError, ExportError, ParityRunError, OSError) as exc:
         click.echo(f"Error: {str(exc).splitlines()[0]}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -107,6 +107,10 @@ def _pt2_runner(path: Path, input_spec: Mapping[str, tuple[np.dtype, tuple]], na
     return Pt2Runner()
 
 
+class ParityRunError(RuntimeError):
+    """A backend could not run the exported graph at all (as opposed to running it inaccurately)."""
+
+
 @dataclass(frozen=True)
 class ParityRow:
     """One output of one backend at one shape point, against eager fp32."""
@@ -171,7 +175,11 @@ def compare(backends: Mapping[str, Path], pt2_spec: Mapping[str, tuple[np.dtype,
     results = RunResults()
     results.append((EAGER_RUNNER, [IterationResult(OrderedDict(out), runner_name=EAGER_RUNNER) for out in reference]))
     with _quiet_polygraphy():
-        ran = Comparator.run(runners, data_loader=[OrderedDict(f) for f in feeds])
+        try:
+            ran = Comparator.run(runners, data_loader=[OrderedDict(f) for f in feeds])
+        except Exception as exc:  # ONNX Runtime and torch raise many unrelated types; say which graph failed
+            raise ParityRunError(f"running {', '.join(str(p.name) for p in backends.values())} on the parity "
+                                 f"inputs failed: {str(exc).strip().splitlines()[-1]}") from exc
         for name, iterations in ran.items():
             results.append((name, iterations))
         accuracy = Comparator.compare_accuracy(

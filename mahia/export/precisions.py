@@ -73,10 +73,11 @@ def build_fp32(ctx: BuildContext) -> Built:
 
 
 # Ops kept in fp32 in the fp16 graph. ONNX Runtime's CPU provider has no fp16 kernel for the ops in
-# onnxruntime.transformers.float16.DEFAULT_OP_BLOCK_LIST (ours use TopK, Range, CumSum); DFT has one
-# but loses accuracy at long sequences (the reference also runs its FFT in fp32): measured 2.8e-3 vs
-# 5.4e-4 relative logit error at 8 x 128 on `tiny`.
-FP16_EXTRA_BLOCKED_OPS = ("DFT",)
+# onnxruntime.transformers.float16.DEFAULT_OP_BLOCK_LIST (ours use TopK, Range, CumSum) nor for
+# ScatterND with reduction "add" (the sparse MoE's accumulation); DFT has one but loses accuracy at long
+# sequences (the reference also runs its FFT in fp32): measured 2.8e-3 vs 5.4e-4 relative logit error at
+# 8 x 128 on `tiny`. Cos and Sin build the MatMul DFT's twiddles: in fp16 their phases would round.
+FP16_EXTRA_BLOCKED_OPS = ("DFT", "ScatterND", "Cos", "Sin")
 
 
 def fp16_block_list() -> list[str]:
@@ -101,8 +102,10 @@ def build_fp16(ctx: BuildContext) -> Built:
     blocked = fp16_block_list()
     source = onnx.ModelProto()
     source.CopyFrom(ctx.onnx_fp32)  # the converter edits its argument in place
+    # Shape inference stays on: without value types the converter feeds blocked ops (ScatterND-add)
+    # float16 inputs, which ONNX Runtime rejects (measured).
     converted = float16.convert_float_to_float16(source, keep_io_types=True, op_block_list=blocked,
-                                                 disable_shape_infer=True)
+                                                 disable_shape_infer=False)
     del converted.graph.value_info[:]  # as for fp32: DFT shapes must be re-inferred by the runtime
     OnnxModel(converted).topological_sort()  # the converter appends its input casts after their consumers
     present = sorted({n.op_type for n in ctx.onnx_fp32.graph.node} & set(blocked))
