@@ -33,6 +33,8 @@ def test_export_passes_and_writes_every_artifact(tiny_export: dict) -> None:
     assert manifest["model"]["trained"] is False and "untrained" in manifest["model"]["label"]
     assert manifest["dims"] == {"batch": {"min": 1, "opt": 8, "max": 16}, "seq": {"min": 1, "opt": 128, "max": 160}}
     assert manifest["inputs"]["input_ids"] == {"dtype": "int64", "shape": ["batch", "seq"]}
+    # 160 text + 5 tabular tokens at most: long_conv is lowered to MatMul DFTs (ONNX DFT only above 1,024)
+    assert manifest["onnx"]["file"] == "model.onnx" and manifest["onnx"]["long_conv"] == "long_conv_matmul"
     assert [s["name"] for s in manifest["stages"]] == ["load", "export", "lower", "build", "verify", "package"]
     assert {"torch", "onnx", "onnxruntime", "polygraphy"} <= set(manifest["packages"])
     for name, record in manifest["files"].items():

@@ -23,6 +23,7 @@ import torch
 
 from mahia.export import artifact, parity, report, stages, task_check
 from mahia.export.config import ExportConfig, ShapeProfile, Tolerances
+from mahia.export.onnx_lowering import long_conv_lowering
 from mahia.export.precisions import ONNX, PT2, BuildContext, Built, Precision, get_precision
 from mahia.model import ModelConfig
 
@@ -234,7 +235,9 @@ def _run_stages(cfg: ExportConfig, precision: Precision, formats: tuple[str, ...
                   "weights_sha256": loaded.weights_sha256, "config": json.loads(config.to_json())},
         "precision": {"name": precision.name, "summary": precision.summary, "notes": dict(built.notes)},
         "formats": list(formats),
-        "onnx": {"file": onnx_file, "opset": cfg.opset, "flavour": cfg.flavour, "optimizer": "onnxscript (torch.onnx optimize=True)"}
+        "onnx": {"file": onnx_file, "opset": cfg.opset, "flavour": cfg.flavour,
+                 "optimizer": "onnxscript (torch.onnx optimize=True), then an unlimited onnxscript fold",
+                 "long_conv": long_conv_lowering(stages.max_tokens(config, profile)).__name__}
         if ONNX in formats else None,
         "inputs": input_spec(config),
         "outputs": output_spec(config),

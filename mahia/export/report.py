@@ -47,8 +47,9 @@ def render(manifest: dict, result: ParityResult, stage_records: Sequence, graph_
     ]
     if manifest.get("onnx"):
         onnx_info = manifest["onnx"]
-        lines.append(f"- ONNX: opset {onnx_info['opset']}, {onnx_info['flavour']} flavour (custom ops lowered to "
-                     f"standard ONNX ops), optimiser: {onnx_info['optimizer']}")
+        lines.append(f"- ONNX: `{onnx_info['file']}`, opset {onnx_info['opset']}, {onnx_info['flavour']} flavour (custom "
+                     f"ops lowered to standard ONNX ops; long_conv as `{onnx_info['long_conv']}`), optimiser: "
+                     f"{onnx_info['optimizer']}")
     if precision["notes"].get("fp32_ops"):
         lines.append(f"- Ops kept in fp32 (no fp16 CPU kernel in ONNX Runtime, or accuracy): "
                      f"{', '.join(precision['notes']['fp32_ops'])} (converter: {precision['notes']['converter']})")
