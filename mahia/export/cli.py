@@ -136,9 +136,9 @@ def main(config_name: str | None, checkpoint: Path | None, seed: int, precision:
         click.echo(f"Parity passed (worst rel L2 error {worst.rel_l2_error:.2e}, {worst.backend} at "
                    f"{worst.batch} x {worst.seq}).")
         if task is not None:
+            change = 100 * (task.deployed_accuracy - task.eager_accuracy)
             click.echo(f"Task check passed on {task.rows} test rows: accuracy {task.deployed_accuracy:.4f} vs eager "
-                       f"{task.eager_accuracy:.4f} ({100 * (task.deployed_accuracy - task.eager_accuracy):+.2f} pt), argmax agreement "
-                       f"{task.agreement:.4f}.")
+                       f"{task.eager_accuracy:.4f} ({change:+.2f} pt), argmax agreement {task.agreement:.4f}.")
         click.echo(f"Artifacts: {result.artifact_dir} ({seconds:.1f} s)")
 
 
