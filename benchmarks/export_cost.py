@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from timing import median_seconds
 
-SHAPES = ((1, 128), (8, 512))
+DEFAULT_SHAPES = "1x128,8x512"
 
 
 def cpu_model() -> str:
@@ -49,7 +49,8 @@ def run_export(config: str, out: Path) -> dict:
     return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "summary": summary}
 
 
-def measure_latency(artifact_dir: Path, config_name: str, repeats: int, threads: int) -> dict:
+def measure_latency(artifact_dir: Path, config_name: str, repeats: int, threads: int,
+                    shapes: tuple[tuple[int, int], ...]) -> dict:
     """ORT fp32 vs eager fp32 median latency at each shape that fits the model and the exported profile."""
     import onnxruntime as ort
 
@@ -65,7 +66,7 @@ def measure_latency(artifact_dir: Path, config_name: str, repeats: int, threads:
     eager = build_model(get_config(config_name), seed=0).eval()
     dims = deployment.manifest["dims"]
     results = {}
-    for batch, seq in SHAPES:
+    for batch, seq in shapes:
         if not (dims["batch"]["min"] <= batch <= dims["batch"]["max"] and dims["seq"]["min"] <= seq <= dims["seq"]["max"]):
             results[(batch, seq)] = None
             continue
@@ -149,9 +150,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1,
                         help="threads for eager and ORT in the latency runs (the export itself keeps defaults)")
+    parser.add_argument("--shapes", default=DEFAULT_SHAPES,
+                        help="latency points BATCHxSEQ, comma-separated (outside a config's profile: n/a)")
     parser.add_argument("--optimizers", default=None, metavar="CONFIG",
                         help="only compare ONNX optimisers on this config's graph (no export timing)")
     args = parser.parse_args()
+    shapes = tuple(tuple(int(v) for v in point.split("x")) for point in args.shapes.split(","))
     if args.optimizers:
         print(f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/export_cost.py', *sys.argv[1:]])}`  ")
         print(f"Device: {cpu_model()}, {os.cpu_count()} cores, {args.threads} thread(s); "
@@ -166,7 +170,7 @@ def main() -> None:
     for config in args.configs.split(","):
         export = run_export(config, args.out)
         print(f"{config}: export {export['wall_s']:.1f} s, peak RSS {export['peak_rss_mib']:.0f} MiB", file=sys.stderr)
-        lat = measure_latency(Path(export["summary"]["artifact_dir"]), config, args.repeats, args.threads)
+        lat = measure_latency(Path(export["summary"]["artifact_dir"]), config, args.repeats, args.threads, shapes)
         rows.append((config, export, lat))
     print(f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/export_cost.py', *sys.argv[1:]])}`  ")
     print(f"Device: {cpu_model()}, {os.cpu_count()} cores; latency with {args.threads} thread(s) for both backends; "
@@ -175,13 +179,13 @@ def main() -> None:
           f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}  ")
     print()
     header = "| config | export wall (s) | peak RSS (MiB) | stages (s) |"
-    header += "".join(f" eager {b}x{s} (ms) | ORT {b}x{s} (ms) | ORT speed-up {b}x{s} |" for b, s in SHAPES)
+    header += "".join(f" eager {b}x{s} (ms) | ORT {b}x{s} (ms) | ORT speed-up {b}x{s} |" for b, s in shapes)
     print(header)
-    print("|" + "---|" * (4 + 3 * len(SHAPES)))
+    print("|" + "---|" * (4 + 3 * len(shapes)))
     for config, export, lat in rows:
         stages = ", ".join(f"{s['name']} {s['seconds']:.1f}" for s in export["summary"]["stages"] if s["name"] != "package")
         cells = f"| {config} | {export['wall_s']:.1f} | {export['peak_rss_mib']:.0f} | {stages} |"
-        for shape in SHAPES:
+        for shape in shapes:
             m = lat[shape]
             cells += " n/a (outside profile) | n/a | n/a |" if m is None else \
                 f" {m['eager_ms']:.1f} | {m['ort_ms']:.1f} | {m['speedup']:.2f}x |"
