@@ -8,7 +8,7 @@ refuses a tampered or missing file by name; `Deployment.run` validates inputs wi
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,11 +73,22 @@ class Deployment:
         return self._runner(tensors)
 
 
-def _onnx_runner(path: Path, manifest: Mapping[str, Any]):
+Runner = Callable[[Mapping[str, torch.Tensor]], np.ndarray]
+
+
+def graph_runner(backend: str, path: Path, inputs: Mapping[str, Mapping[str, Any]]) -> Runner:
+    """logits = run(tensors) for an ONNX graph (ONNX Runtime, CPU) or a .pt2 program; `inputs` is the input
+    spec (name -> {"dtype", ...}, as in manifest.json) the tensors are cast to."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    return (_onnx_runner if backend == "onnx" else _pt2_runner)(path, inputs)
+
+
+def _onnx_runner(path: Path, inputs: Mapping[str, Mapping[str, Any]]) -> Runner:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    dtypes = {name: np.dtype(spec["dtype"]) for name, spec in manifest["inputs"].items()}
+    dtypes = {name: np.dtype(spec["dtype"]) for name, spec in inputs.items()}
 
     def run(tensors: Mapping[str, torch.Tensor]) -> np.ndarray:
         feed = {name: tensors[name].detach().cpu().numpy().astype(dtypes[name], copy=False) for name in INPUT_NAMES}
@@ -86,13 +97,13 @@ def _onnx_runner(path: Path, manifest: Mapping[str, Any]):
     return run
 
 
-def _pt2_runner(path: Path, manifest: Mapping[str, Any]):
+def _pt2_runner(path: Path, inputs: Mapping[str, Mapping[str, Any]]) -> Runner:
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = torch.export.load(str(path)).module()
-    dtypes = {name: getattr(torch, spec["dtype"]) for name, spec in manifest["inputs"].items()}
+    dtypes = {name: getattr(torch, spec["dtype"]) for name, spec in inputs.items()}
 
     def run(tensors: Mapping[str, torch.Tensor]) -> np.ndarray:
         with torch.inference_mode():
@@ -126,6 +137,5 @@ def load(artifact_dir: str | Path, backend: str = "onnx", allow_failed: bool = F
                          f"use backend={'pt2' if backend == 'onnx' else 'onnx'!r}")
     file_name = manifest["onnx"]["file"] if backend == "onnx" else "model.pt2"
     config = ModelConfig.from_json(json.dumps(manifest["model"]["config"]))
-    factory = _onnx_runner if backend == "onnx" else _pt2_runner
-    runner = factory(directory / file_name, manifest)
+    runner = graph_runner(backend, directory / file_name, manifest["inputs"])
     return Deployment(directory, manifest, config, manifest["precision"]["name"], backend, runner)

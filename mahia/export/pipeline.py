@@ -26,6 +26,7 @@ from mahia.export.config import ExportConfig, ShapeProfile, Tolerances
 from mahia.export.onnx_lowering import long_conv_lowering
 from mahia.export.precisions import ONNX, PT2, BuildContext, Built, Precision, get_precision
 from mahia.model import ModelConfig
+from mahia.model.inputs import input_spec
 
 PT2_FILE = "model.pt2"
 INPUTS_FILE, EAGER_FILE, PARITY_FILE, REPORT_FILE = "inputs.json", "eager_outputs.json", "parity.json", "report.md"
@@ -55,14 +56,6 @@ class ExportResult:
     parity: parity.ParityResult
     task: task_check.TaskResult | None = None  # None: untrained model, no task check
     stages: tuple[StageRecord, ...] = field(default_factory=tuple)
-
-
-def input_spec(config: ModelConfig) -> dict[str, dict]:
-    """Names, dtypes and symbolic shapes of the graph inputs (dims named as in `dims`)."""
-    return {"input_ids": {"dtype": "int64", "shape": ["batch", "seq"]},
-            "attention_mask": {"dtype": "int64", "shape": ["batch", "seq"]},
-            "numeric": {"dtype": "float32", "shape": ["batch", config.num_numeric]},
-            "categorical": {"dtype": "int64", "shape": ["batch", config.num_categorical]}}
 
 
 def output_spec(config: ModelConfig) -> dict[str, dict]:

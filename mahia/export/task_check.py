@@ -8,7 +8,7 @@ task metrics mean nothing) and the manifest says so.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from mahia.export.config import ShapeProfile, TaskBudget, TaskCheckConfig
-from mahia.model import INPUT_NAMES, MahiaX
+from mahia.model import MahiaX
+from mahia.model.inputs import input_spec
 
 
 @dataclass(frozen=True)
@@ -59,29 +60,11 @@ class TaskResult:
                 "argmax_agreement": self.agreement, "budget": asdict(self.budget)}
 
 
-def graph_runner(backend: str, path: Path) -> Callable[[Mapping[str, torch.Tensor]], np.ndarray]:
-    """logits = run(inputs) for an ONNX graph (ONNX Runtime, CPU) or a .pt2 program."""
-    if backend == "onnx":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return lambda inputs: session.run(["logits"], {n: inputs[n].numpy() for n in INPUT_NAMES})[0]
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.export.load warns about weight grouping on CPU-only programs
-        module = torch.export.load(str(path)).module()
-
-    def run(inputs: Mapping[str, torch.Tensor]) -> np.ndarray:
-        with torch.inference_mode():
-            return module(**inputs).float().numpy()
-    return run
-
-
 def check_task(model: MahiaX, text_tokens: int, backend: str, graph: Path, profile: ShapeProfile,
                config: TaskCheckConfig, budget: TaskBudget) -> TaskResult:
     """Accuracy and argmax agreement of the exported graph against the eager model on the test split."""
     from mahia.data import load_reviews
+    from mahia.runtime import graph_runner
     from mahia.train.artifact_eval import run_batches
 
     test = load_reviews()["test"]
@@ -94,13 +77,14 @@ def check_task(model: MahiaX, text_tokens: int, backend: str, graph: Path, profi
         with torch.inference_mode():
             return model(**inputs).float().numpy()
 
+    deployed = graph_runner(backend, graph, input_spec(model.config))  # the loader a deployment uses
     vocab = model.config.vocab_size
     reference = run_batches(eager, test, max_len, vocab, batch_size, profile.seq.min)
-    deployed = run_batches(graph_runner(backend, graph), test, max_len, vocab, batch_size, profile.seq.min)
+    logits = run_batches(deployed, test, max_len, vocab, batch_size, profile.seq.min)
 
     def accuracy(logits: np.ndarray) -> float:
         return float((logits.argmax(1) == test.labels).mean())
 
-    agreement = float((reference.argmax(1) == deployed.argmax(1)).mean())
-    return TaskResult(backend, len(test), max_len, accuracy(reference), accuracy(deployed), agreement,
+    agreement = float((reference.argmax(1) == logits.argmax(1)).mean())
+    return TaskResult(backend, len(test), max_len, accuracy(reference), accuracy(logits), agreement,
                       config.budget(budget))

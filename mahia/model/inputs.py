@@ -80,6 +80,14 @@ def validate_inputs(config: ModelConfig, inputs: Mapping[str, Tensor]) -> None:
                         f"codes in [0, {cardinality - 1}] (0 = unknown)")
 
 
+def input_spec(config: ModelConfig) -> dict[str, dict]:
+    """Names, dtypes and symbolic shapes of the exported graphs' inputs (the manifest's "inputs")."""
+    return {"input_ids": {"dtype": "int64", "shape": ["batch", "seq"]},
+            "attention_mask": {"dtype": "int64", "shape": ["batch", "seq"]},
+            "numeric": {"dtype": "float32", "shape": ["batch", config.num_numeric]},
+            "categorical": {"dtype": "int64", "shape": ["batch", config.num_categorical]}}
+
+
 def random_inputs(config: ModelConfig, batch: int, length: int, generator: torch.Generator | None = None,
                   full: bool = False) -> dict[str, Tensor]:
     """A valid random batch: word ids, right padding of random length (none if `full`), random features."""
