@@ -109,13 +109,20 @@ def long_conv_matmul(x, filt, causal: bool):
 
 
 def _segment_sum(a):
-    """out[..., i, j] = a[..., j+1] + ... + a[..., i] for i >= j, -inf above the diagonal (see the reference)."""
+    """out[..., i, j] = a[..., j+1] + ... + a[..., i] for i >= j, -inf above the diagonal (see the reference).
+
+    Written as a difference of one cumulative sum, as Mamba-2's Triton kernels do: two elementwise passes
+    over [.., l, l] where the reference's masked cumulative sum of an expanded copy takes four (that form
+    measured 10 % of ONNX Runtime's time on `small` at 8 x 384). The cancellation adds float32 rounding of
+    the running sum: a relative error of about 6e-8 times the chunk's summed |a dt| once exponentiated.
+    """
     size = _dim(a, -1)
     steps = op.Range(op.Squeeze(_i64(0), _i64(0)), op.Squeeze(size, _i64(0)), op.Squeeze(_i64(1), _i64(0)))
-    rows, cols = op.Unsqueeze(steps, _i64(1)), op.Unsqueeze(steps, _i64(0))
-    expanded = op.Expand(op.Unsqueeze(a, _i64(-1)), op.Concat(op.Shape(a), size, axis=0))
-    sums = op.CumSum(op.Where(op.Greater(rows, cols), expanded, _f32(0.0)), op.Constant(value_int=-2))
-    return op.Where(op.GreaterOrEqual(rows, cols), sums, _f32(-math.inf))
+    sums = op.CumSum(a, op.Constant(value_int=-1))
+    differences = op.Sub(op.Unsqueeze(sums, _i64(-1)), op.Unsqueeze(sums, _i64(-2)))
+    # Adding a small [l, l] mask of 0 / -inf measured 4x faster in ONNX Runtime than a Where on the full tensor.
+    causal = op.GreaterOrEqual(op.Unsqueeze(steps, _i64(1)), op.Unsqueeze(steps, _i64(0)))
+    return op.Add(differences, op.Where(causal, _f32(0.0), _f32(-math.inf)))
 
 
 def ssd_scan(x, dt, a, b, c, chunk_size: int):
@@ -201,7 +208,9 @@ def moe_ffn(x, router_logits, mask, w1, w2, top_k: int, capacity_factor: float):
 def gate_combine(branches, gate_logits):
     """Meta-gate: float32 softmax over the 3 branch logits, rounded to the branches' dtype, weighted sum."""
     weights = op.CastLike(op.Softmax(op.Cast(gate_logits, to=FLOAT), axis=-1), branches)  # [B, L, 3]
-    return op.ReduceSum(op.Mul(branches, op.Unsqueeze(weights, _i64(-2))), _i64(-1), keepdims=0)
+    # [B, L, D, 3] @ [B, L, 3, 1]: ONNX Runtime's broadcast Mul + ReduceSum over the innermost 3 measured
+    # 7x slower than this batched MatMul at 8 x 389 x 96.
+    return op.Squeeze(op.MatMul(branches, op.Unsqueeze(weights, _i64(-1))), _i64(-1))
 
 
 # Longest sequence (tokens, tabular ones included) a graph may see for long_conv to lower to MatMuls:

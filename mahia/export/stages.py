@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import onnx_ir
 import onnxscript.optimizer
 import torch
 from torch.export import Dim
 
-from mahia.export import onnx_lowering
+from mahia.export import graph_passes, onnx_lowering
 from mahia.export.config import DEFAULT_SEQ, DimRange, ModelSource, ShapeProfile
 from mahia.model import INPUT_NAMES, OUTPUT_NAMES, MahiaX, ModelConfig, build_model, get_config, random_inputs
 from mahia.model.checkpoint import load_checkpoint, text_tokens_of
@@ -157,11 +158,14 @@ def lower_to_onnx(program: torch.export.ExportedProgram, config: ModelConfig, pr
                                          dynamic_shapes=dynamic_shapes(profile), input_names=list(INPUT_NAMES),
                                          output_names=list(OUTPUT_NAMES), optimize=True, verbose=False,
                                          custom_translation_table=ONNX_FLAVOURS[flavour](max_tokens(config, profile)))
-    # A second optimizer pass without its size limits folds each expert's weight slice (Gather +
-    # Transpose of the batched [E, ...] expert weights in the sparse MoE lowering) into an initializer:
-    # ORT then runs plain MatMuls on constant weights, and the quantizers see (and quantize) them.
-    model = onnxscript.optimizer.optimize(onnx_program.model_proto, input_size_limit=FOLD_LIMIT,
-                                          output_size_limit=FOLD_LIMIT)
+    # Sizes read from equal symbolic dims become one value, so the optimizer's common-subexpression pass
+    # builds what depends on them once (the long convolutions' twiddle matrices: 15 % of ORT's time).
+    # Its constant folding, without size limits, folds each expert's weight slice (Gather + Transpose of
+    # the batched [E, ...] expert weights in the sparse MoE lowering) into an initializer: ORT then runs
+    # plain MatMuls on constant weights, and the quantizers see (and quantize) them.
+    graph_passes.share_equal_shapes(onnx_program.model.graph)
+    onnxscript.optimizer.optimize(onnx_program.model, input_size_limit=FOLD_LIMIT, output_size_limit=FOLD_LIMIT)
+    model = onnx_ir.serde.serialize_model(onnx_program.model)
     del model.graph.value_info[:]
     for node in model.graph.node:
         del node.metadata_props[:]
