@@ -63,49 +63,87 @@ def long_conv_dft(x, filt, causal: bool):
     return op.CastLike(out, dtype_like)
 
 
-def _twiddles(rows, cols, n):
-    """cos and sin of 2*pi*(r*c mod n)/n for r in rows, c in cols (int64 1-D): two [R, C] float matrices.
+def _cos_sin(phase, n):
+    """cos and sin of 2*pi*(phase mod n)/n for an int64 tensor of phases (products of time and bin indices).
 
     The product is reduced mod n in integers first, so every angle lies in [0, 2*pi) and float32 keeps it
     to ~1e-7 whatever the length. (Gathering them from one period of n values measured slower in ORT.)
     """
-    phase = op.Mod(op.Mul(op.Unsqueeze(rows, _i64(1)), op.Unsqueeze(cols, _i64(0))), n)
-    angle = op.Mul(op.Cast(phase, to=FLOAT), op.Div(_f32(2.0 * math.pi), op.Cast(n, to=FLOAT)))
+    angle = op.Mul(op.Cast(op.Mod(phase, n), to=FLOAT), op.Div(_f32(2.0 * math.pi), op.Cast(n, to=FLOAT)))
     return op.Cos(angle), op.Sin(angle)
 
 
-def long_conv_matmul(x, filt, causal: bool):
-    """Long convolution as a real DFT of size n = 2L written as MatMuls with twiddle matrices built at run time.
+def _complex_mul(a_re, a_im, b_re, b_im):
+    """(a_re + i a_im) * (b_re + i b_im) as its real and imaginary parts."""
+    return op.Sub(op.Mul(a_re, b_re), op.Mul(a_im, b_im)), op.Add(op.Mul(a_re, b_im), op.Mul(a_im, b_re))
 
-    X = x @ (cos - i sin) over the L input times and the L + 1 one-sided bins, the same for the filter,
-    Y = X * F, then y[m] = sum_k w_k (Re Y_k cos - Im Y_k sin)(2 pi k m / n) / n (w = 1 at k = 0 and L,
-    else 2) at the L kept outputs m. O(B D L^2) multiply-adds against the FFT's O(B D L log L), but as
-    large GEMMs; ONNX Runtime's DFT kernel is slower at the lengths this is chosen for (long_conv_lowering).
+
+def _spectrum(signal, times, bins, n):
+    """Re and Im of sum_t signal[..., t] e^{-2 pi i t k / n} at each bin k (times: the t of each sample)."""
+    cos, sin = _cos_sin(op.Mul(op.Unsqueeze(times, _i64(1)), bins), n)  # [T, K]
+    return op.MatMul(signal, cos), op.MatMul(signal, op.Neg(sin))
+
+
+def _real_inverse(z_re, z_im, bins, outputs, weight, n):
+    """sum_k weight_k Re(Z_k e^{2 pi i k m / n}) at each output m: one inverse real DFT as two MatMuls."""
+    cos, sin = _cos_sin(op.Mul(op.Unsqueeze(bins, _i64(1)), outputs), n)  # [K, M]
+    return op.Add(op.MatMul(z_re, op.Mul(cos, weight)), op.MatMul(z_im, op.Neg(op.Mul(sin, weight))))
+
+
+def long_conv_matmul(x, filt, causal: bool):
+    """Long convolution as a real DFT of size n = 4P (P = floor(L/2) + 1) written as MatMuls, one radix-2 step deep.
+
+    A dense real DFT as a MatMul costs O(L^2) per row; one radix-2 step halves it. The even and odd time
+    samples each take a DFT over the bins k = 0..P (A, B) and the butterfly X[k] = A + B,
+    X[n/2 - k] = conj(A - B) gives the whole one-sided spectrum. The filter's spectrum is wanted in the
+    same two halves: conj(F[n/2 - k]) is the DFT of (-1)^u f[u] at bin k. Backwards, the even outputs
+    need Y[k] + conj(Y[n/2 - k]) and the odd ones Y[k] - conj(Y[n/2 - k]), each one inverse real DFT
+    over the P + 1 bins, interleaved at the end. Any n >= 2L - 1 gives the linear convolution on the kept
+    outputs (see the reference); two-sided filters keep the outputs from L - 1 on, so the 2P computed
+    outputs start at the even offset m0 = L - 1 or L - 2 and, as 2P >= L + 1, cover the L kept ones.
+    The DFT matrices are built at run time from the length, once per graph (graph_passes). ONNX Runtime's
+    DFT kernel is slower at the lengths this is chosen for (long_conv_lowering).
     """
     dtype_like = x
     x = op.Cast(x, to=FLOAT)
     filt = op.Cast(filt, to=FLOAT)
-    length = _dim(x, 2)
-    n = op.Mul(length, _i64(2))
-    zero, one = op.Constant(value_int=0), op.Constant(value_int=1)
-    last = op.Squeeze(length, _i64(0))
-    times = op.Range(zero, last, one)  # 0..L-1
-    bins = op.Range(zero, op.Add(last, one), one)  # 0..L
-    cos_x, sin_x = _twiddles(times, bins, n)  # [L, L+1]
-    xr, xi = op.MatMul(x, cos_x), op.Neg(op.MatMul(x, sin_x))  # [B, D, L+1]
-    if causal:  # the kept outputs are the input times: the inverse twiddles are the transposed forward ones
-        cos_f, sin_f = cos_x, sin_x
-        cos_y, sin_y = op.Transpose(cos_x, perm=[1, 0]), op.Transpose(sin_x, perm=[1, 0])
-    else:  # the two-sided filter spans 2L - 1 offsets; the kept outputs are m = L-1 .. 2L-2
-        cos_f, sin_f = _twiddles(op.Range(zero, op.Sub(op.Squeeze(n, _i64(0)), one), one), bins, n)
-        cos_y, sin_y = _twiddles(bins, op.Add(times, op.Sub(last, one)), n)
-    fr, fi = op.MatMul(filt, cos_f), op.Neg(op.MatMul(filt, sin_f))  # [D, L+1]
-    yr = op.Sub(op.Mul(xr, fr), op.Mul(xi, fi))
-    yi = op.Add(op.Mul(xr, fi), op.Mul(xi, fr))
-    edge = op.Or(op.Equal(bins, zero), op.Equal(bins, last))
-    weight = op.Unsqueeze(op.Div(op.Where(edge, _f32(1.0), _f32(2.0)), op.Cast(n, to=FLOAT)), _i64(1))  # [L+1, 1]
-    out = op.Sub(op.MatMul(yr, op.Mul(cos_y, weight)), op.MatMul(yi, op.Mul(sin_y, weight)))
-    return op.CastLike(out, dtype_like)
+    zero, one, two = op.Constant(value_int=0), op.Constant(value_int=1), op.Constant(value_int=2)
+    length = op.Squeeze(_dim(x, 2), _i64(0))
+    half = op.Add(op.Div(length, two), one)  # P
+    n = op.Mul(half, op.Constant(value_int=4))
+    bins = op.Range(zero, op.Add(half, one), one)  # k = 0..P
+
+    # Even and odd samples of x zero-padded to even length: Split of the innermost pairs measured 2x faster
+    # in ORT than two strided Slices.
+    pairs = op.Div(op.Add(length, one), two)
+    padded = op.Pad(x, op.Concat(_i64(0, 0, 0, 0, 0), op.Unsqueeze(op.Sub(op.Mul(pairs, two), length), _i64(0)), axis=0))
+    x_even, x_odd = op.Split(op.Reshape(padded, op.Concat(op.Shape(x, start=0, end=2), _i64(-1, 2), axis=0)),
+                             num_outputs=2, axis=-1)
+    a_re, a_im = _spectrum(op.Squeeze(x_even, _i64(-1)), op.Range(zero, op.Mul(pairs, two), two), bins, n)
+    b_re, b_im = _spectrum(op.Squeeze(x_odd, _i64(-1)), op.Range(one, op.Mul(pairs, two), two), bins, n)
+    taps = op.Range(zero, op.Squeeze(_dim(filt, 1), _i64(0)), one)
+    alternating = op.Sub(_f32(1.0), op.Mul(_f32(2.0), op.Cast(op.Mod(taps, two), to=FLOAT)))  # (-1)^u
+    f_re, f_im = _spectrum(filt, taps, bins, n)
+    g_re, g_im = _spectrum(op.Mul(filt, alternating), taps, bins, n)  # conj(F[n/2 - k])
+    u_re, u_im = _complex_mul(op.Add(a_re, b_re), op.Add(a_im, b_im), f_re, f_im)  # Y[k]
+    v_re, v_im = _complex_mul(op.Sub(a_re, b_re), op.Sub(a_im, b_im), g_re, g_im)  # conj(Y[n/2 - k])
+
+    if causal:  # the kept outputs are m = 0 .. L-1
+        first, start = zero, zero
+    else:  # the kept outputs are m = L-1 .. 2L-2; the computed ones start at L-1 rounded down to even
+        start = op.Mod(op.Sub(length, one), two)
+        first = op.Sub(op.Sub(length, one), start)
+    end = op.Add(first, op.Mul(half, two))
+    edge = op.Or(op.Equal(bins, zero), op.Equal(bins, half))
+    weight = op.Unsqueeze(op.Div(op.Where(edge, _f32(1.0), _f32(2.0)), op.Cast(n, to=FLOAT)), _i64(1))  # [P+1, 1]
+    y_even = _real_inverse(op.Add(u_re, v_re), op.Add(u_im, v_im), bins, op.Range(first, end, two), weight, n)
+    y_odd = _real_inverse(op.Sub(u_re, v_re), op.Sub(u_im, v_im), bins, op.Range(op.Add(first, one), end, two),
+                          weight, n)  # [B, D, P] each
+    # Interleaving by Concat on a new last axis measured 3x faster in ORT than a Transpose of stacked halves.
+    interleaved = op.Concat(op.Unsqueeze(y_even, _i64(-1)), op.Unsqueeze(y_odd, _i64(-1)), axis=-1)
+    y = op.Reshape(interleaved, op.Concat(op.Shape(x, start=0, end=2), _i64(-1), axis=0))
+    start = op.Unsqueeze(start, _i64(0))
+    return op.CastLike(op.Slice(y, start, op.Add(start, op.Unsqueeze(length, _i64(0))), _i64(2)), dtype_like)
 
 
 def _segment_sum(a):
