@@ -45,6 +45,7 @@ def test_fp8_export_writes_tables_sensitivity_and_passes_parity(tmp_path) -> Non
     (["--precision", "fp8", "--calib-method", "entropy"], "'entropy' is not available for fp8"),
     (["--precision", "int8", "--calib-samples", "4"], "too few calibration samples: 4"),
     (["--precision", "int4", "--calib-method", "max"], "int4 is weight-only"),
+    (["--precision", "int8", "--calib-method", "awq"], "'awq' is not available for int8"),
     (["--precision", "int8", "--accuracy-budget", "0.1"], "--accuracy-budget applies to --precision auto only"),
     (["--precision", "fp32", "--calib-samples", "64"], "--calib-samples apply to the quantized precisions"),
     (["--precision", "auto", "--accuracy-budget", "0"], "0"),

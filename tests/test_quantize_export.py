@@ -76,6 +76,16 @@ def test_fp8_and_int4_builds_run_with_sensitivity_tables(exported) -> None:
     assert int4.notes["calibration_set_error"]["rel_l2_error"] < 0.3
 
 
+def test_int4_awq_build_scales_every_quantized_matmul(exported) -> None:
+    model, graph, data = exported
+    built = build_quantized(model, graph, "int4", _options(method="awq", int4_block_size=32, sensitivity=False), data)
+    awq = built.notes["int4"]["awq"]
+    assert built.notes["calibration"]["method"] == "awq" and awq["matmuls"] == len(awq["alpha"]) > 0
+    assert awq["mean_layer_error_awq"] <= awq["mean_layer_error_rounding"]
+    assert sum(n.op_type == "Mul" and n.name.endswith(".awq") for n in built.onnx.graph.node) == awq["matmuls"]
+    assert built.notes["calibration_set_error"]["rel_l2_error"] < 0.3
+
+
 def test_auto_keeps_the_most_sensitive_layers_float_to_meet_the_budget(exported) -> None:
     model, graph, data = exported
     plain = build_quantized(model, graph, "int8", _options(sensitivity=False), data)

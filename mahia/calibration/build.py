@@ -17,10 +17,11 @@ import numpy as np
 import onnx
 import torch
 
+from mahia.calibration.awq import awq_scales
 from mahia.calibration.data import (MIN_CALIBRATION_SAMPLES, CalibrationData, CalibrationDataConfig, CalibrationError,
                                     load_calibration_data)
 from mahia.calibration.onnx_names import parameter_index, quantizable_nodes
-from mahia.calibration.quantize import QuantizeOptions, quantize_int4, quantize_qdq, restore_float
+from mahia.calibration.quantize import QuantizeOptions, int4_nodes, quantize_int4, quantize_qdq, restore_float
 from mahia.calibration.ranges import collect_ranges
 from mahia.calibration.sensitivity import (LayerSensitivity, MixedPlan, OutputError, layer_sensitivity, output_error,
                                            plan_mixed, run_onnx, sensitivity_json, sensitivity_markdown,
@@ -32,7 +33,9 @@ from mahia.model import MahiaX
 
 QUANTIZED_PRECISIONS = ("int8", "fp8", "int4", "auto")
 # Default calibration method per precision, chosen by measurement (benchmarks/quantize.py, RESULTS.md).
-DEFAULT_METHOD = {"int8": "mse", "fp8": "mse", "auto": "mse"}
+DEFAULT_METHOD = {"int8": "mse", "fp8": "mse", "auto": "mse", "int4": "rtn"}
+# int4 is weight-only: round to nearest (ONNX Runtime's blocked rounding) or AWQ scales and clips first.
+INT4_METHODS = ("rtn", "awq")
 # auto: int8 Q/DQ everywhere it fits the budget; layers that do not are kept fp32. Default budget: relative
 # logit error on the calibration samples (half the int8 parity budget).
 AUTO_BASE_PRECISION = "int8"
@@ -70,8 +73,9 @@ class CalibrationOptions:
             raise CalibrationError(f"too few calibration samples: {self.samples}; at least {MIN_CALIBRATION_SAMPLES} "
                                    "are needed for stable ranges (default 512)")
         if precision == "int4":
-            if self.method not in (None, "none"):
-                raise CalibrationError(f"int4 is weight-only: it takes no activation calibration method (got {self.method!r})")
+            if self.method not in (None, *INT4_METHODS):
+                raise CalibrationError(f"int4 is weight-only: its methods are {' and '.join(INT4_METHODS)}, not the "
+                                       f"activation range method {self.method!r}")
         else:
             self.method_for(precision)
         if precision != "auto" and self.accuracy_budget is not None:
@@ -155,20 +159,27 @@ def build_quantized(model: MahiaX, onnx_fp32: onnx.ModelProto, precision: str,
 def _build_int4(model: MahiaX, fp32_path: Path, tmp: Path, options: CalibrationOptions, params: dict, feeds: list,
                 reference: np.ndarray, data: CalibrationData, started: float, float_error: OutputError) -> QuantizedBuild:
     model_proto = onnx.load(str(fp32_path))
-    initializers = {i.name: len(i.dims) for i in model_proto.graph.initializer}
-    layers = sorted({n.layer for n in quantizable_nodes(model_proto, parameters=params)
-                     if not n.keep_float and n.op_type == "MatMul" and initializers[n.weight] == 2})
+    nodes = int4_nodes(model_proto, params)
+    layers = sorted({n.layer for n in nodes})
+    method = options.method or DEFAULT_METHOD["int4"]
+    awq = awq_scales(model_proto, nodes, data.numpy_batches(), options.int4_block_size) if method == "awq" else []
 
     def quantize(keep: frozenset[str], out: Path) -> Path:
-        return quantize_int4(fp32_path, out, options.int4_block_size, params, keep_float_layers=keep)
+        return quantize_int4(fp32_path, out, options.int4_block_size, params, keep_float_layers=keep, awq=awq)
 
     rows = layer_sensitivity(layers, "int4", quantize, feeds, reference) if options.sensitivity else []
     path = quantize(frozenset(), tmp / "model.int4.onnx")
     error = output_error(run_onnx(path, feeds), reference)
     files = _sensitivity_files(rows, None, f"{model.config.name} int4 (block {options.int4_block_size}): per-layer sensitivity")
     notes = _notes("int4", data, options, error, float_error, started, quantized_layers=layers)
+    notes["calibration"]["method"] = method
     notes["int4"] = {"block_size": options.int4_block_size, "format": "blocked DequantizeLinear (opset 21), weight-only",
                      "tool": "onnxruntime MatMulNBitsQuantizer (QDQ)", "kept_float": "sensitive layers (routers, gates, filters, head)"}
+    if awq:
+        notes["int4"]["awq"] = {
+            "matmuls": len(awq), "mean_layer_error_rounding": float(np.mean([a.error_rounding for a in awq])),
+            "mean_layer_error_awq": float(np.mean([a.error_awq for a in awq])),
+            "alpha": {a.node: a.alpha for a in sorted(awq, key=lambda a: a.node)}}
     return QuantizedBuild(onnx.load(str(path)), files, notes)
 
 
@@ -202,7 +213,7 @@ def _notes(precision: str, data: CalibrationData, options: CalibrationOptions, e
                                   "fp32_onnx": asdict(float_error)},
         "libraries": {"ranges": "eager hooks + onnxruntime HistogramCollector (percentile, entropy); max and MSE here",
                       "qdq": "onnxruntime.quantization.quantize_static (QDQ) with per-tensor scale overrides",
-                      "int4": "onnxruntime MatMulNBitsQuantizer (QDQ format)"},
+                      "int4": "onnxruntime MatMulNBitsQuantizer (QDQ format); AWQ scale and clip search here"},
         "seconds": round(time.perf_counter() - started, 2),
     }
     if plan is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from mahia.calibration.awq import AwqScale, apply_scales
 from mahia.calibration.data import CalibrationError
 from mahia.calibration.onnx_names import KEEP_FLOAT_PATTERN, QuantizableNode, quantizable_nodes
 from mahia.calibration.statistics import FP8_E4M3_MAX
@@ -211,13 +213,25 @@ def dedicate_qdq_pairs(model: onnx.ModelProto, quantized_nodes: set[str] | None 
     return added
 
 
+def int4_nodes(model: onnx.ModelProto, parameters: dict[str, tuple[str, str, int | None]] | None = None,
+               keep_float_pattern: str = KEEP_FLOAT_PATTERN,
+               keep_float_layers: frozenset[str] = frozenset()) -> list[QuantizableNode]:
+    """The MatMuls int4 quantizes: 2-D weights, less the sensitive layers and those kept in float."""
+    initializers = {i.name: len(i.dims) for i in model.graph.initializer}
+    return [n for n in quantizable_nodes(model, parameters=parameters, keep_float_pattern=keep_float_pattern)
+            if n.op_type == "MatMul" and not n.keep_float and n.layer not in keep_float_layers
+            and initializers[n.weight] == 2]
+
+
 def quantize_int4(onnx_path: str | Path, out_path: str | Path, block_size: int = 128,
                   parameters: dict[str, tuple[str, str, int | None]] | None = None,
-                  keep_float_pattern: str = KEEP_FLOAT_PATTERN, keep_float_layers: frozenset[str] = frozenset()) -> Path:
+                  keep_float_pattern: str = KEEP_FLOAT_PATTERN, keep_float_layers: frozenset[str] = frozenset(),
+                  awq: Sequence[AwqScale] = ()) -> Path:
     """Weight-only blocked int4 (symmetric) of 2-D MatMul weights as opset-21 blocked DequantizeLinear.
 
     ONNX Runtime's MatMulNBitsQuantizer in QDQ format does the work; weights whose input dimension is
     not a multiple of the block are padded by it. Sensitive layers and batched 3-D weights stay float.
+    With `awq` scales (mahia.calibration.awq), each quantized weight is scaled by its search's s first.
     """
     from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
@@ -227,13 +241,12 @@ def quantize_int4(onnx_path: str | Path, out_path: str | Path, block_size: int =
     if block_size not in INT4_BLOCK_SIZES:
         raise CalibrationError(f"int4 block size must be one of {INT4_BLOCK_SIZES}, got {block_size}")
     model = onnx.load(str(onnx_path))
-    initializers = {i.name: len(i.dims) for i in model.graph.initializer}
-    selected = [n for n in quantizable_nodes(model, parameters=parameters, keep_float_pattern=keep_float_pattern)
-                if n.op_type == "MatMul" and not n.keep_float and n.layer not in keep_float_layers
-                and initializers[n.weight] == 2]
+    selected = {n.node for n in int4_nodes(model, parameters, keep_float_pattern, keep_float_layers)}
     if not selected:
         raise CalibrationError(f"{onnx_path}: no 2-D MatMul weight to quantize to int4")
-    excluded = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in {s.node for s in selected}]
+    if awq:  # after the selection: it finds layers by their weights' bytes, which the scaling changes
+        model = apply_scales(model, [s for s in awq if s.node in selected])
+    excluded = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in selected]
     config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, quant_format=QuantFormat.QDQ,
                                           op_types_to_quantize=("MatMul",))
     quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=excluded, algo_config=config)

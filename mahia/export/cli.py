@@ -67,8 +67,10 @@ def _parse_formats(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, help="Override the precision's relative tolerance.")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=None,
               help="Quantized precisions: real training samples to calibrate on (default 512).")
-@click.option("--calib-method", type=click.Choice(["max", "percentile", "entropy", "mse"]), default=None,
-              help="Quantized precisions: activation range method (default: mse for int8, fp8 and auto; int4 takes none).")
+@click.option("--calib-method", type=click.Choice(["max", "percentile", "entropy", "mse", "rtn", "awq"]), default=None,
+              help="Quantized precisions: activation range method for int8, fp8 and auto (max, percentile, entropy, "
+                   "mse; default mse); int4 weight rounding: rtn (round to nearest, default) or awq (activation-aware "
+                   "scale and clip search).")
 @click.option("--accuracy-budget", type=click.FloatRange(min=0, min_open=True), default=None,
               help="auto: largest relative logit error on calibration samples; the most sensitive layers stay fp32 until met.")
 @click.option("--eval-rows", type=click.IntRange(min=2), default=None,

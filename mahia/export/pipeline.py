@@ -229,7 +229,8 @@ def _run_stages(cfg: ExportConfig, precision: Precision, formats: tuple[str, ...
         "precision": {"name": precision.name, "summary": precision.summary, "notes": dict(built.notes)},
         "formats": list(formats),
         "onnx": {"file": onnx_file, "opset": cfg.opset, "flavour": cfg.flavour,
-                 "optimizer": "onnxscript (torch.onnx optimize=True), then an unlimited onnxscript fold",
+                 "optimizer": "onnxscript (torch.onnx optimize=True), then graph_passes.share_equal_shapes and "
+                              "a second onnxscript pass (constant folding without size limits, CSE)",
                  "long_conv": long_conv_lowering(stages.max_tokens(config, profile)).__name__}
         if ONNX in formats else None,
         "inputs": input_spec(config),
