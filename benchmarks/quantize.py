@@ -3,8 +3,8 @@
     python benchmarks/quantize.py --config small --calib-samples 512 --eval-samples 256
 
 Per precision/method: relative logit error and argmax agreement against eager fp32 on test-split
-reviews, and the accuracy delta (points) against the labels; latency of eager fp32, ORT fp32 and ORT
-int8 at 1 x 128 and 8 x max(384) with 2 threads. Prints Markdown; --json writes every number.
+reviews, and the accuracy delta (points) against the labels. Prints Markdown; --json writes every
+number. Latency of the exported graphs: benchmarks/latency.py.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from timing import median_seconds
 
 from mahia.calibration.data import CalibrationDataConfig, load_calibration_data
 from mahia.calibration.onnx_names import parameter_index, quantizable_nodes
-from mahia.calibration.quantize import QuantizeOptions, quantize_int4, quantize_qdq
+from mahia.calibration.awq import awq_scales
+from mahia.calibration.quantize import QuantizeOptions, int4_nodes, quantize_int4, quantize_qdq
 from mahia.calibration.ranges import collect_ranges
 from mahia.calibration.sensitivity import output_error
 from mahia.calibration.statistics import METHODS, METHODS_FOR_GRID, MethodConfig
@@ -52,7 +52,6 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None, help="trained weights (default: seeded, untrained)")
     parser.add_argument("--calib-samples", type=int, default=512)
     parser.add_argument("--eval-samples", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
@@ -91,9 +90,13 @@ def main() -> None:
             table = build_table(ranges, nodes, MethodConfig(method, grid=grid), include_eager=False)
             path = quantize_qdq(fp32_path, table, tmp / f"{precision}-{method}.onnx", QuantizeOptions(precision))
             variants.append((precision, method, path))
+    int4_targets = int4_nodes(graph, parameter_index(model))
     for block in (32, 64, 128):
-        variants.append(("int4", f"block {block}", quantize_int4(fp32_path, tmp / f"int4-{block}.onnx", block,
-                                                               parameter_index(model))))
+        variants.append(("int4", f"rtn, block {block}", quantize_int4(fp32_path, tmp / f"int4-{block}.onnx", block,
+                                                                    parameter_index(model))))
+        scales = awq_scales(graph, int4_targets, calibration.numpy_batches(), block)
+        variants.append(("int4", f"awq, block {block}", quantize_int4(fp32_path, tmp / f"int4-awq-{block}.onnx", block,
+                                                                    parameter_index(model), awq=scales)))
     rows = []
     for precision, method, path in variants:
         sess = session(path)
@@ -104,26 +107,10 @@ def main() -> None:
                      "argmax_agreement": error.argmax_agreement, "accuracy": accuracy,
                      "accuracy_delta_pt": 100 * (accuracy - eager_accuracy)})
 
-    latency = []
-    test = splits["test"]
-    for batch, seq in ((1, 128), (8, min(512, config.max_seq_len))):
-        inputs, _ = test.batch(np.arange(batch), seq, config.vocab_size)
-        pad = seq - inputs["input_ids"].shape[1]
-        for name in ("input_ids", "attention_mask"):
-            inputs[name] = torch.nn.functional.pad(inputs[name], (0, pad))
-        feed = {k: v.numpy() for k, v in inputs.items()}
-        with torch.inference_mode():
-            eager = 1e3 * median_seconds(lambda: model(**inputs), args.repeats)
-        fp32 = 1e3 * median_seconds(lambda s=session(fp32_path): s.run(None, feed), args.repeats)
-        best_int8 = next(p for prec, m, p in variants if prec == "int8" and m == "mse")
-        int8 = 1e3 * median_seconds(lambda s=session(best_int8): s.run(None, feed), args.repeats)
-        latency.append({"batch": batch, "seq": seq, "eager_fp32_ms": eager, "ort_fp32_ms": fp32, "ort_int8_ms": int8,
-                        "int8_speedup_vs_eager": eager / int8, "int8_speedup_vs_ort_fp32": fp32 / int8})
-
     result = {"model": label, "config": config.name, "calib_samples": calibration.samples, "calib_hash": calibration.content_hash,
               "eval_samples": evaluation.samples, "eager_accuracy": eager_accuracy, "collect_seconds": collect_seconds,
               "threads": THREADS, "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
-              "date_utc": time.strftime("%Y-%m-%d", time.gmtime()), "accuracy": rows, "latency": latency}
+              "date_utc": time.strftime("%Y-%m-%d", time.gmtime()), "accuracy": rows}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(f"Model: {label}; calibration {calibration.samples} train samples (hash {calibration.content_hash[:12]}), "
@@ -133,11 +120,6 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['precision']} | {r['method']} | {r['rel_l2_error']:.3e} | {r['argmax_agreement']:.4f} | {r['accuracy_delta_pt']:+.2f} |")
-    print("\n| batch x seq | eager fp32 (ms) | ORT fp32 (ms) | ORT int8 (ms) | int8 vs eager | int8 vs ORT fp32 |")
-    print("|---|---|---|---|---|---|")
-    for r in latency:
-        print(f"| {r['batch']} x {r['seq']} | {r['eager_fp32_ms']:.1f} | {r['ort_fp32_ms']:.1f} | {r['ort_int8_ms']:.1f} | "
-              f"{r['int8_speedup_vs_eager']:.2f}x | {r['int8_speedup_vs_ort_fp32']:.2f}x |")
 
 
 if __name__ == "__main__":
