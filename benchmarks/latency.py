@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from timing import run_seconds
+
 
 def measure(runner: str, checkpoint: Path | None, shapes: list[tuple[int, int]], threads: int, repeats: int) -> list[list[float]]:
     """Seconds of each timed run per shape for one runner ("eager" or an artifact directory), in this process."""
@@ -49,17 +51,8 @@ def measure(runner: str, checkpoint: Path | None, shapes: list[tuple[int, int]],
         session = ort.InferenceSession(str(Path(runner) / manifest["onnx"]["file"]), options,
                                        providers=["CPUExecutionProvider"])
         calls = [lambda f=feed: session.run(None, f) for feed in feeds]
-    runs = []
     with torch.inference_mode():
-        for call in calls:
-            call()
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                call()
-                times.append(time.perf_counter() - start)
-            runs.append(times)
-    return runs
+        return [run_seconds(call, repeats) for call in calls]
 
 
 def main() -> None:

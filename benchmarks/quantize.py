@@ -46,11 +46,13 @@ def session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def modelopt_variants(fp32_path: Path, calibration, tmp: Path, nodes: list[str]) -> list[tuple[str, str, Path]]:
+def modelopt_variants(fp32_path: Path, calibration, tmp: Path, nodes: list[str],
+                      kept_float: list[str]) -> list[tuple[str, str, Path]]:
     """ModelOpt's ONNX quantizer on our fp32 graph, calibrated on the same reviews (padded to one length).
 
     It quantizes the MatMul/Gemm nodes ours does (`nodes`; by default it would also quantize the DFT
-    MatMuls, Mul, Add, Sigmoid, TopK ...), with its own methods (int8 entropy or max, fp8 max, int4
+    MatMuls, Mul, Add, Sigmoid, TopK ...; its int4 path ignores that list, so the nodes ours keeps float
+    are excluded as well), with its own methods (int8 entropy or max, fp8 max, int4
     awq_clip); unquantized parts stay float32 (its default converts them to fp16, for TensorRT) and
     calibration runs on ONNX Runtime's CPU provider.
     """
@@ -73,7 +75,7 @@ def modelopt_variants(fp32_path: Path, calibration, tmp: Path, nodes: list[str])
         out = tmp / f"modelopt-{precision}-{method}.onnx"
         quantize(str(fp32_path), quantize_mode=precision, calibration_data=data, calibration_method=method,
                  calibration_shapes=shapes, calibration_eps=["cpu"], high_precision_dtype="fp32", output_path=str(out),
-                 nodes_to_quantize=nodes, log_level="WARNING", **extra)
+                 nodes_to_quantize=nodes, nodes_to_exclude=kept_float, log_level="WARNING", **extra)
         variants.append((precision, f"ModelOpt {method}", out))
     return variants
 
@@ -133,8 +135,9 @@ def main() -> None:
         variants.append(("int4", f"awq, block {block}", quantize_int4(fp32_path, tmp / f"int4-awq-{block}.onnx", block,
                                                                     parameter_index(model), awq=scales)))
     if args.modelopt:
-        ours = [n.node for n in quantizable_nodes(graph, parameters=parameter_index(model)) if not n.keep_float]
-        variants += modelopt_variants(fp32_path, calibration, tmp, ours)
+        candidates = quantizable_nodes(graph, parameters=parameter_index(model))
+        variants += modelopt_variants(fp32_path, calibration, tmp, [n.node for n in candidates if not n.keep_float],
+                                      [n.node for n in candidates if n.keep_float])
     rows = []
     for precision, method, path in variants:
         try:
