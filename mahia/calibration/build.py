@@ -171,8 +171,7 @@ def _build_int4(model: MahiaX, fp32_path: Path, tmp: Path, options: CalibrationO
     path = quantize(frozenset(), tmp / "model.int4.onnx")
     error = output_error(run_onnx(path, feeds), reference)
     files = _sensitivity_files(rows, None, f"{model.config.name} int4 (block {options.int4_block_size}): per-layer sensitivity")
-    notes = _notes("int4", data, options, error, float_error, started, quantized_layers=layers)
-    notes["calibration"]["method"] = method
+    notes = _notes("int4", data, options, error, float_error, started, method=method, quantized_layers=layers)
     notes["int4"] = {"block_size": options.int4_block_size, "format": "blocked DequantizeLinear (opset 21), weight-only",
                      "tool": "onnxruntime MatMulNBitsQuantizer (QDQ)", "kept_float": "sensitive layers (routers, gates, filters, head)"}
     if awq:
@@ -200,13 +199,14 @@ def _sensitivity_files(rows: list[LayerSensitivity], plan: MixedPlan | None, tit
 
 
 def _notes(precision: str, data: CalibrationData, options: CalibrationOptions, error: OutputError,
-           float_error: OutputError, started: float, method: MethodConfig | None = None,
+           float_error: OutputError, started: float, method: MethodConfig | str,
            table: CalibrationTable | None = None, plan: MixedPlan | None = None,
            quantized_layers: list[str] | None = None) -> dict:
     notes = {
         "calibration": {"samples": data.samples, "split": data.split, "data_hash": data.content_hash,
-                        "method": method.method if method else "none (weight-only)",
-                        "percentile": method.percentile if method and method.method == "percentile" else None,
+                        "method": method.method if isinstance(method, MethodConfig) else method,
+                        "percentile": method.percentile if isinstance(method, MethodConfig) and method.method == "percentile"
+                        else None,
                         "tensors": len(table.tensors) if table else 0},
         "quantized_layers": quantized_layers or [],
         "calibration_set_error": {"samples": min(options.sensitivity_samples, data.samples), **asdict(error),
