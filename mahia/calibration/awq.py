@@ -68,12 +68,11 @@ def blocked_int4(weight: np.ndarray, block_size: int) -> np.ndarray:
 
 
 def clip_weight(weight: np.ndarray, rows: np.ndarray, block_size: int,
-                ratios: Sequence[float] = CLIP_RATIOS) -> tuple[np.ndarray, np.ndarray]:
+                ratios: Sequence[float] = CLIP_RATIOS) -> np.ndarray:
     """Per block and column, clip the weight to ratio x its largest magnitude where that lowers the block's output error.
 
     The block's error is ||x_block (w - Q(clip(w)))|| over the sample rows: clipping trades the rounding
-    of the block's other entries against the clipped outliers (AWQ's clip search). Returns the clipped
-    weight and the chosen ratio per [block, column].
+    of the block's other entries against the clipped outliers (AWQ's clip search); ratio 1 is no clip.
     """
     k, n = weight.shape
     blocks = -(-k // block_size)
@@ -93,7 +92,7 @@ def clip_weight(weight: np.ndarray, rows: np.ndarray, block_size: int,
         better = error < best_error
         best_error[better], best_ratio[better] = error[better], ratio
     limit = np.repeat(peak * best_ratio, block_size, axis=0)
-    return np.clip(padded, -limit, limit)[:k], best_ratio
+    return np.clip(padded, -limit, limit)[:k]
 
 
 def search_scale(node: str, sample: ActivationSample, weight: np.ndarray, block_size: int,
@@ -112,7 +111,7 @@ def search_scale(node: str, sample: ActivationSample, weight: np.ndarray, block_
         candidates[alpha] = scales
     alpha = min(errors, key=errors.get)
     scales = candidates[alpha]
-    clipped, _ = clip_weight(w * scales[:, None], x / scales, block_size)
+    clipped = clip_weight(w * scales[:, None], x / scales, block_size)
     error = float(np.linalg.norm((x / scales) @ blocked_int4(clipped, block_size) - want)) / norm
     return AwqScale(node, alpha, scales.astype(np.float32), clipped.astype(np.float32),
                     errors.get(0.0, float("nan")), error)
