@@ -113,8 +113,8 @@ def long_conv_matmul(x, filt, causal: bool):
     n = op.Mul(half, op.Constant(value_int=4))
     bins = op.Range(zero, op.Add(half, one), one)  # k = 0..P
 
-    # Even and odd samples of x zero-padded to even length: Split of the innermost pairs measured 2x faster
-    # in ORT than two strided Slices.
+    # Even and odd samples of x zero-padded to even length: Split of the innermost pairs measured 1.4x faster
+    # in ORT than two strided Slices (benchmarks/ort_patterns.py).
     pairs = op.Div(op.Add(length, one), two)
     padded = op.Pad(x, op.Concat(_i64(0, 0, 0, 0, 0), op.Unsqueeze(op.Sub(op.Mul(pairs, two), length), _i64(0)), axis=0))
     x_even, x_odd = op.Split(op.Reshape(padded, op.Concat(op.Shape(x, start=0, end=2), _i64(-1, 2), axis=0)),
@@ -139,7 +139,8 @@ def long_conv_matmul(x, filt, causal: bool):
     y_even = _real_inverse(op.Add(u_re, v_re), op.Add(u_im, v_im), bins, op.Range(first, end, two), weight, n)
     y_odd = _real_inverse(op.Sub(u_re, v_re), op.Sub(u_im, v_im), bins, op.Range(op.Add(first, one), end, two),
                           weight, n)  # [B, D, P] each
-    # Interleaving by Concat on a new last axis measured 3x faster in ORT than a Transpose of stacked halves.
+    # Interleaved by Concat on a new last axis: as fast in ORT as a Transpose of the stacked halves, and steadier
+    # (benchmarks/ort_patterns.py).
     interleaved = op.Concat(op.Unsqueeze(y_even, _i64(-1)), op.Unsqueeze(y_odd, _i64(-1)), axis=-1)
     y = op.Reshape(interleaved, op.Concat(op.Shape(x, start=0, end=2), _i64(-1), axis=0))
     start = op.Unsqueeze(start, _i64(0))
@@ -158,7 +159,8 @@ def _segment_sum(a):
     steps = op.Range(op.Squeeze(_i64(0), _i64(0)), op.Squeeze(size, _i64(0)), op.Squeeze(_i64(1), _i64(0)))
     sums = op.CumSum(a, op.Constant(value_int=-1))
     differences = op.Sub(op.Unsqueeze(sums, _i64(-1)), op.Unsqueeze(sums, _i64(-2)))
-    # Adding a small [l, l] mask of 0 / -inf measured 4x faster in ONNX Runtime than a Where on the full tensor.
+    # Adding a small [l, l] mask of 0 / -inf measured 6x faster in ONNX Runtime than a Where on the full tensor
+    # (benchmarks/ort_patterns.py).
     causal = op.GreaterOrEqual(op.Unsqueeze(steps, _i64(1)), op.Unsqueeze(steps, _i64(0)))
     return op.Add(differences, op.Where(causal, _f32(0.0), _f32(-math.inf)))
 
@@ -247,7 +249,7 @@ def gate_combine(branches, gate_logits):
     """Meta-gate: float32 softmax over the 3 branch logits, rounded to the branches' dtype, weighted sum."""
     weights = op.CastLike(op.Softmax(op.Cast(gate_logits, to=FLOAT), axis=-1), branches)  # [B, L, 3]
     # [B, L, D, 3] @ [B, L, 3, 1]: ONNX Runtime's broadcast Mul + ReduceSum over the innermost 3 measured
-    # 7x slower than this batched MatMul at 8 x 389 x 96.
+    # 3.5x slower than this batched MatMul at 8 x 389 x 96 (benchmarks/ort_patterns.py).
     return op.Squeeze(op.MatMul(branches, op.Unsqueeze(weights, _i64(-1))), _i64(-1))
 
 
