@@ -4,12 +4,12 @@ AWQ (Lin et al., 2023) protects the weight rows that meet large activations: W' 
 s = mean|x|^alpha per input channel, the activation divided by s at run time, and alpha chosen per layer
 to minimise the layer's output error ||x W - (x / s) Q(s W)|| on calibration activations (alpha = 0 is
 plain rounding, so the search never picks worse than it on that objective); then, as AWQ's clip search,
-each block and column of W' is clipped where that lowers its share of the output error. Nothing installable here
-does this on ONNX (NVIDIA ModelOpt's AWQ is not in this machine's package index; ONNX Runtime's weight
-quantizers offer round-to-nearest, GPTQ and HQQ), so it is written here: the activations come from
-ONNX Runtime (the MatMul inputs added as graph outputs, as its calibrators do), the search is numpy,
-the graph edit scales the weight initializer and puts a Mul by 1/s in front of the MatMul; ONNX
-Runtime's MatMulNBitsQuantizer then rounds the scaled weights as it does for plain int4.
+each block and column of W' is clipped where that lowers its share of the output error. ONNX Runtime's
+weight quantizers offer round-to-nearest, GPTQ and HQQ; NVIDIA ModelOpt's ONNX AWQ (awq_clip) did worse
+than this on MAHIA-X and its awq_lite fails without cupy (benchmarks/RESULTS.md), so it is written here:
+the activations come from ONNX Runtime (the MatMul inputs added as graph outputs, as its calibrators
+do), the search is numpy, the graph edit scales the weight initializer and puts a Mul by 1/s in front of
+the MatMul; ONNX Runtime's MatMulNBitsQuantizer then rounds the scaled weights as it does for plain int4.
 """
 
 from __future__ import annotations
