@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mahia.data import DataConfig, DataError, default_data_path, encode_texts, load_reviews
+from mahia.data import DataConfig, DataError, default_data_path, encode_texts, iter_batches, load_reviews
 from mahia.data.tokenizer import split_words, token_id, truncate_words
 from mahia.data.reviews import REQUIRED_COLUMNS
 from mahia.model import get_config, validate_inputs
@@ -65,7 +65,7 @@ def test_batches_are_valid_model_inputs(splits) -> None:
     assert labels.shape == (7,) and set(labels.tolist()) <= {0, 1}
     assert inputs["input_ids"].shape[1] <= config.max_seq_len
     assert (inputs["input_ids"][:, 0] == CLS_ID).all()
-    batches = list(splits["val"].subset(np.arange(10)).iter_batches(4, 64, config.vocab_size))
+    batches = list(iter_batches(splits["val"].subset(np.arange(10)), 4, 64, config.vocab_size))
     assert [b[1].shape[0] for b in batches] == [4, 4, 2]
 
 

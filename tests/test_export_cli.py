@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mahia.export import artifact
+from mahia import artifact
+from mahia.artifact import directory as artifact_directory
 from mahia.export.cli import main
 from mahia.model import build_model, get_config, save_checkpoint
 from tests.conftest import BIN
@@ -122,7 +123,7 @@ def test_disk_full_during_write_leaves_nothing(tmp_path: Path, monkeypatch: pyte
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(artifact.os, "fsync", no_space)  # the kernel reports ENOSPC when data reaches the disk
+    monkeypatch.setattr(artifact_directory.os, "fsync", no_space)  # the kernel reports ENOSPC when data reaches the disk
     result = _invoke("--config", "tiny", "--formats", "pt2", "--batch", "1:2:2", "--seq", "1:8:16", "--quiet",
                      "--out", str(tmp_path))
     assert result.exit_code == 1

@@ -15,14 +15,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mahia.export import artifact, stages
+from mahia import artifact
+from mahia.export import stages
 from mahia.export.cli import main
-from mahia.export.config import DimRange, ModelSource
+from mahia.export.config import DimRange
+from mahia.model import ModelSource
 
 
 def test_onnx_is_byte_identical_across_runs(tiny_export: dict) -> None:
     manifest = json.loads((tiny_export["dir"] / "manifest.json").read_text())
-    loaded = stages.load_model(ModelSource(config_name="tiny"))
+    loaded = stages.load_model(ModelSource.from_config("tiny"))
     dims = manifest["dims"]
     profile = stages.resolve_profile(loaded.config, DimRange("batch", **dims["batch"]), DimRange("seq", **dims["seq"]))
     program = stages.export_program(loaded.model, profile)
@@ -96,7 +98,7 @@ def test_weights_above_the_threshold_go_to_external_data(tiny_export: dict, tmp_
     import onnxruntime as ort
     from polygraphy.json import load_json
 
-    from mahia.export.pipeline import save_onnx
+    from mahia.export.formats import save_onnx
 
     source = tiny_export["dir"] / "model.onnx"
     directory = artifact.ArtifactDir(tmp_path / "external")

@@ -11,10 +11,12 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from mahia.calibration.build import CalibrationOptions, build_quantized
+from mahia.calibration.build import build_quantized
 from mahia.calibration.data import CalibrationDataConfig, CalibrationError, load_calibration_data
 from mahia.calibration.onnx_names import parameter_index, quantizable_nodes
 from mahia.calibration.ranges import collect_ranges
+from mahia.calibration.recipes import (RECIPES, AutoRecipe, CalibrationOptions, Fp8Recipe, Int4Recipe,
+                                      Int8Recipe)
 from mahia.calibration.table import read_trt_cache
 from mahia.data import load_reviews
 from mahia.export import stages
@@ -36,12 +38,12 @@ def exported():
 
 
 def _options(**changes) -> CalibrationOptions:
-    return CalibrationOptions(samples=SAMPLES, num_bins=512, sensitivity_samples=8, sensitivity_max_len=48, **changes)
+    return CalibrationOptions(samples=SAMPLES, sensitivity_samples=8, sensitivity_max_len=48, **changes)
 
 
 def test_int8_build_keys_tables_by_exported_tensor_names(exported, tmp_path) -> None:
     model, graph, data = exported
-    built = build_quantized(model, graph, "int8", _options(sensitivity=False), data)
+    built = build_quantized(model, graph, Int8Recipe(num_bins=512), _options(sensitivity=False), data)
     inits = {i.name: i for i in built.onnx.graph.initializer}
     tensors = {name for node in graph.graph.node for name in node.input} | {i.name for i in graph.graph.input}
     version, algorithm, scales = read_trt_cache(_write(tmp_path, "calib.cache", built.files["calib.cache"]))
@@ -63,14 +65,14 @@ def test_int8_build_keys_tables_by_exported_tensor_names(exported, tmp_path) -> 
 
 def test_fp8_and_int4_builds_run_with_sensitivity_tables(exported) -> None:
     model, graph, data = exported
-    fp8 = build_quantized(model, graph, "fp8", _options(), data)
+    fp8 = build_quantized(model, graph, Fp8Recipe(num_bins=512), _options(), data)
     dtypes = {i.data_type for i in fp8.onnx.graph.initializer}
     assert onnx.TensorProto.FLOAT8E4M3FN in dtypes and fp8.notes["calibration"]["method"] == "mse"
     assert fp8.notes["calibration_set_error"]["rel_l2_error"] < 0.2
     rows = json.loads(fp8.files["sensitivity.json"])["layers"]
     assert len(rows) == len(fp8.notes["quantized_layers"]) and fp8.files["sensitivity.png"][:8] == b"\x89PNG\r\n\x1a\n"
     assert [r["rel_l2_error"] for r in rows] == sorted((r["rel_l2_error"] for r in rows), reverse=True)
-    int4 = build_quantized(model, graph, "int4", _options(int4_block_size=32, sensitivity=False), data)
+    int4 = build_quantized(model, graph, Int4Recipe(block_size=32), _options(sensitivity=False), data)
     blocked = [n for n in int4.onnx.graph.node if n.op_type == "DequantizeLinear"]
     assert blocked and all(any(a.name == "block_size" and a.i == 32 for a in n.attribute) for n in blocked)
     assert int4.notes["calibration_set_error"]["rel_l2_error"] < 0.3
@@ -78,7 +80,7 @@ def test_fp8_and_int4_builds_run_with_sensitivity_tables(exported) -> None:
 
 def test_int4_awq_build_scales_every_quantized_matmul(exported) -> None:
     model, graph, data = exported
-    built = build_quantized(model, graph, "int4", _options(method="awq", int4_block_size=32, sensitivity=False), data)
+    built = build_quantized(model, graph, Int4Recipe(method="awq", block_size=32), _options(sensitivity=False), data)
     awq = built.notes["int4"]["awq"]
     assert built.notes["calibration"]["method"] == "awq" and awq["matmuls"] == len(awq["alpha"]) > 0
     assert awq["mean_layer_error_awq"] <= awq["mean_layer_error_rounding"]
@@ -88,10 +90,10 @@ def test_int4_awq_build_scales_every_quantized_matmul(exported) -> None:
 
 def test_auto_keeps_the_most_sensitive_layers_float_to_meet_the_budget(exported) -> None:
     model, graph, data = exported
-    plain = build_quantized(model, graph, "int8", _options(sensitivity=False), data)
+    plain = build_quantized(model, graph, Int8Recipe(num_bins=512), _options(sensitivity=False), data)
     full_error = plain.notes["calibration_set_error"]["rel_l2_error"]
     budget = full_error / 3
-    auto = build_quantized(model, graph, "auto", _options(accuracy_budget=budget), data)
+    auto = build_quantized(model, graph, AutoRecipe(Int8Recipe(num_bins=512), budget), _options(), data)
     mixed = auto.notes["mixed"]
     assert auto.notes["calibration_set_error"]["rel_l2_error"] <= budget
     assert "fp32" in mixed["precisions"].values() and "int8" in mixed["precisions"].values()
@@ -108,14 +110,13 @@ def test_ranges_from_another_model_are_refused_naming_the_nodes(exported) -> Non
         quantizable_nodes(graph, ranges.names(), parameter_index(other))
 
 
-def test_bad_options_are_refused(exported) -> None:
-    model, graph, data = exported
+def test_bad_options_are_refused() -> None:
     with pytest.raises(CalibrationError, match="'entropy' is not available for fp8"):
-        build_quantized(model, graph, "fp8", _options(method="entropy"), data)
+        Fp8Recipe(method="entropy")
     with pytest.raises(CalibrationError, match="int4 is weight-only"):
-        build_quantized(model, graph, "int4", _options(method="max"), data)
+        Int4Recipe(method="max")
     with pytest.raises(CalibrationError, match="--accuracy-budget applies to --precision auto only"):
-        build_quantized(model, graph, "int8", _options(accuracy_budget=0.1), data)
+        RECIPES["int8"].from_options(accuracy_budget=0.1)
 
 
 def _write(tmp_path, name: str, data: bytes):

@@ -27,7 +27,7 @@ def test_both_backends_match_eager_at_unseen_shapes(tiny_export: dict, eager: to
                                                    batch: int, seq: int, generator: torch.Generator) -> None:
     deployment = runtime.load(tiny_export["dir"], backend=backend)
     assert deployment.precision == "fp32" and deployment.config == get_config("tiny")
-    assert deployment.manifest["status"] == "passed"
+    assert deployment.manifest.status == "passed"
     inputs = random_inputs(deployment.config, batch, seq, generator)
     with torch.inference_mode():
         want = eager(**inputs)

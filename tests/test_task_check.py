@@ -9,7 +9,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mahia.export import artifact, task_check
+from mahia import artifact
+from mahia.export import task_check
 from mahia.export.cli import main
 from mahia.export.config import DimRange, ShapeProfile, TaskBudget, TaskCheckConfig
 from mahia.export.task_check import TaskResult, check_task

@@ -17,7 +17,8 @@ from mahia.data import load_reviews
 from mahia.data.reviews import REQUIRED_COLUMNS
 from mahia.model import CheckpointError, build_model, get_config, load_checkpoint, save_checkpoint
 from mahia.model.checkpoint import read_checkpoint_metadata
-from mahia.train import TrainConfig, TrainingError, predict, train
+from mahia.evaluate import predict
+from mahia.train import TrainConfig, TrainingError, train
 from mahia.train.cli import main as train_cli
 
 # A tiny model on 32 training rows and 24 val / test rows (both classes present): a second or two a run.

@@ -11,8 +11,8 @@ from mahia.data import load_reviews
 from mahia.default import DEFAULT_CHECKPOINT, default_metrics, load_default_model
 from mahia.model import get_config
 from mahia.model.checkpoint import read_checkpoint_metadata
-from mahia.train import predict
-from mahia.train.metrics import classification_metrics, logits_to_prob_positive
+from mahia.evaluate import predict
+from mahia.evaluate.metrics import classification_metrics, logits_to_prob_positive
 from mahia.train.reproduce import compare_metrics
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mahia.train.losses import distillation_loss
-from mahia.train.metrics import (classification_metrics, expert_assignment_counts, load_fractions,
+from mahia.evaluate.metrics import (classification_metrics, expert_assignment_counts, load_fractions,
                                  logits_to_prob_positive)
 
 

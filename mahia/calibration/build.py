@@ -2,7 +2,7 @@
 the graph with every file that documents it (calibration.json, calib.cache, sensitivity table + plot).
 
 This is what the export pipeline's int8 / fp8 / int4 / auto precisions call; it knows nothing of the
-pipeline itself: (eager model, fp32 ONNX, precision, options) -> QuantizedBuild.
+pipeline itself: (eager model, fp32 ONNX, recipe, options) -> QuantizedBuild, one handler per recipe type.
 """
 
 from __future__ import annotations
@@ -10,76 +10,30 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
 
 from mahia.calibration.awq import awq_scales
-from mahia.calibration.data import (MIN_CALIBRATION_SAMPLES, CalibrationData, CalibrationDataConfig, CalibrationError,
-                                    load_calibration_data)
+from mahia.calibration.data import CalibrationData, CalibrationDataConfig, load_calibration_data
 from mahia.calibration.onnx_names import parameter_index, quantizable_nodes
 from mahia.calibration.quantize import QuantizeOptions, int4_nodes, quantize_int4, quantize_qdq, restore_float
 from mahia.calibration.ranges import collect_ranges
+from mahia.calibration.recipes import AutoRecipe, CalibrationOptions, Fp8Recipe, Int4Recipe, Int8Recipe, Recipe
 from mahia.calibration.sensitivity import (LayerSensitivity, MixedPlan, OutputError, layer_sensitivity, output_error,
                                            plan_mixed, run_onnx, sensitivity_json, sensitivity_markdown,
                                            sensitivity_plot)
-from mahia.calibration.statistics import MethodConfig
 from mahia.calibration.table import (CalibrationTable, build_table, trt_cache_scales, write_table_json,
                                      write_trt_cache)
 from mahia.model import MahiaX
 
-QUANTIZED_PRECISIONS = ("int8", "fp8", "int4", "auto")
-# Default calibration method per precision, chosen by measurement (benchmarks/quantize.py, RESULTS.md).
-DEFAULT_METHOD = {"int8": "mse", "fp8": "mse", "auto": "mse", "int4": "rtn"}
-# int4 is weight-only: round to nearest (ONNX Runtime's blocked rounding) or AWQ scales and clips first.
-INT4_METHODS = ("rtn", "awq")
-# auto: int8 Q/DQ everywhere it fits the budget; layers that do not are kept fp32. Default budget: relative
-# logit error on the calibration samples (half the int8 parity budget).
-AUTO_BASE_PRECISION = "int8"
-AUTO_DEFAULT_BUDGET = 0.05
 CALIBRATION_JSON, CALIBRATION_CACHE = "calibration.json", "calib.cache"
 SENSITIVITY_JSON, SENSITIVITY_MD, SENSITIVITY_PNG = "sensitivity.json", "sensitivity.md", "sensitivity.png"
-
-
-@dataclass(frozen=True)
-class CalibrationOptions:
-    """The user's calibration and quantization settings (`--calib-samples`, `--calib-method`, `--accuracy-budget`)."""
-
-    samples: int = 512
-    method: str | None = None  # None: the precision's default (DEFAULT_METHOD)
-    percentile: float = 99.99
-    num_bins: int = 2048
-    batch_size: int = 32
-    int4_block_size: int = 128
-    accuracy_budget: float | None = None  # auto: max relative logit error on the calibration samples
-    sensitivity_samples: int = 32  # calibration samples the per-layer errors are measured on ...
-    sensitivity_max_len: int = 128  # ... truncated to this many text tokens (each layer costs one ORT pass)
-    sensitivity: bool = True  # measure and plot per-layer sensitivity (auto always does)
-
-    def method_for(self, precision: str) -> MethodConfig:
-        """The method config for a precision, validated (an unknown method names the valid ones)."""
-        grid = "fp8" if precision == "fp8" else "int8"
-        method = self.method or DEFAULT_METHOD.get(precision, "max")
-        return MethodConfig(method, self.percentile, self.num_bins, grid=grid)
-
-    def check(self, precision: str) -> None:
-        """Raise CalibrationError for settings that do not fit `precision`."""
-        if precision not in QUANTIZED_PRECISIONS:
-            raise CalibrationError(f"unknown quantized precision {precision!r}; expected one of {QUANTIZED_PRECISIONS}")
-        if self.samples < MIN_CALIBRATION_SAMPLES:
-            raise CalibrationError(f"too few calibration samples: {self.samples}; at least {MIN_CALIBRATION_SAMPLES} "
-                                   "are needed for stable ranges (default 512)")
-        if precision == "int4":
-            if self.method not in (None, *INT4_METHODS):
-                raise CalibrationError(f"int4 is weight-only: its methods are {' and '.join(INT4_METHODS)}, not the "
-                                       f"activation range method {self.method!r}")
-        else:
-            self.method_for(precision)
-        if precision != "auto" and self.accuracy_budget is not None:
-            raise CalibrationError("--accuracy-budget applies to --precision auto only")
 
 
 @dataclass(frozen=True)
@@ -109,70 +63,94 @@ def _eager_reference(model: MahiaX, data: CalibrationData, samples: int,
     return feeds, np.concatenate(outputs)
 
 
-def build_quantized(model: MahiaX, onnx_fp32: onnx.ModelProto, precision: str,
+def build_quantized(model: MahiaX, onnx_fp32: onnx.ModelProto, recipe: Recipe,
                     options: CalibrationOptions = CalibrationOptions(), data: CalibrationData | None = None) -> QuantizedBuild:
-    """Calibrate `model` on real data and quantize `onnx_fp32` to `precision` (int8, fp8, int4 or auto)."""
-    options.check(precision)
+    """Calibrate `model` on real data and quantize `onnx_fp32` by `recipe` (int8, fp8, int4 or auto)."""
+    try:
+        handler = _HANDLERS[type(recipe)]
+    except KeyError:
+        raise TypeError(f"no quantization handler for {type(recipe).__name__}") from None
     started = time.perf_counter()
     if data is None:
         data = load_calibration_data(model.config, CalibrationDataConfig(options.samples, batch_size=options.batch_size))
-    params = parameter_index(model)
     feeds, reference = _eager_reference(model, data, options.sensitivity_samples, options.sensitivity_max_len)
     with tempfile.TemporaryDirectory(prefix="mahia-quantize-") as tmp:
         fp32_path = Path(tmp) / "model.fp32.onnx"
         onnx.save(onnx_fp32, str(fp32_path))
         float_error = output_error(run_onnx(fp32_path, feeds), reference)
-        if precision == "int4":
-            return _build_int4(model, fp32_path, Path(tmp), options, params, feeds, reference, data, started, float_error)
-        qdq_precision = AUTO_BASE_PRECISION if precision == "auto" else precision
-        method = options.method_for(qdq_precision if precision != "auto" else "auto")
-        ranges = collect_ranges(model, data, (method.method,), num_bins=options.num_bins)
-        nodes = quantizable_nodes(onnx_fp32, ranges.names(), params)
-        table = build_table(ranges, nodes, method)
-        files = {CALIBRATION_JSON: _table_bytes(table, Path(tmp)), CALIBRATION_CACHE: _cache_bytes(table, Path(tmp))}
-
-        full = onnx.load(str(quantize_qdq(fp32_path, table, Path(tmp) / "model.full.onnx", QuantizeOptions(qdq_precision))))
-        nodes_of = {layer: {n for n, l in table.nodes.items() if l == layer} for layer in set(table.nodes.values())}
-
-        def quantize(keep: frozenset[str], out: Path) -> Path:
-            kept = set().union(*(nodes_of[layer] for layer in keep)) if keep else set()
-            onnx.save(restore_float(full, onnx_fp32, kept) if kept else full, str(out))
-            return out
-
-        layers = sorted(set(table.nodes.values()))
-        rows = layer_sensitivity(layers, qdq_precision, quantize, feeds, reference) \
-            if options.sensitivity or precision == "auto" else []
-        plan = None
-        if precision == "auto":
-            budget = options.accuracy_budget if options.accuracy_budget is not None else AUTO_DEFAULT_BUDGET
-            plan, path = plan_mixed(rows, qdq_precision, quantize, feeds, reference, budget, float_error, Path(tmp))
-        else:
-            path = quantize(frozenset(), Path(tmp) / f"model.{precision}.onnx")
-        quantized = onnx.load(str(path))
-        error = output_error(run_onnx(path, feeds), reference)
-        files.update(_sensitivity_files(rows, plan, f"{model.config.name} {precision}: per-layer sensitivity"))
-        notes = _notes(precision, data, options, error, float_error, started, method=method, table=table, plan=plan,
-                       quantized_layers=[l for l in layers if not plan or plan.precisions[l] != "fp32"])
-        return QuantizedBuild(quantized, files, notes, table)
+        return handler(_Job(model, onnx_fp32, fp32_path, Path(tmp), options, parameter_index(model), feeds, reference,
+                            data, started, float_error), recipe)
 
 
-def _build_int4(model: MahiaX, fp32_path: Path, tmp: Path, options: CalibrationOptions, params: dict, feeds: list,
-                reference: np.ndarray, data: CalibrationData, started: float, float_error: OutputError) -> QuantizedBuild:
-    model_proto = onnx.load(str(fp32_path))
-    nodes = int4_nodes(model_proto, params)
-    layers = sorted({n.layer for n in nodes})
-    method = options.method or DEFAULT_METHOD["int4"]
-    awq = awq_scales(model_proto, nodes, data.numpy_batches(), options.int4_block_size) if method == "awq" else []
+@dataclass(frozen=True)
+class _Job:
+    """What every handler starts from: the models, the calibration data and the eager reference on it."""
+
+    model: MahiaX
+    onnx_fp32: onnx.ModelProto
+    fp32_path: Path
+    tmp: Path
+    options: CalibrationOptions
+    params: dict
+    feeds: list
+    reference: np.ndarray
+    data: CalibrationData
+    started: float
+    float_error: OutputError
+
+
+def _build_qdq(job: _Job, recipe: Int8Recipe | Fp8Recipe | AutoRecipe) -> QuantizedBuild:
+    """Q/DQ on activations and weights (int8 or fp8); auto keeps the most sensitive layers fp32."""
+    qdq = recipe.base if isinstance(recipe, AutoRecipe) else recipe
+    method = qdq.range_method()
+    ranges = collect_ranges(job.model, job.data, (method.method,), num_bins=qdq.num_bins)
+    nodes = quantizable_nodes(job.onnx_fp32, ranges.names(), job.params)
+    table = build_table(ranges, nodes, method)
+    files = {CALIBRATION_JSON: _table_bytes(table, job.tmp), CALIBRATION_CACHE: _cache_bytes(table, job.tmp)}
+
+    full = onnx.load(str(quantize_qdq(job.fp32_path, table, job.tmp / "model.full.onnx", QuantizeOptions(qdq.precision))))
+    nodes_of = {layer: {n for n, l in table.nodes.items() if l == layer} for layer in set(table.nodes.values())}
 
     def quantize(keep: frozenset[str], out: Path) -> Path:
-        return quantize_int4(fp32_path, out, options.int4_block_size, params, keep_float_layers=keep, awq=awq)
+        kept = set().union(*(nodes_of[layer] for layer in keep)) if keep else set()
+        onnx.save(restore_float(full, job.onnx_fp32, kept) if kept else full, str(out))
+        return out
 
-    rows = layer_sensitivity(layers, "int4", quantize, feeds, reference) if options.sensitivity else []
-    path = quantize(frozenset(), tmp / "model.int4.onnx")
-    error = output_error(run_onnx(path, feeds), reference)
-    files = _sensitivity_files(rows, None, f"{model.config.name} int4 (block {options.int4_block_size}): per-layer sensitivity")
-    notes = _notes("int4", data, options, error, float_error, started, method=method, quantized_layers=layers)
-    notes["int4"] = {"block_size": options.int4_block_size, "format": "blocked DequantizeLinear (opset 21), weight-only",
+    layers = sorted(set(table.nodes.values()))
+    mixed = isinstance(recipe, AutoRecipe)
+    rows = layer_sensitivity(layers, qdq.precision, quantize, job.feeds, job.reference) \
+        if job.options.sensitivity or mixed else []
+    plan = None
+    if mixed:
+        plan, path = plan_mixed(rows, qdq.precision, quantize, job.feeds, job.reference, recipe.budget, job.float_error,
+                                job.tmp)
+    else:
+        path = quantize(frozenset(), job.tmp / f"model.{recipe.precision}.onnx")
+    quantized = onnx.load(str(path))
+    error = output_error(run_onnx(path, job.feeds), job.reference)
+    files.update(_sensitivity_files(rows, plan, f"{job.model.config.name} {recipe.precision}: per-layer sensitivity"))
+    notes = _notes(job, recipe, error, table=table, plan=plan,
+                   quantized_layers=[l for l in layers if not plan or plan.precisions[l] != "fp32"])
+    return QuantizedBuild(quantized, files, notes, table)
+
+
+def _build_int4(job: _Job, recipe: Int4Recipe) -> QuantizedBuild:
+    """Weight-only blocked int4 of the 2-D MatMul weights, AWQ scales first if the recipe says so."""
+    model_proto = onnx.load(str(job.fp32_path))
+    nodes = int4_nodes(model_proto, job.params)
+    layers = sorted({n.layer for n in nodes})
+    awq = awq_scales(model_proto, nodes, job.data.numpy_batches(), recipe.block_size) if recipe.awq else []
+
+    def quantize(keep: frozenset[str], out: Path) -> Path:
+        return quantize_int4(job.fp32_path, out, recipe.block_size, job.params, keep_float_layers=keep, awq=awq)
+
+    rows = layer_sensitivity(layers, "int4", quantize, job.feeds, job.reference) if job.options.sensitivity else []
+    path = quantize(frozenset(), job.tmp / "model.int4.onnx")
+    error = output_error(run_onnx(path, job.feeds), job.reference)
+    files = _sensitivity_files(rows, None, f"{job.model.config.name} int4 (block {recipe.block_size}): per-layer "
+                                           "sensitivity")
+    notes = _notes(job, recipe, error, quantized_layers=layers)
+    notes["int4"] = {"block_size": recipe.block_size, "format": "blocked DequantizeLinear (opset 21), weight-only",
                      "tool": "onnxruntime MatMulNBitsQuantizer (QDQ)", "kept_float": "sensitive layers (routers, gates, filters, head)"}
     if awq:
         notes["int4"]["awq"] = {
@@ -180,6 +158,11 @@ def _build_int4(model: MahiaX, fp32_path: Path, tmp: Path, options: CalibrationO
             "mean_layer_error_awq": float(np.mean([a.error_awq for a in awq])),
             "alpha": {a.node: a.alpha for a in sorted(awq, key=lambda a: a.node)}}
     return QuantizedBuild(onnx.load(str(path)), files, notes)
+
+
+# One handler per recipe type (torchao's pattern of a handler per config type).
+_HANDLERS: dict[type, Callable[[_Job, Any], QuantizedBuild]] = {
+    Int8Recipe: _build_qdq, Fp8Recipe: _build_qdq, AutoRecipe: _build_qdq, Int4Recipe: _build_int4}
 
 
 def _table_bytes(table: CalibrationTable, tmp: Path) -> bytes:
@@ -198,23 +181,24 @@ def _sensitivity_files(rows: list[LayerSensitivity], plan: MixedPlan | None, tit
             SENSITIVITY_PNG: sensitivity_plot(rows, title, plan)}
 
 
-def _notes(precision: str, data: CalibrationData, options: CalibrationOptions, error: OutputError,
-           float_error: OutputError, started: float, method: MethodConfig | str,
-           table: CalibrationTable | None = None, plan: MixedPlan | None = None,
-           quantized_layers: list[str] | None = None) -> dict:
+def _notes(job: _Job, recipe: Recipe, error: OutputError, table: CalibrationTable | None = None,
+           plan: MixedPlan | None = None, quantized_layers: list[str] | None = None) -> dict:
+    range_method = recipe.base if isinstance(recipe, AutoRecipe) else recipe
+    data = job.data
     notes = {
         "calibration": {"samples": data.samples, "split": data.split, "data_hash": data.content_hash,
-                        "method": method.method if isinstance(method, MethodConfig) else method,
-                        "percentile": method.percentile if isinstance(method, MethodConfig) and method.method == "percentile"
+                        "method": recipe.calib_method,
+                        "percentile": range_method.percentile
+                        if isinstance(range_method, (Int8Recipe, Fp8Recipe)) and range_method.method == "percentile"
                         else None,
                         "tensors": len(table.tensors) if table else 0},
         "quantized_layers": quantized_layers or [],
-        "calibration_set_error": {"samples": min(options.sensitivity_samples, data.samples), **asdict(error),
-                                  "fp32_onnx": asdict(float_error)},
+        "calibration_set_error": {"samples": min(job.options.sensitivity_samples, data.samples), **asdict(error),
+                                  "fp32_onnx": asdict(job.float_error)},
         "libraries": {"ranges": "eager hooks + onnxruntime HistogramCollector (percentile, entropy); max and MSE here",
                       "qdq": "onnxruntime.quantization.quantize_static (QDQ) with per-tensor scale overrides",
                       "int4": "onnxruntime MatMulNBitsQuantizer (QDQ format); AWQ scale and clip search here"},
-        "seconds": round(time.perf_counter() - started, 2),
+        "seconds": round(time.perf_counter() - job.started, 2),
     }
     if plan is not None:
         notes["mixed"] = {"budget": plan.budget, "precisions": plan.precisions, "steps": [list(s) for s in plan.steps]}

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mahia.data import DataConfig, ReviewsDataset, load_reviews
+from mahia.data import DataConfig, ReviewsDataset, iter_batches, load_reviews
 from mahia.data.tokenizer import split_words
 from mahia.model import ModelConfig
 
@@ -68,9 +68,6 @@ def load_calibration_data(model_config: ModelConfig, config: CalibrationDataConf
     rows = select_rows(dataset, config.samples, config.seed)
     max_seq_len, vocab_size = model_config.max_seq_len, model_config.vocab_size
     max_len = min(config.max_len or max_seq_len, max_seq_len)
-    batches, labels = [], []
-    for start in range(0, len(rows), config.batch_size):
-        inputs, y = rows.batch(np.arange(start, min(start + config.batch_size, len(rows))), max_len, vocab_size)
-        batches.append(inputs)
-        labels.append(y)
-    return CalibrationData(tuple(batches), torch.cat(labels), len(rows), config.split, rows.content_hash())
+    batches = list(iter_batches(rows, config.batch_size, max_len, vocab_size))
+    return CalibrationData(tuple(b.inputs for b in batches), torch.cat([b.labels for b in batches]), len(rows),
+                           config.split, rows.content_hash())

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,6 @@ CATEGORY_VALUES = {
                    "Sleep", "Sweaters", "Swim", "Trend"),
 }
 REQUIRED_COLUMNS = (LABEL_COLUMN, *TEXT_COLUMNS, *NUMERIC_COLUMNS, *CATEGORY_VALUES)
-SPLITS = ("train", "val", "test")
 
 
 class DataError(ValueError):
@@ -93,13 +91,6 @@ class ReviewsDataset:
                   "numeric": torch.from_numpy(self.numeric[indices].copy()),
                   "categorical": torch.from_numpy(self.categorical[indices].copy())}
         return inputs, torch.from_numpy(self.labels[indices].copy())
-
-    def iter_batches(self, batch_size: int, max_len: int, vocab_size: int, shuffle: bool = False,
-                     seed: int = 0) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
-        """Batches over the whole dataset, optionally in a seeded random order."""
-        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
-        for start in range(0, len(self), batch_size):
-            yield self.batch(order[start:start + batch_size], max_len, vocab_size)
 
     def content_hash(self) -> str:
         """sha256 over the source file hash and the row ids: identifies exactly which rows these are."""

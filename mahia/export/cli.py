@@ -9,9 +9,13 @@ from pathlib import Path
 
 import click
 
-from mahia.export.config import DEFAULT_BATCH, DimRange, ExportConfig, ModelSource, TaskCheckConfig
-from mahia.export.precisions import FORMATS, precisions
-from mahia.model import CONFIGS
+from mahia.calibration.recipes import CalibrationOptions, Recipe, method_choices, methods_help
+from mahia.export.config import DEFAULT_BATCH, DimRange, ExportConfig, TaskCheckConfig
+from mahia.export.formats import formats as registered_formats
+from mahia.export.precisions import get_precision, precisions
+from mahia.model import CONFIGS, ModelSource
+
+FORMATS = tuple(registered_formats())
 
 EXAMPLES = """\b
 Examples:
@@ -67,10 +71,9 @@ def _parse_formats(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, help="Override the precision's relative tolerance.")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=None,
               help="Quantized precisions: real training samples to calibrate on (default 512).")
-@click.option("--calib-method", type=click.Choice(["max", "percentile", "entropy", "mse", "rtn", "awq"]), default=None,
-              help="Quantized precisions: activation range method for int8, fp8 and auto (max, percentile, entropy, "
-                   "mse; default mse); int4 weight rounding: rtn (round to nearest, default) or awq (activation-aware "
-                   "scale and clip search).")
+@click.option("--calib-method", type=click.Choice(method_choices()), default=None,
+              help="Quantized precisions: the activation range method (int8, fp8, auto) or the int4 weight rounding "
+                   "(rtn: round to nearest; awq: activation-aware scale and clip search). " + methods_help() + ".")
 @click.option("--accuracy-budget", type=click.FloatRange(min=0, min_open=True), default=None,
               help="auto: largest relative logit error on calibration samples; the most sensitive layers stay fp32 until met.")
 @click.option("--eval-rows", type=click.IntRange(min=2), default=None,
@@ -89,16 +92,21 @@ def main(config_name: str | None, checkpoint: Path | None, seed: int, precision:
     """Export MAHIA-X to verified deployable artifacts: a torch.export program (.pt2), portable ONNX, and a
     Polygraphy parity report against the eager PyTorch model; for a trained model, the accuracy drop and
     argmax agreement on the test split. Exits 0 only when every check is within its budget."""
-    from mahia.export.artifact import ArtifactError
+    from mahia.artifact import ArtifactError
+    from mahia.export.errors import ExportError
     from mahia.export.parity import ParityRunError
     from mahia.export.pipeline import run_export
-    from mahia.export.stages import ExportError
     from mahia.model import CheckpointError, InputValidationError
 
-    cfg = ExportConfig(source=ModelSource(config_name, checkpoint, seed), precision=precision, formats=formats,
-                       batch=batch, seq=seq, atol=atol, rtol=rtol, out_dir=out_dir,
-                       command_line=("mahia-export", *sys.argv[1:]),
-                       calibration=_calibration_options(precision, calib_samples, calib_method, accuracy_budget),
+    if checkpoint is not None:
+        source, expected = ModelSource.from_checkpoint(checkpoint), config_name
+    else:
+        source = ModelSource.from_config(config_name, seed) if config_name else ModelSource.embedded_default()
+        expected = None
+    recipe, calibration = _quantization(precision, calib_samples, calib_method, accuracy_budget)
+    cfg = ExportConfig(source=source, precision=precision, formats=formats, expected_config=expected, batch=batch,
+                       seq=seq, atol=atol, rtol=rtol, out_dir=out_dir, command_line=("mahia-export", *sys.argv[1:]),
+                       recipe=recipe, calibration=calibration,
                        task=TaskCheckConfig(eval_rows, max_accuracy_drop, min_agreement))
     start = time.perf_counter()
     try:
@@ -115,12 +123,13 @@ def main(config_name: str | None, checkpoint: Path | None, seed: int, precision:
     seconds = time.perf_counter() - start
     worst = result.parity.worst()
     if as_json:
-        click.echo(json.dumps({"status": result.manifest["status"], "artifact_dir": str(result.artifact_dir),
-                               "precision": precision, "formats": result.manifest["formats"],
-                               "model": {k: result.manifest["model"][k] for k in ("label", "trained", "source")},
-                               "parity": result.parity.to_dict(), "task": result.manifest["task"],
-                               "stages": result.manifest["stages"],
-                               "files": result.manifest["files"], "seconds": round(seconds, 2)}, indent=2))
+        manifest = result.manifest.to_dict()
+        click.echo(json.dumps({"status": manifest["status"], "artifact_dir": str(result.artifact_dir),
+                               "precision": precision, "formats": manifest["formats"],
+                               "model": {k: manifest["model"][k] for k in ("label", "trained", "source")},
+                               "parity": result.parity.to_dict(), "task": manifest["task"],
+                               "stages": manifest["stages"], "files": manifest["files"],
+                               "seconds": round(seconds, 2)}, indent=2))
     task = result.task
     if task is not None and not task.passed:
         click.echo(f"Task check FAILED on {task.rows} test rows ({task.backend}): {task.failure()} "
@@ -144,25 +153,26 @@ def main(config_name: str | None, checkpoint: Path | None, seed: int, precision:
         click.echo(f"Artifacts: {result.artifact_dir} ({seconds:.1f} s)")
 
 
-def _calibration_options(precision: str, samples: int | None, method: str | None, budget: float | None):
-    """CalibrationOptions for a quantized precision (None for the others, which take no such option)."""
-    from mahia.calibration.build import QUANTIZED_PRECISIONS, CalibrationOptions
+def _quantization(precision: str, samples: int | None, method: str | None,
+                  budget: float | None) -> tuple[Recipe | None, CalibrationOptions | None]:
+    """The recipe and calibration options of a quantized precision, from the precision's recipe type; (None, None)
+    for the others, which take no such option."""
     from mahia.calibration.data import CalibrationError
 
     given = [name for name, value in (("--calib-samples", samples), ("--calib-method", method),
                                       ("--accuracy-budget", budget)) if value is not None]
-    if precision not in QUANTIZED_PRECISIONS:
+    recipe_type = get_precision(precision).recipe
+    if recipe_type is None:
         if given:
+            quantized = [p.name for p in precisions().values() if p.recipe is not None]
             raise click.UsageError(f"{', '.join(given)} apply to the quantized precisions "
-                                   f"({', '.join(QUANTIZED_PRECISIONS)}), not {precision}")
-        return None
-    options = CalibrationOptions(**{k: v for k, v in (("samples", samples), ("method", method),
-                                                      ("accuracy_budget", budget)) if v is not None})
+                                   f"({', '.join(quantized)}), not {precision}")
+        return None, None
     try:
-        options.check(precision)
+        return (recipe_type.from_options(method, budget),
+                CalibrationOptions() if samples is None else CalibrationOptions(samples=samples))
     except CalibrationError as exc:
         raise click.UsageError(str(exc)) from None
-    return options
 
 
 class _progress:

@@ -5,51 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mahia.artifact import DimRange
+from mahia.calibration.recipes import CalibrationOptions, Recipe
+from mahia.model import ModelSource
+
 # The odd shape point every parity run includes (clamped into the profile): batch 3 x sequence 37.
 ODD_POINT = (3, 37)
 DEFAULT_BATCH = (1, 8, 16)
 DEFAULT_SEQ = (1, 128, 512)
-
-
-@dataclass(frozen=True)
-class DimRange:
-    """One dynamic dimension's range: min <= opt <= max, all >= 1."""
-
-    name: str
-    min: int
-    opt: int
-    max: int
-
-    def __post_init__(self) -> None:
-        if min(self.min, self.opt, self.max) < 1:
-            raise ValueError(f"{self.name} range {self}: every value must be >= 1")
-        if not self.min <= self.opt <= self.max:
-            raise ValueError(f"{self.name} range {self.min}:{self.opt}:{self.max}: expected min <= opt <= max")
-
-    def __str__(self) -> str:
-        return f"{self.min}:{self.opt}:{self.max}"
-
-    @classmethod
-    def parse(cls, name: str, text: str) -> "DimRange":
-        """Parse 'MIN:OPT:MAX' (integers), or raise ValueError saying what is wrong."""
-        parts = text.split(":")
-        if len(parts) != 3:
-            raise ValueError(f"{name} range {text!r}: expected MIN:OPT:MAX, e.g. 1:8:16")
-        values = []
-        for part in parts:
-            try:
-                values.append(int(part))
-            except ValueError:
-                raise ValueError(f"{name} range {text!r}: {part!r} is not an integer") from None
-        return cls(name, *values)
-
-    def clamp(self, value: int) -> int:
-        """value moved into [min, max]."""
-        return max(self.min, min(self.max, value))
-
-    def to_dict(self) -> dict[str, int]:
-        """{'min': .., 'opt': .., 'max': ..} for the manifest."""
-        return {"min": self.min, "opt": self.opt, "max": self.max}
 
 
 @dataclass(frozen=True)
@@ -113,36 +76,20 @@ class TaskCheckConfig:
 
 
 @dataclass(frozen=True)
-class ModelSource:
-    """Where the model comes from: a named config (seeded weights), a checkpoint, or the embedded default."""
-
-    config_name: str | None = None
-    checkpoint: Path | None = None
-    seed: int = 0
-
-    def describe(self) -> str:
-        """Human-readable origin."""
-        if self.checkpoint is not None:
-            return f"checkpoint {self.checkpoint}"
-        if self.config_name is not None:
-            return f"config {self.config_name!r}, seed {self.seed}"
-        return "embedded default"
-
-
-@dataclass(frozen=True)
 class ExportConfig:
     """Everything one `mahia-export` run needs; the CLI builds it, the pipeline only reads it."""
 
     source: ModelSource
     precision: str
     formats: tuple[str, ...]
+    expected_config: str | None = None  # a checkpoint source must have this named config (--config with --checkpoint)
     batch: DimRange = DimRange("batch", *DEFAULT_BATCH)
     seq: DimRange | None = None  # None: 1:128:min(max_seq_len, 512), known once the model is loaded
     atol: float | None = None  # None: the precision's budget
     rtol: float | None = None
     out_dir: Path = Path("artifacts")
     opset: int = 21
-    flavour: str = "portable"
     command_line: tuple[str, ...] = field(default_factory=tuple)
-    calibration: object | None = None  # mahia.calibration.build.CalibrationOptions (quantized precisions)
+    recipe: Recipe | None = None  # quantized precisions: None means the precision's default recipe
+    calibration: CalibrationOptions | None = None  # quantized precisions: None means the defaults
     task: TaskCheckConfig = TaskCheckConfig()  # the test-split accuracy check of trained models

@@ -1,15 +1,20 @@
 """Parity: real test-split samples at the profile's shape points, eager fp32 outputs as the reference,
-and ONNX Runtime / the .pt2 compared against them with Polygraphy's Comparator (one comparator for both).
+and every graph's backend compared against them with Polygraphy's Comparator (one comparator for all).
 
-inputs.json (a list of feed dicts, polygraphy.json) and eager_outputs.json (polygraphy RunResults)
-are exactly what `polygraphy run model.onnx --onnxrt --load-inputs ... --load-outputs ...` reads.
+The graphs run on the same mahia.runtime runners a deployment loads (`RuntimeRunner` adapts one to
+Polygraphy's BaseRunner), so parity checks exactly what deploys, and a new backend needs no parity code.
+Polygraphy keeps its own jobs: the Comparator, its accuracy check, and the files: inputs.json (a list of
+feed dicts, polygraphy.json) and eager_outputs.json (polygraphy RunResults) are exactly what
+`polygraphy run model.onnx --onnxrt --load-inputs ... --load-outputs ...` reads, with its own OnnxrtRunner.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,33 +22,10 @@ import numpy as np
 import torch
 
 from mahia.export.config import Tolerances
-from mahia.model import INPUT_NAMES, MahiaX, ModelConfig
+from mahia.model import MahiaX
+from mahia.runtime.backends import Backend, InputSpec, Runner
 
 EAGER_RUNNER = "eager-pytorch-fp32"
-
-
-def real_samples(config: ModelConfig, points: Sequence[tuple[int, int]], split: str = "test") -> list[dict[str, np.ndarray]]:
-    """One feed dict per (batch, seq) point from the reviews data set, right-padded to exactly seq.
-
-    Each point takes the next `batch` rows of the split, so points see different reviews; texts longer
-    than seq are truncated (as the tokenizer does), shorter ones keep their real padding.
-    """
-    from mahia.data import load_reviews
-
-    data = load_reviews()[split]
-    feeds, start = [], 0
-    for batch, seq in points:
-        rows = np.arange(start, start + batch) % len(data)
-        start += batch
-        inputs, _ = data.batch(rows, seq, config.vocab_size)
-        pad = seq - inputs["input_ids"].shape[1]
-        for name in ("input_ids", "attention_mask"):
-            inputs[name] = torch.nn.functional.pad(inputs[name], (0, pad))
-        feeds.append(OrderedDict((name, inputs[name].numpy()) for name in INPUT_NAMES))
-    if config.num_numeric != feeds[0]["numeric"].shape[1] or config.num_categorical != feeds[0]["categorical"].shape[1]:
-        raise ValueError(f"config {config.name!r} does not take the reviews data's features "
-                         f"({feeds[0]['numeric'].shape[1]} numeric, {feeds[0]['categorical'].shape[1]} categorical)")
-    return feeds
 
 
 def eager_outputs(model: MahiaX, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -69,42 +51,46 @@ def save_polygraphy_files(feeds: Sequence[Mapping[str, np.ndarray]], outputs: Se
         results.save(str(outputs_path))
 
 
-def _pt2_runner(path: Path, input_spec: Mapping[str, tuple[np.dtype, tuple]], name: str):
+def _runtime_runner_class():
+    """RuntimeRunner, defined on first use: Polygraphy is imported only when parity runs."""
     from polygraphy.backend.base import BaseRunner
     from polygraphy.common import TensorMetadata
 
-    class Pt2Runner(BaseRunner):
-        """Polygraphy runner for a torch.export program reloaded from its .pt2 file."""
+    class RuntimeRunner(BaseRunner):
+        """A mahia.runtime Runner as a Polygraphy runner: loaded on activation, fed numpy, returns the logits."""
 
-        def __init__(self) -> None:
-            super().__init__(name=name, prefix="pt2-runner")
+        def __init__(self, name: str, load: Callable[[], Runner], inputs: InputSpec) -> None:
+            super().__init__(name=name, prefix="mahia-runtime")
+            self.load, self.inputs = load, inputs
 
         def activate_impl(self) -> None:
-            import warnings
-
-            with warnings.catch_warnings():  # torch.export.load warns about weight grouping on CPU-only programs
-                warnings.simplefilter("ignore")
-                self.module = torch.export.load(str(path)).module()
+            self.runner = self.load()
 
         def get_input_metadata_impl(self):
             meta = TensorMetadata()
-            for input_name, (dtype, shape) in input_spec.items():
-                meta.add(input_name, dtype, shape)
+            for input_name, spec in self.inputs.items():
+                meta.add(input_name, np.dtype(spec["dtype"]), tuple(None if isinstance(d, str) else d
+                                                                     for d in spec["shape"]))
             return meta
 
         def infer_impl(self, feed_dict):
-            import time
-
             start = time.perf_counter()
-            with torch.inference_mode():
-                logits = self.module(**{k: torch.from_numpy(np.asarray(v)) for k, v in feed_dict.items()})
+            logits = self.runner({k: torch.from_numpy(np.asarray(v)) for k, v in feed_dict.items()})
             self.inference_time = time.perf_counter() - start
-            return OrderedDict(logits=logits.float().numpy())
+            return OrderedDict(logits=logits)
 
         def deactivate_impl(self) -> None:
-            del self.module
+            del self.runner
 
-    return Pt2Runner()
+    return RuntimeRunner
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A graph file and the backend that parity runs it on."""
+
+    path: Path
+    backend: Backend
 
 
 class ParityRunError(RuntimeError):
@@ -157,28 +143,23 @@ def _quiet_polygraphy() -> Iterator[None]:
         yield
 
 
-def compare(backends: Mapping[str, Path], pt2_spec: Mapping[str, tuple[np.dtype, tuple]],
-            feeds: Sequence[Mapping[str, np.ndarray]], reference: Sequence[Mapping[str, np.ndarray]],
-            points: Sequence[tuple[int, int]], tolerances: Tolerances) -> ParityResult:
-    """Run each backend ("onnxrt": model.onnx, "pt2": model.pt2) on the feeds and compare with the reference."""
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+def compare(graphs: Sequence[Graph], inputs: InputSpec, feeds: Sequence[Mapping[str, np.ndarray]],
+            reference: Sequence[Mapping[str, np.ndarray]], points: Sequence[tuple[int, int]],
+            tolerances: Tolerances) -> ParityResult:
+    """Run each graph on its backend (rows named by the backend's engine: onnxrt, pt2) on the feeds and compare
+    with the reference; `inputs` is the manifest's input spec."""
     from polygraphy.comparator import Comparator, IterationResult, RunResults, SimpleCompareFunc
 
-    runners = []
-    for backend, path in backends.items():
-        if backend == "onnxrt":
-            runners.append(OnnxrtRunner(SessionFromOnnx(str(path), providers=["cpu"]), name="onnxrt"))
-        elif backend == "pt2":
-            runners.append(_pt2_runner(path, pt2_spec, name="pt2"))
-        else:
-            raise ValueError(f"unknown parity backend {backend!r}")
+    runner_class = _runtime_runner_class()
+    runners = [runner_class(g.backend.engine, functools.partial(g.backend.load, g.path, inputs), inputs)
+               for g in graphs]
     results = RunResults()
     results.append((EAGER_RUNNER, [IterationResult(OrderedDict(out), runner_name=EAGER_RUNNER) for out in reference]))
     with _quiet_polygraphy():
         try:
             ran = Comparator.run(runners, data_loader=[OrderedDict(f) for f in feeds])
         except Exception as exc:  # ONNX Runtime and torch raise many unrelated types; say which graph failed
-            raise ParityRunError(f"running {', '.join(str(p.name) for p in backends.values())} on the parity "
+            raise ParityRunError(f"running {', '.join(g.path.name for g in graphs)} on the parity "
                                  f"inputs failed: {str(exc).strip().splitlines()[-1]}") from exc
         for name, iterations in ran.items():
             results.append((name, iterations))

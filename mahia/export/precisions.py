@@ -3,7 +3,8 @@
 Adding a precision is adding one `Precision` (and its build function) through `register`; the CLI's
 `--precision` choices are this registry's names, so it only offers precisions that are built here.
 A build function receives the pipeline's fp32 products (eager model, portable fp32 ONNX, a way to
-torch.export the model at a dtype, real calibration samples) and returns this precision's graphs.
+torch.export the model at a dtype) and returns this precision's graphs. A quantized precision names its
+calibration recipe type (mahia.calibration.recipes), which says what its quantization is.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ from typing import Any
 import onnx
 import torch
 
+from mahia.calibration.recipes import AutoRecipe, CalibrationOptions, Fp8Recipe, Int4Recipe, Int8Recipe, Recipe, RecipeType
 from mahia.export.config import TaskBudget
+from mahia.export.formats import formats as registered_formats
 from mahia.model import MahiaX
-
-ONNX = "onnx"
-PT2 = "pt2"
-FORMATS = (ONNX, PT2)
 
 
 @dataclass(frozen=True)
@@ -31,9 +30,9 @@ class BuildContext:
     model: MahiaX  # eager fp32 model in eval mode: the parity reference
     onnx_fp32: onnx.ModelProto | None  # portable fp32 ONNX (None when no ONNX is requested)
     export_program: Callable[[torch.dtype], torch.export.ExportedProgram]  # torch.export at a dtype
-    calibration_inputs: Callable[[int], list[dict[str, torch.Tensor]]]  # n real samples (train split)
     formats: tuple[str, ...]  # the formats this run writes (a subset of the precision's)
-    calibration: Any = None  # mahia.calibration.build.CalibrationOptions for quantized precisions (None: defaults)
+    recipe: Recipe | None = None  # quantized precisions: the recipe of this run
+    calibration: CalibrationOptions = CalibrationOptions()  # quantized precisions: calibration data and sensitivity
 
 
 @dataclass(frozen=True)
@@ -58,17 +57,23 @@ class Precision:
     max_rel_error: float  # budget on ||out - ref|| / ||ref|| of the logits at every shape point
     build: Callable[[BuildContext], Built]
     task_budget: TaskBudget  # accuracy drop and argmax agreement on the test split (trained models)
-    stage_name: str = "build"  # shown in progress and manifest: "build" or "quantize"
+    recipe: RecipeType | None = None  # quantized precisions: their calibration recipe type
 
     def __post_init__(self) -> None:
-        unknown = [f for f in self.formats if f not in FORMATS]
+        known = tuple(registered_formats())
+        unknown = [f for f in self.formats if f not in known]
         if not self.formats or unknown:
-            raise ValueError(f"precision {self.name!r}: formats must be a non-empty subset of {FORMATS}, got {self.formats}")
+            raise ValueError(f"precision {self.name!r}: formats must be a non-empty subset of {known}, got {self.formats}")
+
+    @property
+    def stage_name(self) -> str:
+        """Shown in progress and manifest: "quantize" for quantized precisions, else "build"."""
+        return "build" if self.recipe is None else "quantize"
 
 
 def build_fp32(ctx: BuildContext) -> Built:
     """fp32: the portable ONNX as lowered, and the fp32 ExportedProgram."""
-    program = ctx.export_program(torch.float32) if PT2 in ctx.formats else None
+    program = ctx.export_program(torch.float32) if "pt2" in ctx.formats else None
     return Built(onnx=ctx.onnx_fp32, program=program)
 
 
@@ -118,20 +123,17 @@ def build_bf16(ctx: BuildContext) -> Built:
     return Built(program=ctx.export_program(torch.bfloat16))
 
 
-def quantized_build(precision: str) -> Callable[[BuildContext], Built]:
-    """Build function of a quantized precision: calibrate on real data, quantize the portable ONNX
-    (mahia.calibration.build), and add calibration.json, calib.cache and the sensitivity table/plot."""
+def build_quantized_onnx(ctx: BuildContext) -> Built:
+    """A quantized precision: calibrate the eager model on real data and quantize the portable ONNX by the run's
+    recipe (mahia.calibration.build), with calibration.json, calib.cache and the sensitivity table/plot."""
+    from mahia.calibration.build import build_quantized
 
-    def build(ctx: BuildContext) -> Built:
-        from mahia.calibration.build import CalibrationOptions, build_quantized
-
-        if ctx.onnx_fp32 is None:
-            raise ValueError(f"{precision} builds ONNX only: the portable fp32 ONNX is missing")
-        result = build_quantized(ctx.model, ctx.onnx_fp32, precision, ctx.calibration or CalibrationOptions())
-        return Built(onnx=result.onnx, notes=result.notes, files=result.files)
-
-    build.__doc__ = f"{precision}: quantized portable ONNX from the eager model's calibrated ranges."
-    return build
+    if ctx.recipe is None:
+        raise ValueError("a quantized build needs its recipe")
+    if ctx.onnx_fp32 is None:
+        raise ValueError(f"{ctx.recipe.precision} builds ONNX only: the portable fp32 ONNX is missing")
+    result = build_quantized(ctx.model, ctx.onnx_fp32, ctx.recipe, ctx.calibration)
+    return Built(onnx=result.onnx, notes=result.notes, files=result.files)
 
 
 _REGISTRY: dict[str, Precision] = {}
@@ -161,24 +163,24 @@ def get_precision(name: str) -> Precision:
 # Task budgets (trained models, test split): the quantized ones are the goals of the calibration issue
 # (fp8 0.1, int8 0.3, int4 0.7 accuracy points); float precisions get at most a single-point drop. The
 # agreement floors allow the flips a drop of that size implies, doubled (flips can cancel in accuracy).
-register(Precision("fp32", "float32 ONNX and ExportedProgram", (ONNX, PT2), atol=1e-5, rtol=1e-4,
+register(Precision("fp32", "float32 ONNX and ExportedProgram", ("onnx", "pt2"), atol=1e-5, rtol=1e-4,
                    max_rel_error=1e-5, build=build_fp32, task_budget=TaskBudget(0.05, 0.999)))
-register(Precision("fp16", "float16 ONNX (fp32 I/O; ops without fp16 CPU kernels stay fp32)", (ONNX,), atol=1e-2,
+register(Precision("fp16", "float16 ONNX (fp32 I/O; ops without fp16 CPU kernels stay fp32)", ("onnx",), atol=1e-2,
                    rtol=1e-2, max_rel_error=1e-2, build=build_fp16, task_budget=TaskBudget(0.1, 0.998)))
-register(Precision("bf16", "bfloat16 ExportedProgram", (PT2,), atol=1e-2, rtol=5e-2, max_rel_error=1e-2,
+register(Precision("bf16", "bfloat16 ExportedProgram", ("pt2",), atol=1e-2, rtol=5e-2, max_rel_error=1e-2,
                    build=build_bf16, task_budget=TaskBudget(0.1, 0.998)))
 # Quantized precisions (mahia.calibration). Parity budgets: a few times the worst relative logit error
 # measured on the trained default at the parity points (benchmarks/RESULTS.md, "Calibration and quantized
 # exports").
-register(Precision("int8", "int8 Q/DQ ONNX (symmetric, per-channel weights, integer MatMuls on ORT CPU)", (ONNX,),
-                   atol=0.5, rtol=0.2, max_rel_error=0.1, build=quantized_build("int8"),
-                   task_budget=TaskBudget(0.3, 0.994), stage_name="quantize"))
-register(Precision("fp8", "fp8 E4M3FN Q/DQ ONNX (emulated on ORT CPU)", (ONNX,), atol=0.1, rtol=0.1,
-                   max_rel_error=0.03, build=quantized_build("fp8"), task_budget=TaskBudget(0.1, 0.998),
-                   stage_name="quantize"))
-register(Precision("int4", "int4 weight-only blocked ONNX (opset-21 blocked DequantizeLinear)", (ONNX,), atol=0.2,
-                   rtol=0.2, max_rel_error=0.05, build=quantized_build("int4"), task_budget=TaskBudget(0.7, 0.986),
-                   stage_name="quantize"))
-register(Precision("auto", "mixed int8/fp32 ONNX: most sensitive layers kept fp32 until --accuracy-budget", (ONNX,),
-                   atol=0.5, rtol=0.2, max_rel_error=0.1, build=quantized_build("auto"),
-                   task_budget=TaskBudget(0.3, 0.994), stage_name="quantize"))
+register(Precision("int8", "int8 Q/DQ ONNX (symmetric, per-channel weights, integer MatMuls on ORT CPU)",
+                   ("onnx",), atol=0.5, rtol=0.2, max_rel_error=0.1, build=build_quantized_onnx,
+                   task_budget=TaskBudget(0.3, 0.994), recipe=Int8Recipe))
+register(Precision("fp8", "fp8 E4M3FN Q/DQ ONNX (emulated on ORT CPU)", ("onnx",), atol=0.1, rtol=0.1,
+                   max_rel_error=0.03, build=build_quantized_onnx, task_budget=TaskBudget(0.1, 0.998),
+                   recipe=Fp8Recipe))
+register(Precision("int4", "int4 weight-only blocked ONNX (opset-21 blocked DequantizeLinear)", ("onnx",), atol=0.2,
+                   rtol=0.2, max_rel_error=0.05, build=build_quantized_onnx, task_budget=TaskBudget(0.7, 0.986),
+                   recipe=Int4Recipe))
+register(Precision("auto", "mixed int8/fp32 ONNX: most sensitive layers kept fp32 until --accuracy-budget",
+                   ("onnx",), atol=0.5, rtol=0.2, max_rel_error=0.1, build=build_quantized_onnx,
+                   task_budget=TaskBudget(0.3, 0.994), recipe=AutoRecipe))

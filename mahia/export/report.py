@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from mahia.artifact import Manifest
+from mahia.export.flavours import get_flavour
+from mahia.export.formats import in_registry_order
 from mahia.export.parity import ParityResult
 
+# The manifest's ONNX section: these keys, then the flavour's lowering choices (op -> lowering).
+ONNX_KEYS = ("file", "opset", "flavour", "optimizer")
 
-def polygraphy_command(atol: float, rtol: float, onnx_file: str) -> str:
+
+def polygraphy_command(atol: float, rtol: float, onnx_file: str, runner: str = "--onnxrt") -> str:
     """The `polygraphy run` command that re-checks the ONNX graph against the saved eager outputs."""
-    return (f"polygraphy run {onnx_file} --onnxrt --load-inputs inputs.json --load-outputs eager_outputs.json "
+    return (f"polygraphy run {onnx_file} {runner} --load-inputs inputs.json --load-outputs eager_outputs.json "
             f"--atol {atol!r} --rtol {rtol!r}")
 
 
-def task_lines(task: dict) -> list[str]:
+def task_lines(task: Mapping[str, Any]) -> list[str]:
     """The task-check section: eager vs deployed accuracy on the test split, against the budget."""
     if "skipped" in task:
         return [f"Not run: {task['skipped']}."]
@@ -27,32 +34,32 @@ def task_lines(task: dict) -> list[str]:
             f"{task['argmax_agreement']:.4f} |"]
 
 
-def render(manifest: dict, result: ParityResult, stage_records: Sequence, graph_files: Sequence[str]) -> str:
+def render(manifest: Manifest, result: ParityResult, stage_records: Sequence, graph_files: Sequence[str]) -> str:
     """The report as Markdown."""
-    model, precision, tol = manifest["model"], manifest["precision"], result.tolerances
-    dims = manifest["dims"]
+    model, precision, tol = manifest.model, manifest.precision, result.tolerances
+    batch, seq = manifest.batch, manifest.seq
     lines = [
-        f"# MAHIA export: {model['config']['name']} / {precision['name']}",
+        f"# MAHIA export: {model.config.name} / {precision.name}",
         "",
         f"**Parity: {'PASSED' if result.passed else 'FAILED'}** against the eager PyTorch fp32 model.",
         "",
         "## What was built",
         "",
-        f"- Model: {model['label']} (trained: {'yes' if model['trained'] else 'no'}); source: {model['source']}; "
-        f"weights sha256 `{model['weights_sha256'][:16]}...`",
-        f"- Precision: {precision['name']}: {precision['summary']}",
-        f"- Formats: {', '.join(manifest['formats'])}; files: {', '.join(graph_files)}",
-        f"- Dynamic shapes: batch {dims['batch']['min']}..{dims['batch']['max']} (opt {dims['batch']['opt']}), "
-        f"seq {dims['seq']['min']}..{dims['seq']['max']} (opt {dims['seq']['opt']})",
+        f"- Model: {model.label} (trained: {'yes' if model.trained else 'no'}); source: {model.source}; "
+        f"weights sha256 `{model.weights_sha256[:16]}...`",
+        f"- Precision: {precision.name}: {precision.summary}",
+        f"- Formats: {', '.join(manifest.formats)}; files: {', '.join(graph_files)}",
+        f"- Dynamic shapes: batch {batch.min}..{batch.max} (opt {batch.opt}), seq {seq.min}..{seq.max} (opt {seq.opt})",
     ]
-    if manifest.get("onnx"):
-        onnx_info = manifest["onnx"]
-        lines.append(f"- ONNX: `{onnx_info['file']}`, opset {onnx_info['opset']}, {onnx_info['flavour']} flavour (custom "
-                     f"ops lowered to standard ONNX ops; long_conv as `{onnx_info['long_conv']}`), optimiser: "
-                     f"{onnx_info['optimizer']}")
-    if precision["notes"].get("fp32_ops"):
+    onnx_info = manifest.onnx
+    if onnx_info:
+        flavour = get_flavour(onnx_info["flavour"])
+        lowering = "".join(f"; {op} as `{choice}`" for op, choice in onnx_info.items() if op not in ONNX_KEYS)
+        lines.append(f"- ONNX: `{onnx_info['file']}`, opset {onnx_info['opset']}, {flavour.name} flavour ("
+                     f"{flavour.description}{lowering}), optimiser: {onnx_info['optimizer']}")
+    if precision.notes.get("fp32_ops"):
         lines.append(f"- Ops kept in fp32 (no fp16 CPU kernel in ONNX Runtime, or accuracy): "
-                     f"{', '.join(precision['notes']['fp32_ops'])} (converter: {precision['notes']['converter']})")
+                     f"{', '.join(precision.notes['fp32_ops'])} (converter: {precision.notes['converter']})")
     lines += [
         "",
         "## Parity",
@@ -67,14 +74,16 @@ def render(manifest: dict, result: ParityResult, stage_records: Sequence, graph_
     for r in result.rows:
         lines.append(f"| {r.backend} | {r.batch} x {r.seq} | {r.output} | {r.max_abs_error:.3e} | "
                      f"{r.rel_l2_error:.3e} | {'pass' if r.passed else 'FAIL'} |")
-    lines += ["", "## Task check", ""] + task_lines(manifest["task"])
+    lines += ["", "## Task check", ""] + task_lines(manifest.task)
     lines += ["", "## Timings", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {s.name} | {s.seconds:.2f} |" for s in stage_records if s.name != "package"]
-    lines += ["", "## Re-run", "", "The export:", "", "    " + shlex.join(manifest["command"]), ""]
-    if "onnx" in manifest["formats"]:
-        lines += ["The ONNX parity check with Polygraphy alone, from this directory:", "",
-                  "    " + polygraphy_command(tol.atol, tol.rtol, manifest["onnx"]["file"]), ""]
-    backend = "onnx" if "onnx" in manifest["formats"] else "pt2"
+    lines += ["", "## Re-run", "", "The export:", "", "    " + shlex.join(manifest.command), ""]
+    for fmt in in_registry_order(manifest.formats):
+        runner = get_flavour(fmt.flavour).polygraphy_runner if fmt.flavour else None
+        if runner:
+            lines += ["The ONNX parity check with Polygraphy alone, from this directory:", "",
+                      "    " + polygraphy_command(tol.atol, tol.rtol, manifest.graphs[fmt.name], runner), ""]
+    backend = in_registry_order(manifest.formats)[0].backend
     lines += ["Loading for deployment (verifies every file's sha256 against manifest.json):", "",
               "    import mahia.runtime",
               f"    deployment = mahia.runtime.load('.', backend={backend!r})",

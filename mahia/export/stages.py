@@ -1,22 +1,19 @@
-"""The pipeline's stages before verification: load -> export -> lower -> build (precision).
+"""The pipeline's stages before the precision's build: load -> export -> lower.
 
 Each stage is a function from one artifact to the next; pipeline.py chains them, times them and
-records them in the manifest. The ONNX flavour is a table of custom-op translations: "portable"
-lowers the `mahia::` ops to standard ONNX ops; a "tensorrt" flavour (plugin nodes in a custom domain
-for the same three ops) plugs in beside it as another entry of ONNX_FLAVOURS.
+records them in the manifest. How the `mahia::` custom ops are written in ONNX is the flavour's
+(flavours.py): "portable" lowers all four (long_conv, ssd_scan, moe_ffn, gate_combine) to standard
+ONNX ops; a "tensorrt" flavour with plugin nodes plugs in beside it as another registry entry.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import io
 import logging
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 
 import onnx
 import onnx_ir
@@ -24,63 +21,23 @@ import onnxscript.optimizer
 import torch
 from torch.export import Dim
 
-from mahia.export import graph_passes, onnx_lowering
-from mahia.export.config import DEFAULT_SEQ, DimRange, ModelSource, ShapeProfile
-from mahia.model import INPUT_NAMES, OUTPUT_NAMES, MahiaX, ModelConfig, build_model, get_config, random_inputs
-from mahia.model.checkpoint import load_checkpoint, text_tokens_of
+from mahia.default import LoadedModel
+from mahia.default import load_model as load_source
+from mahia.export import graph_passes
+from mahia.export.config import DEFAULT_SEQ, DimRange, ShapeProfile
+from mahia.export.errors import ExportError
+from mahia.export.flavours import get_flavour
+from mahia.model import INPUT_NAMES, OUTPUT_NAMES, MahiaX, ModelConfig, ModelSource, get_config, random_inputs
 
-# Each flavour: the custom_translation_table for a graph whose sequences are at most N tokens long.
-ONNX_FLAVOURS: dict[str, Callable[[int], dict[Callable, Callable]]] = {"portable": onnx_lowering.portable_translations}
-
-
-class ExportError(RuntimeError):
-    """A stage could not produce its artifact; the message says which stage and why."""
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """The eager fp32 model, where it came from and an honest label of what it is."""
-
-    model: MahiaX
-    config: ModelConfig
-    label: str
-    trained: bool
-    source: str
-    weights_sha256: str
-    text_tokens: int  # tokens per text it was trained on: what the task check feeds it
+# What lower_to_onnx does after the exporter, as the manifest records it.
+OPTIMIZER = ("onnxscript (torch.onnx optimize=True), then graph_passes.share_equal_shapes and a second onnxscript "
+             "pass (constant folding without size limits, CSE)")
 
 
-def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 over every state-dict tensor (name, dtype, shape, bytes) in name order."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def load_model(source: ModelSource) -> LoadedModel:
-    """Stage 1: the eager model from a checkpoint, a named config, or the embedded default."""
-    if source.checkpoint is not None:
-        expected = get_config(source.config_name) if source.config_name else None
-        model, metadata = load_checkpoint(source.checkpoint, expected)
-        trained = metadata.get("trained", "").strip().lower() in ("1", "true", "yes")
-        label = metadata.get("label") or f"checkpoint {Path(source.checkpoint).name}"
-        origin = f"checkpoint {source.checkpoint}"
-        text_tokens = text_tokens_of(model, metadata)
-    elif source.config_name is not None:
-        model = build_model(get_config(source.config_name), seed=source.seed).eval()
-        label, trained = f"{source.config_name}, seed {source.seed}, untrained (random initialisation)", False
-        origin = f"config {source.config_name}"
-        text_tokens = model.config.max_seq_len
-    else:
-        from mahia.default import load_default_model
-
-        default = load_default_model()
-        model, label, trained, origin = default.model.eval(), default.label, default.trained, "embedded default"
-        text_tokens = default.text_tokens
-    return LoadedModel(model.eval(), model.config, label, trained, origin, weights_sha256(model), text_tokens)
+def load_model(source: ModelSource, expected_config: str | None = None) -> LoadedModel:
+    """Stage 1: the eager model from a checkpoint (which must have `expected_config` when it is named), a named
+    config, or the embedded default."""
+    return load_source(source, get_config(expected_config) if expected_config else None)
 
 
 def resolve_profile(config: ModelConfig, batch: DimRange, seq: DimRange | None) -> ShapeProfile:
@@ -140,7 +97,7 @@ FOLD_LIMIT = 1 << 31
 
 
 def lower_to_onnx(program: torch.export.ExportedProgram, config: ModelConfig, profile: ShapeProfile,
-                  opset: int, flavour: str = "portable") -> onnx.ModelProto:
+                  opset: int, flavour_name: str = "portable") -> onnx.ModelProto:
     """Stage 3: the ExportedProgram as ONNX (custom ops through the flavour's translation table).
 
     The exporter runs the onnxscript optimizer (constant folding, dead code, common subexpressions).
@@ -148,16 +105,18 @@ def lower_to_onnx(program: torch.export.ExportedProgram, config: ModelConfig, pr
     not depend on where the code lives, and graph value_info is dropped because the exporter's DFT
     shapes are those of the traced length (ONNX Runtime then fails at other lengths; it re-infers).
     """
-    if flavour not in ONNX_FLAVOURS:
-        raise ExportError(f"unknown ONNX flavour {flavour!r}; built here: {', '.join(ONNX_FLAVOURS)}")
-    if opset < 21:
-        raise ExportError(f"opset {opset} is too old: the portable flavour needs opset >= 21")
+    try:
+        flavour = get_flavour(flavour_name)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    if opset < flavour.min_opset:
+        raise ExportError(f"opset {opset} is too old: the {flavour.name} flavour needs opset >= {flavour.min_opset}")
     inputs = example_inputs(config, profile)
     with quiet_exporters():
         onnx_program = torch.onnx.export(program, (), kwargs=inputs, dynamo=True, opset_version=opset,
                                          dynamic_shapes=dynamic_shapes(profile), input_names=list(INPUT_NAMES),
                                          output_names=list(OUTPUT_NAMES), optimize=True, verbose=False,
-                                         custom_translation_table=ONNX_FLAVOURS[flavour](max_tokens(config, profile)))
+                                         custom_translation_table=flavour.translations(max_tokens(config, profile)))
     # Sizes read from equal symbolic dims become one value, so the optimizer's common-subexpression pass
     # builds what depends on them once (the long convolutions' twiddle matrices, which took 23 % of the int8
     # graph's kernel time at 8 x 384 when each call built its own).
@@ -172,18 +131,10 @@ def lower_to_onnx(program: torch.export.ExportedProgram, config: ModelConfig, pr
         del node.metadata_props[:]
     del model.metadata_props[:]
     model.producer_name, model.producer_version = "mahia", __import__("mahia").__version__
-    model.doc_string = f"MAHIA-X {config.name}, {flavour} ONNX flavour"
+    model.doc_string = f"MAHIA-X {config.name}, {flavour.name} ONNX flavour"
     return model
 
 
 def max_tokens(config: ModelConfig, profile: ShapeProfile) -> int:
     """The longest sequence the exported graph sees: the profile's text maximum plus the tabular tokens."""
     return profile.seq.max + config.num_tabular_tokens
-
-
-def check_onnx(path: Path) -> None:
-    """Full ONNX checker (with shape inference) on a saved model; raises ExportError naming the file."""
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise ExportError(f"{path.name} fails onnx.checker: {str(exc).splitlines()[0]}") from None

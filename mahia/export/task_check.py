@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mahia.data import load_reviews, run_batches
 from mahia.export.config import ShapeProfile, TaskBudget, TaskCheckConfig
 from mahia.model import MahiaX
 from mahia.model.inputs import input_spec
+from mahia.runtime import get_backend
 
 
 @dataclass(frozen=True)
@@ -62,11 +64,8 @@ class TaskResult:
 
 def check_task(model: MahiaX, text_tokens: int, backend: str, graph: Path, profile: ShapeProfile,
                config: TaskCheckConfig, budget: TaskBudget) -> TaskResult:
-    """Accuracy and argmax agreement of the exported graph against the eager model on the test split."""
-    from mahia.data import load_reviews
-    from mahia.runtime import graph_runner
-    from mahia.train.artifact_eval import run_batches
-
+    """Accuracy and argmax agreement of the exported graph (run by the mahia.runtime `backend` a deployment
+    loads) against the eager model on the test split."""
     test = load_reviews()["test"]
     if config.rows is not None:
         test = test.subset(np.arange(min(config.rows, len(test))))
@@ -77,7 +76,7 @@ def check_task(model: MahiaX, text_tokens: int, backend: str, graph: Path, profi
         with torch.inference_mode():
             return model(**inputs).float().numpy()
 
-    deployed = graph_runner(backend, graph, input_spec(model.config))  # the loader a deployment uses
+    deployed = get_backend(backend).load(graph, input_spec(model.config))  # the runner a deployment uses
     vocab = model.config.vocab_size
     reference = run_batches(eager, test, max_len, vocab, batch_size, profile.seq.min)
     logits = run_batches(deployed, test, max_len, vocab, batch_size, profile.seq.min)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -99,3 +100,14 @@ def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], s
 def text_tokens_of(model: MahiaX, metadata: dict[str, str]) -> int:
     """Tokens per text the model was trained with (checkpoint metadata "max_text_tokens"), else its max_seq_len."""
     return int(metadata.get("max_text_tokens") or model.config.max_seq_len)
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 over every state-dict tensor (name, dtype, shape, bytes) in name order: identifies the weights
+    whatever file or process they came from (the manifest records it; mahia-eval checks it)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -17,6 +18,31 @@ class InputValidationError(ValueError):
 
 def _fail(name: str, given: str, expected: str) -> InputValidationError:
     return InputValidationError(f"input {name!r}: got {given}, expected {expected}")
+
+
+# numpy kinds that convert to a tensor the checks below can judge: bool, signed and unsigned integers, floats.
+NUMERIC_KINDS = "biuf"
+
+
+def as_tensors(inputs: Mapping[str, object]) -> dict[str, Tensor]:
+    """Each input as a torch.Tensor (numpy arrays and nested lists are converted), or InputValidationError.
+
+    An object, string, bytes or datetime array (what a JSON body easily becomes) is refused here, naming the
+    input, before torch would raise its own TypeError.
+    """
+    tensors = {}
+    for name, value in inputs.items():
+        if isinstance(value, Tensor):
+            tensors[name] = value
+            continue
+        try:
+            array = np.asarray(value)
+        except (ValueError, TypeError):  # ragged nested lists
+            raise _fail(name, f"a {type(value).__name__} that does not form an array", "a numeric array") from None
+        if array.dtype.kind not in NUMERIC_KINDS:
+            raise _fail(name, f"an array of dtype {array.dtype}", "a numeric array (bool, integer or floating)")
+        tensors[name] = torch.from_numpy(array.astype(array.dtype.newbyteorder("="), copy=False))
+    return tensors
 
 
 def validate_inputs(config: ModelConfig, inputs: Mapping[str, Tensor]) -> None:

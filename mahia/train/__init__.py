@@ -1,10 +1,8 @@
-"""Training MAHIA-X on the reviews data: the loop, losses, metrics, the baseline and evaluation."""
+"""Training MAHIA-X on the reviews data: the loop, losses, resumable state, the baseline and the default
+model's provenance (evaluation lives in mahia.evaluate)."""
 
 from mahia.train.config import TrainConfig
-from mahia.train.evaluation import evaluate, predict
 from mahia.train.losses import distillation_loss, training_loss
-from mahia.train.metrics import classification_metrics
 from mahia.train.trainer import TrainingError, TrainResult, train
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingError", "classification_metrics", "distillation_loss", "evaluate",
-           "predict", "train", "training_loss"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingError", "distillation_loss", "train", "training_loss"]

@@ -11,7 +11,7 @@ from sklearn.preprocessing import OneHotEncoder
 from mahia.data import ReviewsDataset
 from mahia.data.tokenizer import truncate_words
 from mahia.model.config import REVIEWS_CATEGORICAL_CARDINALITIES
-from mahia.train.metrics import classification_metrics
+from mahia.evaluate.metrics import classification_metrics
 
 # Inverse regularisation strengths tried; the one with the best validation ROC AUC is kept.
 C_GRID = (0.25, 1.0, 4.0, 16.0)

@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from mahia.model import CheckpointError, MahiaX, save_checkpoint
-from mahia.model.checkpoint import read_checkpoint_metadata, save_safetensors_atomically
+from mahia.model.checkpoint import save_safetensors_atomically
 
 TRAIN_CONFIG_KEY = "mahia_train_config"
 
@@ -90,11 +90,3 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, checkpoint: Path, ste
         raise CheckpointError(f"optimiser state {path} has parameter groups of sizes "
                               f"{[len(g['params']) for g in groups]}, expected {expected}")
     optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
-def checkpoint_train_metadata(path: str | Path) -> dict[str, str]:
-    """A checkpoint's metadata; a CheckpointError if it carries no training config."""
-    metadata = read_checkpoint_metadata(path)
-    if TRAIN_CONFIG_KEY not in metadata:
-        raise CheckpointError(f"checkpoint {path} has no '{TRAIN_CONFIG_KEY}' metadata: not written by mahia-train")
-    return metadata

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +14,13 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mahia.data import DataConfig, DataError, ReviewsDataset, load_reviews
-from mahia.model import CheckpointError, MahiaX, build_model, get_config, load_checkpoint, save_checkpoint
+from mahia.artifact import write_json_atomically
+from mahia.data import DataConfig, DataError, ReviewsDataset, iter_batches, load_reviews
+from mahia.evaluate import evaluate
+from mahia.model import CheckpointError, MahiaX, ModelConfig, build_model, get_config, load_checkpoint, save_checkpoint
 from mahia.model.checkpoint import read_checkpoint_metadata
 from mahia.train.baseline import run_baseline
 from mahia.train.config import TrainConfig
-from mahia.train.evaluation import evaluate
 from mahia.train.losses import training_loss
 from mahia.train.state import (TRAIN_CONFIG_KEY, TrainingProgress, load_optimizer_state, progress_metadata,
                                read_progress, save_training_state)
@@ -46,20 +45,6 @@ class TrainResult:
     best_checkpoint: Path
     metrics: dict[str, object]
     steps: int
-
-
-def write_json_atomically(data: object, path: Path) -> None:
-    """JSON to a temporary file in the same folder, then renamed into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
@@ -138,155 +123,205 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
     `on_step(step, loss)` is called after every optimiser step (tests use it to interrupt a run).
     """
     wall_started = time.perf_counter()
-    console = console or Console(stderr=True)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    device = _device(config.device)
-    model_config = get_config(config.model)
-    max_len = text_budget(config, model_config.max_seq_len)
-    splits = load_splits(config)
-    train_set = splits["train"]
-    data_hash = train_set.content_hash()
-    teacher = _load_teacher(config, device, max_len)
-
-    model = build_model(model_config, seed=config.seed).to(device).train()
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95))
-    progress = TrainingProgress(step=0, epoch=0, batch_in_epoch=0, best_val_roc_auc=None)
+    run = _Run.start(config, Path(out_dir), console or Console(stderr=True))
     if resume is not None:
-        resume = Path(resume)
-        loaded, metadata = load_checkpoint(resume, model_config)
+        run.resume_from(Path(resume))
+    run.run_steps(on_step)
+    metrics = run.final_metrics(command)
+    metrics["wall_seconds_this_run"] = round(time.perf_counter() - wall_started, 1)
+    write_json_atomically(metrics, run.out_dir / METRICS_NAME)
+    return TrainResult(run.out_dir, run.best_path, metrics, run.step)
+
+
+@dataclass
+class _Run:
+    """One training run: its data, model and optimiser, and where it stands (what a resume restores)."""
+
+    config: TrainConfig
+    out_dir: Path
+    console: Console
+    device: torch.device
+    model_config: ModelConfig
+    max_len: int  # tokens per text
+    splits: dict[str, ReviewsDataset]
+    data_hash: str  # the training rows' content hash: a resume must see the same rows
+    teacher: MahiaX | None
+    model: MahiaX
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_auc: float | None = None
+    best_val: dict[str, object] | None = None  # the best checkpoint's val metrics, if it was found in this run
+    validated_step: int | None = None
+    losses: list[float] = field(default_factory=list)
+    samples: int = 0
+    train_seconds: float = 0.0
+
+    @classmethod
+    def start(cls, config: TrainConfig, out_dir: Path, console: Console) -> "_Run":
+        """Data, teacher, a freshly initialised model and its optimiser."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        device = _device(config.device)
+        model_config = get_config(config.model)
+        max_len = text_budget(config, model_config.max_seq_len)
+        splits = load_splits(config)
+        teacher = _load_teacher(config, device, max_len)
+        model = build_model(model_config, seed=config.seed).to(device).train()
+        optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95))
+        return cls(config, out_dir, console, device, model_config, max_len, splits, splits["train"].content_hash(),
+                   teacher, model, optimizer)
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / BEST_NAME
+
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / LAST_NAME
+
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps of the whole run: epochs over the training split, at most max_steps."""
+        total = self.config.epochs * math.ceil(len(self.splits["train"]) / self.config.batch_size)
+        return total if self.config.max_steps is None else min(total, self.config.max_steps)
+
+    def resume_from(self, resume: Path) -> None:
+        """Weights, optimiser state and progress of a checkpoint written by an earlier run of the same setup."""
+        loaded, metadata = load_checkpoint(resume, self.model_config)
         if TRAIN_CONFIG_KEY not in metadata:
             raise CheckpointError(f"checkpoint {resume} has no training config: not written by mahia-train")
-        _check_resumable(config, TrainConfig.from_json(metadata[TRAIN_CONFIG_KEY]), resume)
-        if metadata.get("data_sha256") != data_hash:
+        _check_resumable(self.config, TrainConfig.from_json(metadata[TRAIN_CONFIG_KEY]), resume)
+        if metadata.get("data_sha256") != self.data_hash:
             raise TrainingError(f"cannot resume from {resume}: it was trained on other data "
-                                f"(data_sha256 {metadata.get('data_sha256')}, now {data_hash})")
-        model.load_state_dict(loaded.state_dict())
+                                f"(data_sha256 {metadata.get('data_sha256')}, now {self.data_hash})")
+        self.model.load_state_dict(loaded.state_dict())
         progress = read_progress(metadata, str(resume))
-        load_optimizer_state(optimizer, resume, progress.step)
-        console.print(f"resuming from {resume} at step {progress.step} (epoch {progress.epoch + 1}, "
-                      f"batch {progress.batch_in_epoch})")
+        load_optimizer_state(self.optimizer, resume, progress.step)
+        self.step, self.epoch, self.batch_in_epoch = progress.step, progress.epoch, progress.batch_in_epoch
+        self.best_auc = progress.best_val_roc_auc
+        self.console.print(f"resuming from {resume} at step {progress.step} (epoch {progress.epoch + 1}, "
+                           f"batch {progress.batch_in_epoch})")
 
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    base_metadata = {TRAIN_CONFIG_KEY: config.to_json(), "data_sha256": data_hash, "max_text_tokens": str(max_len),
-                     "trained": "true"}
+    def metadata(self) -> dict[str, str]:
+        """Checkpoint metadata of the run at its current step."""
+        return {TRAIN_CONFIG_KEY: self.config.to_json(), "data_sha256": self.data_hash,
+                "max_text_tokens": str(self.max_len), "trained": "true",
+                "label": f"{self.config.model}, trained by mahia-train on the reviews data, step {self.step}"}
 
-    def run_metadata(at_step: int) -> dict[str, str]:
-        return {**base_metadata, "label": f"{config.model}, trained by mahia-train on the reviews data, step {at_step}"}
+    def progress(self) -> TrainingProgress:
+        return TrainingProgress(self.step, self.epoch, self.batch_in_epoch, self.best_auc)
 
-    last_path, best_path = out_dir / LAST_NAME, out_dir / BEST_NAME
-    losses: list[float] = []
-    samples = 0
-    started = time.perf_counter()
-    step, epoch, batch_in_epoch = progress.step, progress.epoch, progress.batch_in_epoch
-    best_auc = progress.best_val_roc_auc
-    validated_step: int | None = None
-    best_val: dict[str, object] | None = None  # the best checkpoint's val metrics, if it was found in this run
+    def run_steps(self, on_step: Callable[[int, float], None] | None) -> None:
+        """Epochs of seeded shuffles until total_steps, validating at each epoch's end and at the end."""
+        started = time.perf_counter()
+        columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                   TimeElapsedColumn())
+        total_steps = self.total_steps
+        with Progress(*columns, console=self.console, transient=False) as bar:
+            task = bar.add_task("", total=total_steps, completed=self.step)
+            while self.step < total_steps:
+                order = np.random.default_rng([self.config.seed, self.epoch]).permutation(len(self.splits["train"]))
+                remaining = order[self.batch_in_epoch * self.config.batch_size:]
+                for batch in iter_batches(self.splits["train"], self.config.batch_size, self.max_len,
+                                          self.model_config.vocab_size, remaining):
+                    if self.step >= total_steps:
+                        break
+                    loss = self.train_step(batch.inputs, batch.labels, total_steps)
+                    rate = self.samples / max(time.perf_counter() - started, 1e-9)
+                    bar.update(task, completed=self.step,
+                               description=f"loss {np.mean(self.losses[-20:]):.4f}  {rate:.1f} samples/s")
+                    if on_step is not None:
+                        on_step(self.step, loss)
+                    if self.step % self.config.save_every == 0 and self.step < total_steps:
+                        save_training_state(self.model, self.optimizer, self.last_path, self.progress(), self.metadata())
+                        self.console.print(f"step {self.step}/{total_steps}: loss "
+                                           f"{np.mean(self.losses[-self.config.save_every:]):.4f}, {rate:.1f} samples/s, "
+                                           f"lr {self.optimizer.param_groups[0]['lr']:.2e}")
+                if self.batch_in_epoch * self.config.batch_size >= len(order):
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    self.validate_and_save()
+            if self.validated_step != self.step:
+                self.validate_and_save()
+        self.train_seconds = time.perf_counter() - started
 
-    def validate_and_save() -> None:
-        nonlocal best_auc, best_val, validated_step
-        validated_step = step
-        val = evaluate(model, splits["val"], max_len, config.eval_batch_size, device)
-        improved = best_auc is None or float(val["roc_auc"]) > best_auc
+    def train_step(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, total_steps: int) -> float:
+        """One optimiser step on a batch; a non-finite loss stops the run naming the last good checkpoint."""
+        config, device = self.config, self.device
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        labels = labels.to(device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.step, total_steps, config)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            output = self.model.forward_with_router_logits(**inputs)
+            teacher_logits = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(**inputs)
+        parts = training_loss(output, labels, self.model_config.effective_top_k, config.aux_loss_weight,
+                              config.z_loss_weight, teacher_logits, config.distill_temperature, config.distill_weight)
+        if not torch.isfinite(parts.total):
+            kept = f"the last good checkpoint is {self.last_path} (step {saved_step(self.last_path)})" \
+                if self.last_path.is_file() else "no checkpoint had been written yet"
+            total, task_loss, balance, z = (float(t.detach()) for t in
+                                            (parts.total, parts.task, parts.load_balance, parts.z_loss))
+            raise TrainingError(f"loss is not finite ({total}) at step {self.step + 1} (epoch {self.epoch + 1}): "
+                                f"task {task_loss}, load balance {balance}, z {z}; stopped, {kept}. Try a lower --lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        self.batch_in_epoch += 1
+        self.samples += len(labels)
+        loss = parts.total.item()
+        self.losses.append(loss)
+        return loss
+
+    def validate_and_save(self) -> None:
+        """Validation metrics; the best checkpoint when they improve, the resume checkpoint always."""
+        self.validated_step = self.step
+        val = evaluate(self.model, self.splits["val"], self.max_len, self.config.eval_batch_size, self.device)
+        improved = self.best_auc is None or float(val["roc_auc"]) > self.best_auc
         if improved:
-            best_auc, best_val = float(val["roc_auc"]), val
-        state = TrainingProgress(step, epoch, batch_in_epoch, best_auc)
-        stamp = {**run_metadata(step), "val_metrics": json.dumps({k: v for k, v in val.items() if k != "expert_load"})}
+            self.best_auc, self.best_val = float(val["roc_auc"]), val
+        stamp = {**self.metadata(), "val_metrics": json.dumps({k: v for k, v in val.items() if k != "expert_load"})}
         if improved:
-            save_checkpoint(model, best_path, {**stamp, **progress_metadata(state)})
-        save_training_state(model, optimizer, last_path, state, stamp)
-        console.print(f"step {step} epoch {epoch + 1}: val accuracy {val['accuracy']:.4f} roc_auc {val['roc_auc']:.4f} "
-                      f"f1 {val['f1']:.4f}{' (best)' if improved else ''}")
+            save_checkpoint(self.model, self.best_path, {**stamp, **progress_metadata(self.progress())})
+        save_training_state(self.model, self.optimizer, self.last_path, self.progress(), stamp)
+        self.console.print(f"step {self.step} epoch {self.epoch + 1}: val accuracy {val['accuracy']:.4f} roc_auc "
+                           f"{val['roc_auc']:.4f} f1 {val['f1']:.4f}{' (best)' if improved else ''}")
 
-    columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("", total=total_steps, completed=step)
-        while step < total_steps:
-            order = np.random.default_rng([config.seed, epoch]).permutation(len(train_set))
-            batches = range(batch_in_epoch * config.batch_size, len(order), config.batch_size)
-            for start in batches:
-                if step >= total_steps:
-                    break
-                inputs, labels = train_set.batch(order[start:start + config.batch_size], max_len,
-                                                 model_config.vocab_size)
-                inputs = {k: v.to(device) for k, v in inputs.items()}
-                labels = labels.to(device)
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(step, total_steps, config)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    output = model.forward_with_router_logits(**inputs)
-                    teacher_logits = None
-                    if teacher is not None:
-                        with torch.no_grad():
-                            teacher_logits = teacher(**inputs)
-                parts = training_loss(output, labels, model_config.effective_top_k, config.aux_loss_weight,
-                                      config.z_loss_weight, teacher_logits, config.distill_temperature,
-                                      config.distill_weight)
-                if not torch.isfinite(parts.total):
-                    kept = f"the last good checkpoint is {last_path} (step {saved_step(last_path)})" \
-                        if last_path.is_file() else "no checkpoint had been written yet"
-                    total, task_loss, balance, z = (float(t.detach()) for t in
-                                                    (parts.total, parts.task, parts.load_balance, parts.z_loss))
-                    raise TrainingError(f"loss is not finite ({total}) at step {step + 1} (epoch {epoch + 1}): "
-                                        f"task {task_loss}, load balance {balance}, z {z}; stopped, {kept}. "
-                                        "Try a lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                parts.total.backward()
-                if config.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                step += 1
-                batch_in_epoch += 1
-                samples += len(labels)
-                loss_value = parts.total.item()
-                losses.append(loss_value)
-                rate = samples / max(time.perf_counter() - started, 1e-9)
-                bar.update(task, completed=step,
-                           description=f"loss {np.mean(losses[-20:]):.4f}  {rate:.1f} samples/s")
-                if on_step is not None:
-                    on_step(step, loss_value)
-                if step % config.save_every == 0 and step < total_steps:
-                    save_training_state(model, optimizer, last_path,
-                                        TrainingProgress(step, epoch, batch_in_epoch, best_auc), run_metadata(step))
-                    console.print(f"step {step}/{total_steps}: loss {np.mean(losses[-config.save_every:]):.4f}, "
-                                  f"{rate:.1f} samples/s, lr {optimizer.param_groups[0]['lr']:.2e}")
-            if batch_in_epoch * config.batch_size >= len(order):
-                epoch, batch_in_epoch = epoch + 1, 0
-                validate_and_save()
-        if validated_step != step:
-            validate_and_save()
-    train_seconds = time.perf_counter() - started
-
-    best_model, best_metadata = load_checkpoint(best_path, model_config)
-    best_model.to(device)
-    metrics: dict[str, object] = {
-        "command": command,
-        "train_config": json.loads(config.to_json()),
-        "model_config": json.loads(model_config.to_json()),
-        "data": {"sha256": train_set.source_sha256, "train_sha256": data_hash,
-                 "rows": {name: len(split) for name, split in splits.items()}},
-        "max_text_tokens": max_len,
-        "steps": step,
-        "best_step": int(best_metadata["step"]),
-        "train_seconds_this_run": round(train_seconds, 1),  # the step loop, validation included
-        "samples_per_second": round(samples / max(train_seconds, 1e-9), 2),
-        "final_train_loss": float(np.mean(losses[-50:])) if losses else None,
-        "model": {"val": best_val or evaluate(best_model, splits["val"], max_len, config.eval_batch_size, device),
-                  "test": evaluate(best_model, splits["test"], max_len, config.eval_batch_size, device)},
-    }
-    if config.baseline:
-        metrics["baseline"] = {"full_text": run_baseline(train_set, splits["val"], splits["test"], None, config.seed),
-                               "same_text_as_model": run_baseline(train_set, splits["val"], splits["test"],
-                                                                  max_len - 1, config.seed)}
-    metrics["wall_seconds_this_run"] = round(time.perf_counter() - wall_started, 1)
-    write_json_atomically(metrics, out_dir / METRICS_NAME)
-    return TrainResult(out_dir, best_path, metrics, step)
+    def final_metrics(self, command: str | None) -> dict[str, object]:
+        """metrics.json: the best checkpoint's val and test metrics, the run's figures, and the baseline."""
+        config, splits, train_set = self.config, self.splits, self.splits["train"]
+        best_model, best_metadata = load_checkpoint(self.best_path, self.model_config)
+        best_model.to(self.device)
+        metrics: dict[str, object] = {
+            "command": command,
+            "train_config": json.loads(config.to_json()),
+            "model_config": json.loads(self.model_config.to_json()),
+            "data": {"sha256": train_set.source_sha256, "train_sha256": self.data_hash,
+                     "rows": {name: len(split) for name, split in splits.items()}},
+            "max_text_tokens": self.max_len,
+            "steps": self.step,
+            "best_step": int(best_metadata["step"]),
+            "train_seconds_this_run": round(self.train_seconds, 1),  # the step loop, validation included
+            "samples_per_second": round(self.samples / max(self.train_seconds, 1e-9), 2),
+            "final_train_loss": float(np.mean(self.losses[-50:])) if self.losses else None,
+            "model": {"val": self.best_val or evaluate(best_model, splits["val"], self.max_len, config.eval_batch_size,
+                                                       self.device),
+                      "test": evaluate(best_model, splits["test"], self.max_len, config.eval_batch_size, self.device)},
+        }
+        if config.baseline:
+            metrics["baseline"] = {
+                "full_text": run_baseline(train_set, splits["val"], splits["test"], None, config.seed),
+                "same_text_as_model": run_baseline(train_set, splits["val"], splits["test"], self.max_len - 1,
+                                                   config.seed)}
+        return metrics
 
 
 def saved_step(path: Path) -> str:

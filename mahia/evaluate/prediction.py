@@ -1,4 +1,4 @@
-"""Eager evaluation: a model's logits, task metrics and per-expert load on a data split."""
+"""Eager prediction: a model's logits, task metrics and per-expert load on a data split."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mahia.data import ReviewsDataset
-from mahia.data.tokenizer import split_words
+from mahia.data import ReviewsDataset, iter_batches, length_sorted_order
+from mahia.evaluate.metrics import (classification_metrics, expert_assignment_counts, load_fractions,
+                                    logits_to_prob_positive)
 from mahia.model import MahiaX
-from mahia.train.metrics import classification_metrics, expert_assignment_counts, load_fractions, logits_to_prob_positive
 
 
 @dataclass(frozen=True)
@@ -19,12 +19,6 @@ class Predictions:
 
     logits: np.ndarray
     expert_counts: np.ndarray
-
-
-def length_sorted_order(dataset: ReviewsDataset, max_len: int) -> np.ndarray:
-    """Row order by encoded length, so batches carry little padding (results do not depend on padding)."""
-    lengths = np.array([min(len(split_words(t)) + 1, max_len) for t in dataset.texts])
-    return np.argsort(lengths, kind="stable")
 
 
 @torch.no_grad()
@@ -36,18 +30,15 @@ def predict(model: MahiaX, dataset: ReviewsDataset, max_len: int, batch_size: in
     was_training = model.training
     model.eval()
     config = model.config
-    order = length_sorted_order(dataset, max_len)
     logits = np.zeros((len(dataset), config.num_classes), dtype=np.float32)
     counts = torch.zeros(config.n_layers, config.num_experts, dtype=torch.float64)
     autocast = torch.device(device).type == "cuda"
     try:
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            inputs, _ = dataset.batch(rows, max_len, config.vocab_size)
-            inputs = {k: v.to(device) for k, v in inputs.items()}
+        for batch in iter_batches(dataset, batch_size, max_len, config.vocab_size, length_sorted_order(dataset, max_len)):
+            inputs = {k: v.to(device) for k, v in batch.inputs.items()}
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
                 output = model.forward_with_router_logits(**inputs)
-            logits[rows] = output.logits.float().cpu().numpy()
+            logits[batch.rows] = output.logits.float().cpu().numpy()
             for layer, router_logits in enumerate(output.router_logits):
                 counts[layer] += expert_assignment_counts(router_logits, output.token_mask, config.effective_top_k).cpu()
     finally:

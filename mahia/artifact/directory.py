@@ -8,43 +8,22 @@ directory. A SIGKILL cannot be caught: its hidden `.<name>.tmp-<pid>` directory 
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import json
+import dataclasses
 import os
 import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
-from typing import BinaryIO
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
-MANIFEST = "manifest.json"
-SCHEMA_VERSION = 2
-FAILED_SUFFIX = ".failed"
+from mahia.artifact.files import describe_os_error, json_bytes, sha256_file
+from mahia.artifact.manifest import FAILED_SUFFIX, MANIFEST, FileRecord, Manifest
 
 
 class ArtifactError(OSError):
     """The artifact directory cannot be written; the message names the path and the reason."""
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def describe_os_error(exc: OSError, path: Path | str) -> str:
-    """One line for an OSError while writing `path` (disk full and permissions named as such)."""
-    if exc.errno == errno.ENOSPC:
-        return f"disk full while writing {path}"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"output directory not writable: {path} ({exc.strerror})"
-    return f"cannot write {path}: {exc.strerror or exc}"
 
 
 def check_writable(out_dir: Path) -> None:
@@ -130,18 +109,19 @@ class ArtifactDir:
 
     def write_json(self, name: str, data: object) -> Path:
         """Write a JSON file (sorted keys, 2-space indent)."""
-        return self.write_bytes(name, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+        return self.write_bytes(name, json_bytes(data))
 
-    def file_records(self) -> dict[str, dict[str, object]]:
-        """{file name: {sha256, bytes}} for every file but the manifest."""
-        return {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    def file_records(self) -> dict[str, FileRecord]:
+        """{file name: its sha256 and size} for every file but the manifest."""
+        return {p.name: FileRecord(sha256_file(p), p.stat().st_size)
                 for p in sorted(self.path.iterdir()) if p.is_file() and p.name != MANIFEST}
 
-    def finish(self, manifest: dict, passed: bool) -> Path:
-        """Write manifest.json with the file records, then rename into place; returns the final path."""
-        manifest = {**manifest, "files": self.file_records()}
-        self.write_json(MANIFEST, manifest)
-        final = self.target if passed else self.target.with_name(self.target.name + FAILED_SUFFIX)
+    def finish(self, manifest: Manifest) -> Path:
+        """Write manifest.json with the file records, then rename into place (as `<name>.failed` unless the
+        manifest passed); returns the final path."""
+        final = self.target if manifest.passed else self.target.with_name(self.target.name + FAILED_SUFFIX)
+        manifest = dataclasses.replace(manifest, files=self.file_records())
+        self.write_json(MANIFEST, manifest.to_dict())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(self.path, 0o777 & ~umask)  # mkdtemp made it private; the artifact is an ordinary directory

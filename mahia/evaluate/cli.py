@@ -19,13 +19,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from mahia.artifact import ArtifactIntegrityError, read_manifest, write_json_atomically
 from mahia.data import DataConfig, DataError, load_reviews
+from mahia.evaluate.artifact import artifact_limits, check_same_weights, eager_model, evaluate_artifact
+from mahia.evaluate.metrics import classification_metrics, logits_to_prob_positive
+from mahia.evaluate.prediction import predict
 from mahia.model import CheckpointError, InputValidationError
-from mahia.train.artifact_eval import (BACKENDS, artifact_limits, check_same_weights, eager_model,
-                                       evaluate_artifact, manifest_of)
-from mahia.train.evaluation import predict
-from mahia.train.metrics import classification_metrics, logits_to_prob_positive
-from mahia.train.trainer import write_json_atomically
+from mahia.runtime import backends
 
 
 def compare_to_eager(name: str, logits: np.ndarray, eager_logits: np.ndarray, labels: np.ndarray,
@@ -55,7 +55,7 @@ def metrics_table(rows: list[dict[str, object]], title: str) -> Table:
 
 @click.command(context_settings={"show_default": True})
 @click.argument("artifact_dir", required=False, type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--backend", type=click.Choice(BACKENDS), multiple=True,
+@click.option("--backend", type=click.Choice(list(backends())), multiple=True,
               help="Backend(s) to evaluate (repeatable); default: every one the artifact holds.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Eager model checkpoint; default: the artifact's recorded source, else the embedded default.")
@@ -68,16 +68,14 @@ def metrics_table(rows: list[dict[str, object]], title: str) -> Table:
 def main(artifact_dir: Path | None, backend: tuple[str, ...], checkpoint: Path | None, split: str, rows: int | None,
          batch_size: int, data_path: str | None, json_out: Path | None) -> None:
     """Accuracy, ROC AUC and F1 of ARTIFACT_DIR's deployments next to the eager model's."""
-    from mahia.runtime import ArtifactIntegrityError
-
     console = Console()
     if not console.is_terminal:  # a log or a pipe: do not wrap the table at 80 columns
         console = Console(width=160)
     try:
-        manifest = manifest_of(artifact_dir) if artifact_dir is not None else None
+        manifest = read_manifest(artifact_dir) if artifact_dir is not None else None
         model, max_len, eager_name = eager_model(checkpoint, manifest)
         if manifest is not None:
-            check_same_weights(manifest, model, artifact_dir)  # type: ignore[arg-type]
+            check_same_weights(manifest, model, artifact_dir)
             max_len = artifact_limits(manifest, max_len, batch_size)[0]
         dataset = load_reviews(DataConfig(path=data_path))[split]
         if rows is not None:

@@ -1,0 +1,67 @@
+"""The backend registry: one `Backend` record per way of running an artifact's graph.
+
+A backend is a module under `mahia.runtime.backends` with `load(path, inputs) -> Runner` (base.py's
+contract) plus one `register(Backend(...))` line below; its engine is imported when a graph is loaded, so
+an engine that is not installed costs nothing until it is asked for, and then fails with one line naming
+the package (as Polygraphy's backends do).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from mahia.runtime.backends.base import BackendUnavailableError, InputSpec, Runner, require
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How one kind of graph file is run."""
+
+    name: str  # what `mahia.runtime.load(..., backend=...)` takes
+    format: str  # the artifact format it runs (a key of the manifest's "graphs")
+    module: str  # the module whose `load(path, inputs)` returns its Runner
+    packages: tuple[str, ...]  # Python packages its engine needs (checked before the module loads)
+    engine: str  # what runs the graph, as parity reports name it (Polygraphy's runner names: onnxrt, ...)
+    description: str
+
+    def load(self, path: Path, inputs: InputSpec) -> Runner:
+        """The runner of the graph file at `path`; BackendUnavailableError when an engine package is missing."""
+        for package in self.packages:
+            require(package, self.name)
+        return importlib.import_module(self.module).load(path, inputs)
+
+
+_REGISTRY: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> Backend:
+    """Add a backend (names are unique)."""
+    if backend.name in _REGISTRY:
+        raise ValueError(f"backend {backend.name!r} is already registered")
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def backends() -> Mapping[str, Backend]:
+    """Every registered backend, by name, in registration order."""
+    return MappingProxyType(_REGISTRY)
+
+
+def get_backend(name: str) -> Backend:
+    """The named backend, or a ValueError listing the known ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(_REGISTRY)}") from None
+
+
+register(Backend("onnx", "onnx", "mahia.runtime.backends.onnxrt", ("onnxruntime",), "onnxrt",
+                 "ONNX Runtime, CPU execution provider"))
+register(Backend("pt2", "pt2", "mahia.runtime.backends.pt2", ("torch",), "pt2",
+                 "torch.export program reloaded with torch.export.load, eager on the CPU"))
+
+__all__ = ["Backend", "BackendUnavailableError", "InputSpec", "Runner", "backends", "get_backend", "register", "require"]
