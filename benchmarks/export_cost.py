@@ -21,17 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from timing import median_seconds
+from common import cpu_model, median_seconds
 
 DEFAULT_SHAPES = "1x128,8x512"
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def run_export(config: str, out: Path) -> dict:
@@ -55,7 +47,7 @@ def measure_latency(artifact_dir: Path, config_name: str, repeats: int, threads:
     import onnxruntime as ort
 
     import mahia.runtime as runtime
-    from mahia.export.parity import real_samples
+    from mahia.data import feeds_at_points
     from mahia.model import build_model, get_config
 
     deployment = runtime.load(artifact_dir, backend="onnx")  # verifies the files first
@@ -70,7 +62,7 @@ def measure_latency(artifact_dir: Path, config_name: str, repeats: int, threads:
         if not (dims["batch"]["min"] <= batch <= dims["batch"]["max"] and dims["seq"]["min"] <= seq <= dims["seq"]["max"]):
             results[(batch, seq)] = None
             continue
-        (feed,) = real_samples(deployment.config, [(batch, seq)])
+        (feed,) = feeds_at_points(deployment.config, [(batch, seq)])
         tensors = {k: torch.from_numpy(v) for k, v in feed.items()}
 
         def run_eager() -> None:
@@ -90,18 +82,20 @@ def compare_optimizers(config_name: str, threads: int, repeats: int) -> list[str
     import onnxruntime as ort
     import onnxslim
 
+    from mahia.data import feeds_at_points
     from mahia.export import stages
-    from mahia.export.config import DimRange, ModelSource
-    from mahia.export.parity import real_samples
+    from mahia.export.config import DimRange
+    from mahia.export.flavours import get_flavour
+    from mahia.model import ModelSource
 
-    loaded = stages.load_model(ModelSource(config_name=config_name))
+    loaded = stages.load_model(ModelSource.from_config(config_name))
     profile = stages.resolve_profile(loaded.config, DimRange("batch", 1, 8, 16), None)
     program = stages.export_program(loaded.model, profile)
     with stages.quiet_exporters():
         raw = torch.onnx.export(program, (), kwargs=stages.example_inputs(loaded.config, profile), dynamo=True,
                                 opset_version=21, dynamic_shapes=stages.dynamic_shapes(profile),
                                 input_names=list(stages.INPUT_NAMES), output_names=["logits"], optimize=False,
-                                custom_translation_table=stages.ONNX_FLAVOURS["portable"](
+                                custom_translation_table=get_flavour("portable").translations(
                                     stages.max_tokens(loaded.config, profile))).model_proto
     del raw.graph.value_info[:]
     start = time.perf_counter()
@@ -121,7 +115,7 @@ def compare_optimizers(config_name: str, threads: int, repeats: int) -> list[str
         start = time.perf_counter()
         ort.InferenceSession(optimized.SerializeToString(), options, providers=["CPUExecutionProvider"])
         variants[name] = (onnx.load(options.optimized_model_filepath), time.perf_counter() - start)
-    feeds = real_samples(loaded.config, [(1, 128), (8, min(384, loaded.config.max_seq_len))])
+    feeds = feeds_at_points(loaded.config, [(1, 128), (8, min(384, loaded.config.max_seq_len))])
     with torch.inference_mode():
         ref = loaded.model(**{k: torch.from_numpy(v) for k, v in feeds[0].items()}).numpy()
     rows = []

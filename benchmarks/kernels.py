@@ -1,6 +1,7 @@
 """GPU check and timings of the Triton kernels against their references, baselines and the roofline.
 
-    python benchmarks/kernels.py --check            # correctness over the issue's shape grid
+    python benchmarks/kernels.py --check            # correctness over the issue's shape grid (PYTHONPATH=. where
+                                                    # the project is not installed)
     python benchmarks/kernels.py --bench            # timings, roofline measured in the same run
     python benchmarks/kernels.py --check --bench --sweep --out DIR
 
@@ -27,10 +28,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import relative_error as rel_error
 
-from mahia import kernels  # noqa: E402
-from mahia.kernels import reference  # noqa: E402
+from mahia import kernels
+from mahia.kernels import reference
 
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 L2_BYTES = 50 * 2 ** 20
@@ -52,13 +53,6 @@ def poison_free_memory() -> None:
     free, _ = torch.cuda.mem_get_info()
     block = torch.full((min(free // 2, 8 * 2 ** 30) // 4,), float("nan"), device="cuda")
     del block
-
-
-def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in float64 (inf when out has a non-finite element)."""
-    if not torch.isfinite(out).all():
-        return math.inf
-    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-300)).item()
 
 
 def bench(fn: Callable[[], object], rep_ms: int = 200) -> float:

@@ -22,20 +22,20 @@ import sys
 import time
 from pathlib import Path
 
-from timing import run_seconds
+from common import run_seconds
 
 
 def measure(runner: str, checkpoint: Path | None, shapes: list[tuple[int, int]], threads: int, repeats: int) -> list[list[float]]:
     """Seconds of each timed run per shape for one runner ("eager" or an artifact directory), in this process."""
     import torch
 
+    from mahia.data import feeds_at_points
     from mahia.export import stages
-    from mahia.export.config import ModelSource
-    from mahia.export.parity import real_samples
+    from mahia.model import ModelSource
 
     torch.set_num_threads(threads)
-    loaded = stages.load_model(ModelSource(checkpoint=checkpoint))
-    feeds = real_samples(loaded.config, shapes)
+    loaded = stages.load_model(ModelSource.from_checkpoint(checkpoint) if checkpoint else ModelSource.embedded_default())
+    feeds = feeds_at_points(loaded.config, shapes)
     if runner == "eager":
         calls = [lambda f={k: torch.from_numpy(v) for k, v in feed.items()}: loaded.model(**f) for feed in feeds]
     else:

@@ -12,7 +12,7 @@ import argparse
 
 import onnxruntime as ort
 import torch
-from timing import median_seconds
+from common import median_seconds
 from torch.export import Dim
 
 from mahia.export import onnx_lowering

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from common import relative_error
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mahia.data import DataConfig, load_reviews
@@ -38,11 +39,6 @@ def to_reference(value: object) -> object:
     if not isinstance(value, torch.Tensor):
         return value
     return value.detach().cpu().double() if value.is_floating_point() else value.cpu()
-
-
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in float64."""
-    return float((out.double().cpu() - ref.double()).norm() / ref.double().norm())
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from mahia.export.parity import real_samples
+from mahia.data import feeds_at_points
 from mahia.model import ModelConfig
 
 RUNS = 10
@@ -33,7 +33,7 @@ def main() -> None:
     manifest = json.loads((args.artifact_dir / "manifest.json").read_text())
     config = ModelConfig.from_json(json.dumps(manifest["model"]["config"]))
     batch, seq = (int(v) for v in args.shape.split("x"))
-    (feed,) = real_samples(config, [(batch, seq)])
+    (feed,) = feeds_at_points(config, [(batch, seq)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
     options.enable_profiling = True
