@@ -81,3 +81,39 @@ def test_inputs_that_fail_validation_are_refused(tiny_export: dict, generator: t
     for inputs, message in cases:
         with pytest.raises(InputValidationError, match=message.replace("[", r"\[").replace("]", r"\]")):
             deployment.run(inputs)
+
+
+@pytest.mark.parametrize("value", [np.array([["a", "b"]] * 2), np.array([[1, "x"]] * 2, dtype=object),
+                                   np.array([[b"1", b"2"]] * 2), [[1, 2], [3]]])
+def test_object_string_and_ragged_inputs_are_refused_by_name(tiny_export: dict, generator: torch.Generator,
+                                                             value) -> None:
+    # What a JSON body easily becomes: the project's input error naming the input, not numpy's or torch's TypeError.
+    deployment = runtime.load(tiny_export["dir"])
+    good = {k: v.numpy() for k, v in random_inputs(deployment.config, 2, 10, generator).items()}
+    with pytest.raises(InputValidationError, match="input 'attention_mask': got .*expected a numeric array"):
+        deployment.run(_bad(good, "attention_mask", value))
+
+
+def test_a_backend_whose_engine_is_missing_names_the_package(tiny_export: dict) -> None:
+    from mahia.runtime.backends import Backend, get_backend
+
+    onnx = get_backend("onnx")
+    missing = Backend("engine-x", onnx.format, onnx.module, ("mahia_engine_x_not_installed",), "engine-x", "test")
+    with pytest.raises(runtime.BackendUnavailableError,
+                       match="backend 'engine-x' needs the Python package 'mahia_engine_x_not_installed'"):
+        missing.load(tiny_export["dir"] / "model.onnx", {})
+
+
+def test_manifest_reads_back_what_was_written(tiny_export: dict) -> None:
+    from mahia.artifact import Manifest, read_manifest
+
+    written = json.loads((tiny_export["dir"] / "manifest.json").read_text())
+    manifest = read_manifest(tiny_export["dir"])
+    assert manifest.to_dict() == written
+    assert manifest.model.source.kind == "config" and manifest.model.source.seed == 0
+    assert manifest.graphs == {"onnx": "model.onnx", "pt2": "model.pt2"}
+    with pytest.raises(runtime.ArtifactIntegrityError, match="schema_version 2; this mahia reads 3: re-export"):
+        Manifest.from_dict({**written, "schema_version": 2})
+    broken = {**written, "model": {**written["model"], "source": "config tiny"}}
+    with pytest.raises(runtime.ArtifactIntegrityError, match="field 'model' is missing or malformed"):
+        Manifest.from_dict(broken)
