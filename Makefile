@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # read the reviews data file it ships.
 STAMP := $(VENV)/.installed
 
-.PHONY: install test export kernels default-model check-default-model clean
+.PHONY: install test lint export kernels default-model check-default-model clean
 
 install: $(STAMP)
 
@@ -18,8 +18,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The layering contract (pyproject.toml, [tool.importlinter]) first: an upward import fails CI in a second.
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -n 2
+
+lint: $(STAMP)
+	$(BIN)/ruff check mahia tests benchmarks
+	$(BIN)/lint-imports
 
 # The main job: the embedded default (trained `small`) exported with FP8 Q/DQ, verified by Polygraphy.
 export: $(STAMP)
