@@ -81,3 +81,27 @@ def test_inputs_that_fail_validation_are_refused(tiny_export: dict, generator: t
     for inputs, message in cases:
         with pytest.raises(InputValidationError, match=message.replace("[", r"\[").replace("]", r"\]")):
             deployment.run(inputs)
+
+
+def test_sequence_length_is_checked_against_the_exported_range(generator: torch.Generator) -> None:
+    # As exported with `--seq 1:16:40` (the tiny artifact's seq range is the model's limit, 160, which hides it).
+    manifest = {"dims": {"batch": {"min": 1, "opt": 2, "max": 4}, "seq": {"min": 1, "opt": 16, "max": 40}}}
+    deployment = runtime.Deployment(Path("tiny-fp32-narrow"), manifest, get_config("tiny"), "fp32", "onnx")
+    assert deployment.check_inputs(random_inputs(deployment.config, 2, 40, generator))["input_ids"].shape == (2, 40)
+    with pytest.raises(InputValidationError, match="input 'input_ids': seq 41 is outside the exported range 1..40 "
+                                                   "of tiny-fp32-narrow"):
+        deployment.check_inputs(random_inputs(deployment.config, 2, 41, generator))
+
+
+@pytest.mark.parametrize("listed", ["../outside.bin", "sub/../../outside.bin"])
+def test_a_manifest_listing_a_file_outside_the_directory_is_refused(tmp_path: Path, listed: str) -> None:
+    from mahia.export.artifact import sha256_file
+
+    directory = tmp_path / "artifact"
+    directory.mkdir()
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"not part of the artifact")
+    record = {"bytes": outside.stat().st_size, "sha256": sha256_file(outside)}  # size and hash do match
+    with pytest.raises(runtime.ArtifactIntegrityError, match="lists a file outside the directory: '"
+                                                            + listed.replace(".", r"\.") + "'"):
+        runtime.verify_files(directory, {"files": {listed: record}})
