@@ -26,21 +26,15 @@ from mahia.kernels.triton.plan import MMA_NAMES, Arg, Buffer, KernelPlan, execut
 
 
 @triton.jit
-def load_logits(logits_ptr, t, t_ok, num_experts, cols, col_ok):
-    """Router logits of BLOCK_T tokens as float32 [BLOCK_T, E_PAD], -inf in the padding columns.
-
-    Loaded in each kernel body and passed to topk_tile as values: a pointer passed into a helper whose
-    result feeds a store address is taken for a written buffer by torch's mutation analysis of
-    user-defined Triton kernels (torch/_higher_order_ops/triton_kernel_wrap.py)."""
-    logits = tl.load(logits_ptr + t[:, None] * num_experts + cols[None, :],
-                     mask=t_ok[:, None] & col_ok[None, :], other=float("-inf")).to(tl.float32)
-    return tl.where(col_ok[None, :], logits, float("-inf"))
-
-
-@triton.jit
 def topk_tile(logits, t_ok, cols, col_ok, slots, K: tl.constexpr, E_PAD: tl.constexpr, K_PAD: tl.constexpr,
               BLOCK_T: tl.constexpr):
-    """Softmax over experts, top-K, renormalised: (weights [BLOCK_T, K_PAD], experts [BLOCK_T, K_PAD])."""
+    """Softmax over experts, top-K, renormalised: (weights [BLOCK_T, K_PAD], experts [BLOCK_T, K_PAD]).
+
+    Takes the logits loaded (float32 [BLOCK_T, E_PAD], -inf in the padding columns) in the kernel body
+    itself: torch's mutation analysis of user-defined Triton kernels (torch/_higher_order_ops/
+    triton_kernel_wrap.py) follows a helper call's result back to every argument of the call, so a
+    pointer passed into a helper whose result feeds a store address is taken for a written buffer
+    (tests/test_kernels_functionalization.py)."""
     peak = tl.where(t_ok, tl.max(logits, axis=1), 0.0)
     probs = tl.exp(logits - peak[:, None])
     probs = probs / tl.sum(probs, axis=1)[:, None]
@@ -111,7 +105,9 @@ def moe_route_kernel(logits_ptr, mask_ptr, capacity_factor_ptr, weights_ptr, exp
     t = tl.arange(0, BLOCK_T)
     t_ok = t < num_tokens
     real = t_ok & (tl.load(mask_ptr + t, mask=t_ok, other=0) != 0)
-    logits = load_logits(logits_ptr, t, t_ok, num_experts, cols, col_ok)
+    logits = tl.load(logits_ptr + t[:, None] * num_experts + cols[None, :], mask=t_ok[:, None] & col_ok[None, :],
+                     other=float("-inf")).to(tl.float32)
+    logits = tl.where(col_ok[None, :], logits, float("-inf"))
     weights, top_idx = topk_tile(logits, t_ok, cols, col_ok, slots, K, E_PAD, K_PAD, BLOCK_T)
     out_ok = t_ok[:, None] & (slots < K)[None, :]
     tl.store(weights_ptr + t[:, None] * K + slots[None, :], weights, mask=out_ok)
@@ -152,7 +148,9 @@ def moe_topk_kernel(logits_ptr, mask_ptr, weights_ptr, experts_ptr, counts_ptr, 
     t = tile * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = t < num_tokens
     real = t_ok & (tl.load(mask_ptr + t, mask=t_ok, other=0) != 0)
-    logits = load_logits(logits_ptr, t, t_ok, num_experts, cols, col_ok)
+    logits = tl.load(logits_ptr + t[:, None] * num_experts + cols[None, :], mask=t_ok[:, None] & col_ok[None, :],
+                     other=float("-inf")).to(tl.float32)
+    logits = tl.where(col_ok[None, :], logits, float("-inf"))
     weights, top_idx = topk_tile(logits, t_ok, cols, col_ok, slots, K, E_PAD, K_PAD, BLOCK_T)
     out_ok = t_ok[:, None] & (slots < K)[None, :]
     tl.store(weights_ptr + t[:, None] * K + slots[None, :], weights, mask=out_ok)
