@@ -100,10 +100,9 @@ def signature(plan: object, launch: object) -> dict[str, str]:
 
 def constexpr_values(launch: object) -> dict[str, object]:
     """Constexpr values as triton.compile takes them (MMA as a tl dtype)."""
-    import triton.language as tl
+    from mahia.kernels.triton.launch import mma_dtype
 
-    names = {"bf16": tl.bfloat16, "fp16": tl.float16, "fp32": tl.float32}
-    return {k: names[v] if k == "MMA" else v for k, v in launch.constexprs}
+    return {k: mma_dtype(v, launch.function()) if k == "MMA" else v for k, v in launch.constexprs}
 
 
 def plugin_ptx(ptx: str, entry: str, num_params: int) -> tuple[str, list[str], list[str]]:

@@ -160,16 +160,12 @@ def launch(module: str, kernel: str, grid: tuple[int, ...], num_warps: int, num_
 
 
 def _constexpr_values(launch_: Launch, function: object) -> dict[str, object]:
-    """Constexprs as Triton takes them: MMA as a tl dtype (float32 for bfloat16 under the interpreter)."""
-    import triton.language as tl
-
-    from mahia.kernels.triton.launch import is_interpreted
+    """Constexprs as Triton takes them: MMA as a tl dtype (see launch.mma_dtype)."""
+    from mahia.kernels.triton.launch import mma_dtype
 
     values = dict(launch_.constexprs)
     if "MMA" in values:
-        name = values["MMA"]
-        values["MMA"] = tl.float32 if name == "bf16" and is_interpreted(function) else getattr(tl, {
-            "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[name])
+        values["MMA"] = mma_dtype(values["MMA"], function)
     return values
 
 
