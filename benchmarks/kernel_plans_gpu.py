@@ -222,7 +222,8 @@ def compile_case(case: str, old_launcher: str | None) -> None:
             end.record()
             torch.cuda.synchronize()
             times[name] = begin.elapsed_time(end) / 10
-    say(f"compile {case}: base model 8 x 512 {str(dtype).removeprefix('torch.')} ({len(INPUT_NAMES)} inputs) compiled in {seconds:.1f} s, "
+    say(f"compile {case}: base model 8 x 512 {str(dtype).removeprefix('torch.')} ({len(INPUT_NAMES)} inputs) "
+        f"compiled in {seconds:.1f} s, "
         f"logits rel err vs eager {rel_error(compiled.float(), eager.float()):.2e}; "
         f"eager {times['eager']:.2f} ms, compiled {times['compiled']:.2f} ms per forward")
 
@@ -286,7 +287,8 @@ def main() -> None:
             say(f"{name} FAILED: {type(exc).__name__}: {exc}")
             RESULTS[name] = {"error": f"{type(exc).__name__}: {exc}"}
         (args.out / "results.json").write_text(json.dumps(RESULTS, indent=1, default=str))
-    cases = [c for c in args.cases.split(",") if "compile" in sections and (args.old_launcher or not c.startswith("old"))]
+    cases = [c for c in args.cases.split(",")
+             if "compile" in sections and (args.old_launcher or not c.startswith("old"))]
     RESULTS["compile"] = []
     for case in cases:
         left = deadline - time.perf_counter()

@@ -1,5 +1,6 @@
 """The model's hot ops as `torch.library` custom ops (`mahia::long_conv`, `mahia::ssd_scan`,
-`mahia::moe_ffn`, `mahia::moe_ffn_fp8`, `mahia::gate_combine`), with pure-PyTorch references and device kernels of the same signatures.
+`mahia::moe_ffn`, `mahia::moe_ffn_fp8`, `mahia::gate_combine`), with pure-PyTorch references and device kernels
+of the same signatures.
 
 `use_reference_ops()` makes CUDA tensors run the references instead of the Triton kernels (see mahia.kernels.ops)."""
 

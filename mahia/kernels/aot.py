@@ -171,7 +171,8 @@ def compile_launch(plan: object, launch: object, arch: int, staging: Path) -> di
     stem = re.sub(r"[^A-Za-z0-9_.-]", "", stem)[:180] + f"-sm{arch}"
     (staging / f"{stem}.ptx").write_text(ptx)
     assemble(staging / f"{stem}.ptx", arch, staging / f"{stem}.cubin")
-    files = {ext: {"file": f"{stem}.{ext}", "sha256": hashlib.sha256((staging / f"{stem}.{ext}").read_bytes()).hexdigest()}
+    files = {ext: {"file": f"{stem}.{ext}",
+                   "sha256": hashlib.sha256((staging / f"{stem}.{ext}").read_bytes()).hexdigest()}
              for ext in ("ptx", "cubin")}
     return {"binary": stem, "kernel": launch.kernel, "module": f"mahia.kernels.triton.{launch.module}",
             "entry": meta.name, "arch": f"sm_{arch}", "ptx_version": version,

@@ -183,8 +183,8 @@ def moe_plan_kernel(counts_ptr, valid_ptr, capacity_factor_ptr, offsets_ptr, pla
         i = i0 + tl.arange(0, BLOCK_R)
         rows_ok = (i < K * num_tiles)[:, None]
         counts = tl.load(counts_ptr + i[:, None] * E_PAD + cols[None, :], mask=rows_ok, other=0)
-        tl.store(offsets_ptr + i[:, None] * E_PAD + cols[None, :], tl.cumsum(counts, axis=0) - counts + running[None, :],
-                 mask=rows_ok)
+        first = tl.cumsum(counts, axis=0) - counts + running[None, :]
+        tl.store(offsets_ptr + i[:, None] * E_PAD + cols[None, :], first, mask=rows_ok)
         running += tl.sum(counts, axis=0)
     kept, starts, ends, used_rows = expert_segments(running, capacity, BLOCK_M)
     store_block_owners(ends, used_rows, col_ok, block_expert_ptr, max_blocks, BLOCK_M, BLOCK_R)
@@ -463,9 +463,11 @@ def plan(num_tokens: int, d_model: int, hidden: int, num_experts: int, top_k: in
     factor_read = ("capacity_factor",) if limited else ()
     routing_entry = "" if not limited else None
     module = "moe_ffn"
-    buffers = [Buffer("x", dtype, num_tokens * d_model), Buffer("router_logits", logits_dtype or dtype, num_tokens * num_experts),
-               Buffer("mask", torch.bool, num_tokens), Buffer("w1", weight_dtype or dtype, num_experts * 2 * hidden * d_model),
-               Buffer("w2", weight_dtype or dtype, num_experts * d_model * hidden), Buffer("y", dtype, num_tokens * d_model)]
+    weight = weight_dtype or dtype
+    buffers = [Buffer("x", dtype, num_tokens * d_model),
+               Buffer("router_logits", logits_dtype or dtype, num_tokens * num_experts),
+               Buffer("mask", torch.bool, num_tokens), Buffer("w1", weight, num_experts * 2 * hidden * d_model),
+               Buffer("w2", weight, num_experts * d_model * hidden), Buffer("y", dtype, num_tokens * d_model)]
     inputs = ["x", "router_logits", "mask", "w1", "w2"]
     if scaled:
         buffers += [Buffer("w1_scale", torch.float32, num_experts * 2 * hidden),

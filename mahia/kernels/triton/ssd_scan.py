@@ -249,7 +249,8 @@ def plan(batch: int, length: int, heads: int, head_dim: int, state: int, chunk_s
     block_l = min(cfg["BLOCK_L"], q)
     blk_p, blk_n = tile(cfg, "BLOCK_P", head_dim), tile(cfg, "BLOCK_N", state)
     output_step = launch(
-        "ssd_scan", "ssd_chunk_output_kernel", (batch * num_chunks * heads * (q // block_l), triton.cdiv(head_dim, blk_p)),
+        "ssd_scan", "ssd_chunk_output_kernel",
+        (batch * num_chunks * heads * (q // block_l), triton.cdiv(head_dim, blk_p)),
         cfg["num_warps"], cfg["num_stages"], {"Q": q, "BLOCK_L": block_l, "BLOCK_P": blk_p, "BLOCK_N": blk_n, **mma},
         [pointer("x_ptr"), pointer("dt_ptr"), pointer("a_ptr"), pointer("c_ptr"), pointer("cb_ptr"),
          pointer("states_ptr"), pointer("y_ptr"), *shape_args, scalar("stride_cb", c_s[0]),
