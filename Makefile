@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # read the reviews data file it ships.
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint export kernels default-model check-default-model clean
+.PHONY: install test lint export kernels default-model check-default-model mutation clean
 
 install: $(STAMP)
 
@@ -43,6 +43,18 @@ default-model: $(STAMP)
 
 check-default-model: $(STAMP)
 	$(BIN)/python -m mahia.train.reproduce check
+
+# Mutation testing (mutmut) of the modules that decide correctness, each against the fast tests that cover it:
+# the list of modules and their tests is TARGETS in benchmarks/mutation.py. `make mutation MODULES="a.py b.py"`
+# runs some of them. Not part of `make test`; mutmut comes from the `mutation` extra.
+MUTATION_STAMP := $(VENV)/.mutation-installed
+
+$(MUTATION_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,mutation]'
+	touch $(MUTATION_STAMP)
+
+mutation: $(MUTATION_STAMP)
+	$(BIN)/python benchmarks/mutation.py $(MODULES)
 
 clean:
 	rm -rf $(VENV) artifacts

@@ -35,7 +35,13 @@ BIN = Path(sys.executable).parent
 
 
 def _shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory shared by every xdist worker of this session (the workers' common base temp)."""
+    """A directory shared by every xdist worker of this session (the workers' common base temp), or
+    $MAHIA_TEST_SHARED_DIR when set: `make mutation` starts a pytest session per mutant, and this lets all
+    of them share one tiny export instead of re-exporting (about a minute) in each."""
+    if os.environ.get("MAHIA_TEST_SHARED_DIR"):
+        shared = Path(os.environ["MAHIA_TEST_SHARED_DIR"])
+        shared.mkdir(parents=True, exist_ok=True)
+        return shared
     base = tmp_path_factory.getbasetemp()
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 

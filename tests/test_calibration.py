@@ -11,9 +11,11 @@ import torch
 
 from mahia.calibration.data import CalibrationDataConfig, CalibrationError, load_calibration_data
 from mahia.calibration.ranges import collect_ranges
-from mahia.calibration.statistics import MethodConfig, RangeStatistics, mse_amax
-from mahia.calibration.table import (CalibrationTable, TensorRange, read_table_json, read_trt_cache,
-                                     write_table_json, write_trt_cache)
+from mahia.calibration.onnx_names import QuantizableNode
+from mahia.calibration.ranges import EagerRanges
+from mahia.calibration.statistics import MethodConfig, RangeStatistics, _rounding_step, mse_amax
+from mahia.calibration.table import (CalibrationTable, TensorRange, build_table, read_table_json, read_trt_cache,
+                                     trt_cache_scales, write_table_json, write_trt_cache)
 from mahia.data import load_reviews
 from mahia.data.tokenizer import split_words, token_id
 from mahia.model import build_model, get_config
@@ -85,12 +87,15 @@ def test_ranges_use_real_tokens_only(tiny_ranges) -> None:
     assert real_values < sum(x.numel() for x in seen)  # the batches do have padding to drop
 
 
-def test_methods_clip_heavy_tails_and_never_exceed_max(tiny_ranges) -> None:
+def test_methods_never_exceed_max_on_the_model_ranges(tiny_ranges) -> None:
     _, _, ranges = tiny_ranges
     for name in ranges.names():
         top = ranges.amax(name, MethodConfig("max", num_bins=512))
         for method in METHODS[1:]:
             assert 0.0 <= ranges.amax(name, MethodConfig(method, num_bins=512)) <= top
+
+
+def test_methods_clip_heavy_tails() -> None:
     stats = RangeStatistics(METHODS, num_bins=2048)
     rng = np.random.default_rng(0)
     values = rng.standard_t(3, size=400_000).astype(np.float32)
@@ -119,6 +124,58 @@ def test_mse_amax_minimises_the_quantization_error() -> None:
     assert error(best) <= min(error(best * 0.8), error(best * 1.25), error(float(values.max())))
     fp8 = mse_amax(hist, edges, "fp8")
     assert 0 < fp8 <= values.max()
+
+
+def e4m3fn_grid() -> np.ndarray:
+    """Every non-negative finite float8_e4m3fn value, ascending (from the dtype itself, not a formula)."""
+    values = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).double().numpy()
+    return np.unique(values[np.isfinite(values) & (values >= 0)])
+
+
+def test_fp8_rounding_step_is_the_spacing_of_the_e4m3fn_grid() -> None:
+    grid = e4m3fn_grid()
+    assert len(grid) == 127 and grid[-1] == 448.0
+    lower, spacing = grid[:-1], np.diff(grid)
+    for amax in (448.0, 3.7):  # scale 1, and an arbitrary scale
+        scale = amax / 448.0
+        for at in (lower, lower + 0.5 * spacing):  # each grid point and the middle of the gap above it
+            step = _rounding_step(at * scale, np.float64(amax), "fp8")
+            np.testing.assert_allclose(step, spacing * scale, rtol=1e-12)
+
+
+def test_fp8_rounding_error_model_matches_fake_quantization_on_the_e4m3fn_grid() -> None:
+    # mse_amax models E4M3FN rounding as step^2 / 12; fake-quantize with the dtype itself and compare, per binade.
+    amax = 3.7
+    scale = amax / 448.0
+    values = amax * 2.0 ** np.random.default_rng(4).uniform(-16, 0, 200_000)  # subnormals to the top binade
+    fake = torch.from_numpy(values / scale).to(torch.float8_e4m3fn).double().numpy() * scale
+    actual = (fake - values) ** 2
+    modelled = _rounding_step(values, np.float64(amax), "fp8") ** 2 / 12.0
+    binade = np.floor(np.log2(np.maximum(values / scale, 2.0 ** -6)))
+    ratios = [actual[binade == b].mean() / modelled[binade == b].mean() for b in np.unique(binade)]
+    assert len(ratios) == 15 and all(0.9 < r < 1.1 for r in ratios), ratios
+
+
+def test_int8_and_fp8_scales_are_amax_over_the_largest_code() -> None:
+    statistics = RangeStatistics(("max",))
+    statistics.add("a:input", np.array([0.5, -2.54, 1.0], np.float32))
+    statistics.add("b:input", np.array([4.48, -1.0], np.float32))
+    statistics.add("zero:input", np.zeros(3, np.float32))
+    ranges = EagerRanges(statistics, samples=3, data_hash="ab" * 32)
+    nodes = [QuantizableNode("mm_a", "MatMul", "a", "act_a", "w_a", ("a:input",)),
+             QuantizableNode("mm_b", "MatMul", "b", "act_b", "w_b", ("b:input",)),
+             QuantizableNode("mm_zero", "MatMul", "zero", "act_zero", "w_zero", ("zero:input",))]
+    int8 = build_table(ranges, nodes, MethodConfig("max"))
+    # Symmetric signed int8: scale = amax / 127, zero point 0 (2.54 / 127 = 0.02, 4.48 / 127 = 0.03527...).
+    assert int8.tensors["act_a"].scale == pytest.approx(0.02, rel=1e-6)
+    assert int8.tensors["act_b"].scale == pytest.approx(0.0352756, rel=1e-6)
+    assert int8.tensors["act_zero"].scale == pytest.approx(1e-12 / 127, rel=1e-6)  # a zero scale is invalid
+    assert {t.zero_point for t in int8.tensors.values()} == {0} and int8.dtype == "int8"
+    assert trt_cache_scales(int8) == {name: t.scale for name, t in int8.tensors.items()}
+    assert trt_cache_scales(int8)["act_a"] == pytest.approx(0.02, rel=1e-6)
+    # E4M3FN: scale = amax / 448 (4.48 / 448 = 0.01).
+    fp8 = build_table(ranges, nodes, MethodConfig("max", grid="fp8"))
+    assert fp8.dtype == "float8e4m3fn" and fp8.tensors["act_b"].scale == pytest.approx(0.01, rel=1e-6)
 
 
 def test_unknown_or_unfit_method_is_refused() -> None:

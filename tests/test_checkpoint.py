@@ -65,3 +65,11 @@ def test_missing_unexpected_and_misshaped_tensors_are_listed(tmp_path: Path) -> 
     assert "missing tensors: head.weight (2, 32)" in message
     assert "unexpected tensors: extra.bias" in message
     assert "blocks.0.moe.w1: file (1, 2, 3), expected (4, 128, 32)" in message
+
+
+def test_config_with_the_same_name_but_another_field_is_refused(tmp_path: Path) -> None:
+    path = save_checkpoint(build_model(TINY), tmp_path / "tiny.safetensors")
+    other = TINY.replace(top_k=1)
+    assert other.name == TINY.name and TINY.top_k == 2
+    with pytest.raises(CheckpointError, match=r"does not match config 'tiny': top_k: file has 2, expected 1$"):
+        load_checkpoint(path, other)

@@ -16,10 +16,11 @@ import pytest
 from click.testing import CliRunner
 
 from mahia import artifact
-from mahia.export import stages
+from mahia.export import parity, stages
 from mahia.export.cli import main
-from mahia.export.config import DimRange
+from mahia.export.config import DimRange, Tolerances
 from mahia.model import ModelSource
+from mahia.runtime import get_backend
 
 
 def test_onnx_is_byte_identical_across_runs(tiny_export: dict) -> None:
@@ -30,6 +31,36 @@ def test_onnx_is_byte_identical_across_runs(tiny_export: dict) -> None:
     program = stages.export_program(loaded.model, profile)
     again = stages.lower_to_onnx(program, loaded.config, profile, opset=21).SerializeToString(deterministic=True)
     assert hashlib.sha256(again).hexdigest() == manifest["files"]["model.onnx"]["sha256"]
+
+
+def test_parity_verdict_needs_both_polygraphy_and_the_rel_l2_budget(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["logits"])], "identity",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])])
+    path = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+    x = np.random.default_rng(0).uniform(1.0, 2.0, (3, 2)).astype(np.float32)
+
+    def verdict(ref_factor: float, tolerances: Tolerances) -> parity.ParityRow:
+        result = parity.compare([parity.Graph(path, get_backend("onnx"))], {"x": {"dtype": "float32", "shape": ["batch", 2]}},
+                                [{"x": x}], [{"logits": x * np.float32(ref_factor)}], [(3, 2)], tolerances)
+        (row,) = result.rows
+        assert result.passed == row.passed
+        return row
+
+    # 5% off everywhere: inside Polygraphy's rtol 0.1, but rel. L2 4.8e-2 is over the 1e-2 budget.
+    over_l2 = verdict(1.05, Tolerances(atol=0.0, rtol=0.1, max_rel_error=1e-2))
+    assert over_l2.polygraphy_passed and over_l2.rel_l2_error == pytest.approx(0.05 / 1.05, rel=1e-4)
+    assert not over_l2.passed
+    within = verdict(1.001, Tolerances(atol=0.0, rtol=0.1, max_rel_error=1e-2))
+    assert within.polygraphy_passed and within.passed
+    # The other way round: rel. L2 within a loose budget, but elementwise outside rtol.
+    over_elementwise = verdict(1.05, Tolerances(atol=0.0, rtol=0.01, max_rel_error=1.0))
+    assert not over_elementwise.polygraphy_passed and not over_elementwise.passed
 
 
 def _invoke(*args: str):

@@ -14,30 +14,56 @@ from mahia.export.graph_passes import share_equal_shapes
 from mahia.model import build_model, get_config
 
 
-def _shape(graph: ir.Graph, value: ir.Value, start: int, end: int | None) -> ir.Value:
-    attributes = {"start": start} if end is None else {"start": start, "end": end}
-    node = ir.node("Shape", [value], attributes=attributes)
+def _shape(graph: ir.Graph, value: ir.Value, start: int | None, end: int | None, domain: str = "") -> ir.Value:
+    attributes = {name: v for name, v in (("start", start), ("end", end)) if v is not None}
+    node = ir.node("Shape", [value], attributes=attributes, domain=domain)
     graph.append(node)
     return node.outputs[0]
 
 
+def _value(name: str, dims: list | None) -> ir.Value:
+    return ir.Value(name=name, shape=None if dims is None else ir.Shape(dims), type=ir.TensorType(ir.DataType.FLOAT))
+
+
+def _readers(graph: ir.Graph, values: list[ir.Value]) -> list[ir.Node]:
+    """One Identity reading each value: the pass's output is which value each of them reads afterwards."""
+    nodes = [ir.node("Identity", [v]) for v in values]
+    for node in nodes:
+        graph.append(node)
+    return nodes
+
+
 def test_shapes_of_equal_symbolic_dims_share_one_value() -> None:
-    a = ir.Value(name="a", shape=ir.Shape(["batch", "seq + 5"]), type=ir.TensorType(ir.DataType.FLOAT))
-    b = ir.Value(name="b", shape=ir.Shape(["seq + 5", 3]), type=ir.TensorType(ir.DataType.FLOAT))
-    c = ir.Value(name="c", shape=ir.Shape(["batch", "seq"]), type=ir.TensorType(ir.DataType.FLOAT))
-    d = ir.Value(name="d", shape=ir.Shape(["batch", None]), type=ir.TensorType(ir.DataType.FLOAT))
+    a, b = _value("a", ["batch", "seq + 5"]), _value("b", ["seq + 5", 3])
+    c, d = _value("c", ["batch", "seq"]), _value("d", ["batch", None])
     graph = ir.Graph([a, b, c, d], [], nodes=[], opset_imports={"": 21})
     first = _shape(graph, a, 1, 2)
     same = _shape(graph, b, 0, 1)  # seq + 5 again: merged into `first`
     other = _shape(graph, c, 1, 2)  # seq: a different size
     unknown = _shape(graph, d, 1, 2)  # an unnamed dim equals nothing
     tail = _shape(graph, a, -1, None)  # seq + 5 by a negative start: merged too
-    consumers = [ir.node("Identity", [v]) for v in (first, same, other, unknown, tail)]
-    for node in consumers:
-        graph.append(node)
+    consumers = _readers(graph, [first, same, other, unknown, tail])
 
     assert share_equal_shapes(graph) == 2
     assert [n.inputs[0] for n in consumers] == [first, first, other, unknown, first]
+
+
+def test_whole_shapes_compare_every_dim_and_shapes_it_cannot_prove_equal_stay() -> None:
+    a, b, c = _value("a", ["batch", "seq + 5"]), _value("b", ["batch", "seq + 5", 3]), _value("c", ["batch", "seq"])
+    unknown_shape, foreign = _value("u", None), _value("f", ["batch", "seq + 5"])
+    graph = ir.Graph([a, b, c, unknown_shape, foreign], [], nodes=[], opset_imports={"": 21, "com.example": 1})
+    whole = _shape(graph, a, None, None)  # no attributes: every dim, [batch, seq + 5]
+    prefix = _shape(graph, b, 0, -1)  # [batch, seq + 5] by a negative end: merged
+    differs_in_second_dim = _shape(graph, c, None, None)  # [batch, seq]: equal first dim only
+    no_shape = _shape(graph, unknown_shape, None, None)  # a value without shape information
+    again_no_shape = _shape(graph, unknown_shape, None, None)
+    other_domain = _shape(graph, foreign, None, None, domain="com.example")  # not ONNX's Shape
+    values = [whole, prefix, differs_in_second_dim, no_shape, again_no_shape, other_domain]
+    readers = _readers(graph, values)
+
+    assert share_equal_shapes(graph) == 1
+    assert [n.inputs[0] for n in readers] == [whole, whole, differs_in_second_dim, no_shape, again_no_shape,
+                                              other_domain]
 
 
 def test_twiddle_matrices_are_built_once_per_graph_not_per_layer(tiny_export: dict) -> None:

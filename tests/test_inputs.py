@@ -76,3 +76,12 @@ def test_bool_mask_and_text_only_rules(good: dict[str, torch.Tensor]) -> None:
     inputs["attention_mask"][1] = 0
     with pytest.raises(InputValidationError, match="no real token in sample 1"):
         validate_inputs(text_only, inputs)
+
+
+def test_ids_up_to_vocab_size_minus_one_pass_and_vocab_size_is_refused(good: dict[str, torch.Tensor]) -> None:
+    ids = good["input_ids"].clone()
+    ids[1, 0] = TINY.vocab_size - 1  # the last id of the table
+    validate_inputs(TINY, with_change(good, "input_ids", ids))
+    ids[1, 0] = TINY.vocab_size  # one past it: an embedding lookup out of range
+    with pytest.raises(InputValidationError, match=r"'input_ids'.*ids in \[\d+, 512\].*ids in \[0, 511\]"):
+        validate_inputs(TINY, with_change(good, "input_ids", ids))

@@ -149,3 +149,18 @@ def test_ops_gradients_match_finite_differences(op: str, generator: torch.Genera
         fn = lambda x, lg, a, b: kernels.moe_ffn(x, lg, mask, a, b, 2, 0.0)  # noqa: E731
     args = tuple(t.clone().requires_grad_(True) for t in args)
     assert torch.autograd.gradcheck(fn, args)
+
+
+def test_fp8_expert_weight_scales_map_each_row_onto_the_full_e4m3fn_range(generator: torch.Generator) -> None:
+    every_e4m3fn = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    largest = float(every_e4m3fn[torch.isfinite(every_e4m3fn)].max())
+    assert largest == 448.0
+    w = torch.randn(3, 5, 16, generator=generator) * torch.logspace(-3, 2, 5)[None, :, None]
+    w[1, 2] = 0.0
+    q, scale = reference.quantize_experts_fp8(w)
+    amax = w.abs().amax(dim=-1)
+    assert q.dtype == torch.float8_e4m3fn and scale.dtype == torch.float32 and scale.shape == (3, 5)
+    assert torch.equal(scale, torch.where(amax > 0, amax / largest, torch.ones_like(amax)))  # max|row| / 448
+    assert torch.equal(q.float().abs().amax(dim=-1), torch.where(amax > 0, largest, 0.0))  # each row's max hits 448
+    back = reference.dequantize_experts_fp8(q, scale, torch.float32)
+    assert torch.all((back - w).abs() <= 2.0 ** -4 * w.abs() + 2.0 ** -9 * scale[..., None])  # E4M3's half step

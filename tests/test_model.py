@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
+from mahia.default import load_default_model
 from mahia.model import build_model, get_config, moe_aux_losses, random_inputs
+from mahia.model.embedding import InputEmbedding
 from mahia.model.mahia_x import MahiaX
 from tests.conftest import relative_error
 
@@ -155,3 +157,33 @@ def test_half_precision_close_to_float32(tiny_model: MahiaX, dtype: torch.dtype,
     assert not flipped.all(), "every sample flipped an expert: nothing left to compare"
     keep = ~flipped
     assert relative_error(out.logits[keep], ref.logits[keep]) < tolerance
+
+
+# Logits of the shipped default checkpoint (trained `small`) on random_inputs(config, 3, 37, seed 18), computed
+# once with this code (torch 2.13 CPU). Any change to the forward pass (a swapped gate, a misplaced embedding
+# row) moves them by far more than float32 rounding: swapping the fabric's two gates moves them by 6e-4 (rel. L2).
+SHIPPED_LOGITS = [[-2.19028807, 2.22636771], [-1.97064042, 1.94268930], [-1.73491204, 1.67872930]]
+
+
+def test_shipped_checkpoint_gives_its_recorded_logits_on_fixed_inputs() -> None:
+    model = load_default_model().model
+    inputs = random_inputs(model.config, 3, 37, torch.Generator().manual_seed(18))
+    assert inputs["categorical"].tolist() == [[0, 6, 6], [2, 2, 11], [1, 5, 20]]  # the same fixed inputs
+    with torch.inference_mode():
+        logits = model(**inputs)
+    assert relative_error(logits, torch.tensor(SHIPPED_LOGITS)) < 1e-5
+
+
+def test_each_categorical_feature_and_code_has_its_own_embedding_row() -> None:
+    embedding = InputEmbedding(TINY)
+    rows = embedding.categorical.weight.shape[0]
+    assert rows == sum(TINY.categorical_cardinalities)
+    with torch.no_grad():  # row r holds r: the looked-up token says which row it came from
+        embedding.categorical.weight.copy_(torch.arange(rows, dtype=torch.float32)[:, None].expand(-1, TINY.d_model))
+    biggest = max(TINY.categorical_cardinalities)
+    codes = torch.stack([torch.arange(biggest) % c for c in TINY.categorical_cardinalities], dim=1)
+    tokens, _ = embedding(torch.ones(biggest, 1, dtype=torch.long), torch.ones(biggest, 1, dtype=torch.long),
+                          torch.zeros(biggest, TINY.num_numeric), codes)
+    used = {(j, int(codes[i, j])): int(tokens[i, TINY.num_numeric + j, 0])
+            for j in range(TINY.num_categorical) for i in range(biggest)}
+    assert len(used) == rows and sorted(used.values()) == list(range(rows))  # one row per (feature, code), all used

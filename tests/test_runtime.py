@@ -3,6 +3,7 @@ tampered-file refusal by name, and input validation against the model and the ma
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 import mahia.runtime as runtime
+from mahia.artifact import DimRange, read_manifest
 from mahia.model import InputValidationError, build_model, get_config, random_inputs
 from tests.conftest import relative_error
 
@@ -117,3 +119,28 @@ def test_manifest_reads_back_what_was_written(tiny_export: dict) -> None:
     broken = {**written, "model": {**written["model"], "source": "config tiny"}}
     with pytest.raises(runtime.ArtifactIntegrityError, match="field 'model' is missing or malformed"):
         Manifest.from_dict(broken)
+
+
+def test_sequence_length_is_checked_against_the_exported_range(tiny_export: dict, generator: torch.Generator) -> None:
+    # As exported with `--seq 1:16:40` (the tiny artifact's seq range is the model's limit, 160, which hides it).
+    manifest = dataclasses.replace(read_manifest(tiny_export["dir"]), batch=DimRange("batch", 1, 2, 4),
+                                   seq=DimRange("seq", 1, 16, 40))
+    deployment = runtime.Deployment(Path("tiny-fp32-narrow"), manifest, "onnx", runner=None)
+    assert deployment.check_inputs(random_inputs(deployment.config, 2, 40, generator))["input_ids"].shape == (2, 40)
+    with pytest.raises(InputValidationError, match="input 'input_ids': seq 41 is outside the exported range 1..40 "
+                                                   "of tiny-fp32-narrow"):
+        deployment.check_inputs(random_inputs(deployment.config, 2, 41, generator))
+
+
+@pytest.mark.parametrize("listed", ["../outside.bin", "sub/../../outside.bin"])
+def test_a_manifest_listing_a_file_outside_the_directory_is_refused(tmp_path: Path, listed: str) -> None:
+    from mahia.artifact import FileRecord, sha256_file, verify_files
+
+    directory = tmp_path / "artifact"
+    directory.mkdir()
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"not part of the artifact")
+    record = FileRecord(sha256_file(outside), outside.stat().st_size)  # size and hash do match
+    with pytest.raises(runtime.ArtifactIntegrityError, match="lists a file outside the directory: '"
+                                                            + listed.replace(".", r"\.") + "'"):
+        verify_files(directory, {listed: record})

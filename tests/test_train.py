@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
@@ -20,6 +21,8 @@ from mahia.model.checkpoint import read_checkpoint_metadata
 from mahia.evaluate import predict
 from mahia.train import TrainConfig, TrainingError, train
 from mahia.train.cli import main as train_cli
+from mahia.train.state import TrainingProgress, load_optimizer_state, optimizer_path, save_training_state
+from mahia.train.trainer import learning_rate
 
 # A tiny model on 32 training rows and 24 val / test rows (both classes present): a second or two a run.
 TINY = TrainConfig(model="tiny", batch_size=8, max_text_tokens=48, lr=3e-3, warmup_steps=2, save_every=2,
@@ -152,3 +155,62 @@ def test_distillation_from_a_teacher_checkpoint(tmp_path: Path) -> None:
     assert result.steps == 2 and result.metrics["train_config"]["teacher"] == str(teacher)
     with pytest.raises(CheckpointError, match="teacher .* takes at most 160 tokens, training feeds 161"):
         train(TINY.replace(model="small", max_text_tokens=161, teacher=str(teacher)), tmp_path / "bad")
+
+
+def test_optimiser_state_from_another_step_is_refused(tmp_path: Path) -> None:
+    model = build_model(get_config("tiny"), seed=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.head.bias.sum().backward()
+    optimizer.step()
+    path = tmp_path / "last.safetensors"
+    save_training_state(model, optimizer, path, TrainingProgress(3, 0, 3, None), {})
+    restored = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    load_optimizer_state(restored, path, 3)
+    saved, loaded = optimizer.state_dict()["state"], restored.state_dict()["state"]
+    assert saved.keys() == loaded.keys() and len(saved) == 1  # the head bias, the one parameter with a gradient
+    assert all(torch.equal(saved[i][k], loaded[i][k]) for i in saved for k in saved[i])
+    with pytest.raises(CheckpointError, match=rf"{optimizer_path(path).name} is from step 3, but .*from step 4"):
+        load_optimizer_state(torch.optim.AdamW(model.parameters(), lr=1e-3), path, 4)
+
+
+def test_learning_rate_warms_up_linearly_then_decays_by_cosine_to_the_floor() -> None:
+    config = TrainConfig(lr=1e-3, warmup_steps=4, min_lr_ratio=0.1)
+    rates = [learning_rate(step, 14, config) for step in range(16)]
+    assert rates[:5] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3], rel=1e-12)  # step 0 already trains
+    assert rates[9] == pytest.approx(1e-4 + 0.5 * 9e-4, rel=1e-12)  # half way through the cosine
+    assert rates[14] == rates[15] == pytest.approx(1e-4, rel=1e-12)  # the floor, and no further
+    assert learning_rate(0, 10, config.replace(warmup_steps=0)) == pytest.approx(1e-3, rel=1e-12)
+
+
+def test_gradients_reach_the_optimiser_clipped_to_grad_clip(tmp_path: Path) -> None:
+    norms = []
+
+    def record_gradient_norm(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+    handle = register_optimizer_step_pre_hook(record_gradient_norm)
+    try:
+        train(TINY.replace(max_steps=2, grad_clip=1e-3), tmp_path)
+    finally:
+        handle.remove()
+    # An untrained model's gradient norm is far above 1e-3: clipping brings each step's norm down to it.
+    assert len(norms) == 2 and norms == pytest.approx([1e-3, 1e-3], rel=1e-4)
+
+
+def test_best_checkpoint_is_the_evaluation_with_the_highest_val_auc(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    real_evaluate = trainer_module.evaluate
+    scripted = iter([0.55, 0.75, 0.65])  # the val ROC AUC of the evaluations after steps 1, 2 and 3
+
+    def evaluate_with_scripted_auc(*args, **kwargs):
+        metrics = real_evaluate(*args, **kwargs)
+        return {**metrics, "roc_auc": next(scripted, metrics["roc_auc"])}
+
+    monkeypatch.setattr(trainer_module, "evaluate", evaluate_with_scripted_auc)
+    # 8 rows in batches of 8: one step an epoch, validated after each of the 3 epochs.
+    result = train(TINY.replace(train_rows=8, epochs=3), tmp_path)
+    assert result.steps == 3 and result.metrics["best_step"] == 2
+    assert result.metrics["model"]["val"]["roc_auc"] == 0.75
+    assert read_checkpoint_metadata(tmp_path / "best.safetensors")["best_val_roc_auc"] == "0.75"
+    assert read_checkpoint_metadata(tmp_path / "last.safetensors")["step"] == "3"

@@ -1,4 +1,4 @@
-"""Task metrics, expert load counting and the distillation loss on hand-made cases."""
+"""Task metrics, expert load counting, the distillation loss and the training loss's weighting on hand-made cases."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from mahia.train.losses import distillation_loss
 from mahia.evaluate.metrics import (classification_metrics, expert_assignment_counts, load_fractions,
-                                 logits_to_prob_positive)
+                                    logits_to_prob_positive)
+from mahia.model import moe_aux_losses
+from mahia.model.mahia_x import ModelOutput
+from mahia.train.losses import distillation_loss, training_loss
 
 
 def test_classification_metrics_hand_made_case() -> None:
@@ -76,3 +78,31 @@ def test_distillation_loss_value(generator: torch.Generator) -> None:
     expected = (p_teacher * (p_teacher.log() - p_student.log())).sum(-1).mean() * t * t
     assert float(distillation_loss(student, teacher, t)) == pytest.approx(float(expected), rel=1e-5)
     assert float(expected) > 0
+
+
+def test_training_loss_weights_each_term_as_configured(generator: torch.Generator) -> None:
+    batch, length, experts = 3, 5, 4
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    routers = tuple(torch.randn(batch * length, experts, generator=generator) * scale for scale in (1.0, 3.0))
+    output = ModelOutput(torch.randn(batch, 2, generator=generator), routers, mask)
+    labels = torch.tensor([1, 0, 1])
+    cross_entropy = torch.nn.functional.cross_entropy(output.logits, labels)
+    layers = [moe_aux_losses(r, mask, 2) for r in routers]
+    balance, z = ((layers[0][i] + layers[1][i]) / 2 for i in (0, 1))  # the mean over the MoE layers
+    assert abs(float(layers[0][1] - layers[1][1])) > 1.0, "the layers' z-losses must differ to tell mean from sum"
+
+    parts = training_loss(output, labels, top_k=2, aux_loss_weight=0.3, z_loss_weight=0.05)
+    assert float(parts.task) == pytest.approx(float(cross_entropy), rel=1e-6)
+    assert float(parts.load_balance) == pytest.approx(float(balance), rel=1e-6)
+    assert float(parts.z_loss) == pytest.approx(float(z), rel=1e-6)
+    assert float(parts.distill) == 0.0
+    assert float(parts.total) == pytest.approx(float(cross_entropy + 0.3 * balance + 0.05 * z), rel=1e-6)
+
+    teacher = torch.randn(batch, 2, generator=generator)
+    distill = distillation_loss(output.logits, teacher, 3.0)
+    parts = training_loss(output, labels, 2, aux_loss_weight=0.0, z_loss_weight=0.2, teacher_logits=teacher,
+                          temperature=3.0, distill_weight=0.25)
+    assert float(parts.task) == pytest.approx(float(cross_entropy), rel=1e-6)  # logged: the hard loss alone
+    assert float(parts.distill) == pytest.approx(float(distill), rel=1e-6)
+    expected = 0.75 * cross_entropy + 0.25 * distill + 0.2 * z
+    assert float(parts.total) == pytest.approx(float(expected), rel=1e-6)

@@ -205,13 +205,13 @@ def read_manifest(directory: str | Path) -> Manifest:
     return Manifest.from_dict(data, str(path))
 
 
-def verify_files(directory: str | Path, manifest: Manifest) -> None:
+def verify_files(directory: str | Path, files: Mapping[str, FileRecord]) -> None:
     """Raise ArtifactIntegrityError naming the first listed file that lies outside the directory, is missing, or
-    whose size or sha256 differs from the manifest."""
+    whose size or sha256 differs from its record in the manifest."""
     directory = Path(directory)
-    if not manifest.files:
+    if not files:
         raise ArtifactIntegrityError(f"{directory / MANIFEST} lists no files")
-    for name, record in sorted(manifest.files.items()):
+    for name, record in sorted(files.items()):
         if Path(name).name != name or name in ("", ".", ".."):
             raise ArtifactIntegrityError(f"{MANIFEST} lists a file outside the directory: {name!r}")
         path = directory / name
@@ -225,7 +225,7 @@ def verify_files(directory: str | Path, manifest: Manifest) -> None:
 def open_artifact(directory: str | Path, allow_failed: bool = False) -> Manifest:
     """Read the manifest and verify every file against it; a failed artifact only with `allow_failed`."""
     manifest = read_manifest(directory)
-    verify_files(directory, manifest)
+    verify_files(directory, manifest.files)
     if not manifest.passed and not allow_failed:
         raise ArtifactIntegrityError(f"{directory} failed its parity check (status {manifest.status!r}); "
                                      "pass allow_failed=True to load it for debugging")

@@ -1,6 +1,11 @@
 """The model's hot ops as `torch.library` custom ops (`mahia::long_conv`, `mahia::ssd_scan`,
-`mahia::moe_ffn`, `mahia::moe_ffn_fp8`, `mahia::gate_combine`), with pure-PyTorch references and device kernels of the same signatures."""
+`mahia::moe_ffn`, `mahia::moe_ffn_fp8`, `mahia::gate_combine`), with pure-PyTorch references and device kernels
+of the same signatures.
 
-from mahia.kernels.ops import gate_combine, long_conv, moe_ffn, moe_ffn_fp8, ssd_scan
+`use_reference_ops()` makes CUDA tensors run the references instead of the Triton kernels (see mahia.kernels.ops)."""
 
-__all__ = ["gate_combine", "long_conv", "moe_ffn", "moe_ffn_fp8", "ssd_scan"]
+from mahia.kernels.ops import (gate_combine, long_conv, moe_ffn, moe_ffn_fp8, reference_ops_enabled, ssd_scan,
+                               use_reference_ops)
+
+__all__ = ["gate_combine", "long_conv", "moe_ffn", "moe_ffn_fp8", "reference_ops_enabled", "ssd_scan",
+           "use_reference_ops"]

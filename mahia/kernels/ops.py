@@ -6,11 +6,22 @@ and AOTInductor see and embed the kernels; on every other device and dtype it ru
 reference (mahia.kernels.reference), the ground truth. Each has a fake (meta) implementation for
 tracing with dynamic shapes, and an autograd formula that recomputes the reference under autograd,
 so training works through the same op the exporter sees.
+
+To run the references on CUDA tensors too (to compare, or to rule a kernel out), use
+
+    with mahia.kernels.use_reference_ops():
+        y = model(**inputs)
+
+or `use_reference_ops(True/False)` to set it for the block. The switch is a contextvars.ContextVar:
+it holds per thread and per asyncio task, and nests. It is read when an op runs eagerly (and when
+torch.compile traces it: a graph compiled under the switch keeps the references).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -19,20 +30,40 @@ from mahia.kernels import reference
 
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_REFERENCE_OPS = contextvars.ContextVar("mahia_reference_ops", default=False)
+
+
+@contextlib.contextmanager
+def use_reference_ops(enabled: bool = True) -> Iterator[None]:
+    """Within the block, every `mahia::` op runs its pure-PyTorch reference, on CUDA tensors too
+    (enabled=False: the Triton kernels again, inside an outer block that turned them off)."""
+    token = _REFERENCE_OPS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _REFERENCE_OPS.reset(token)
+
+
+def reference_ops_enabled() -> bool:
+    """True inside `use_reference_ops()`."""
+    return _REFERENCE_OPS.get()
 
 
 def _use_triton(*tensors: Tensor) -> bool:
-    """The Triton kernel serves CUDA tensors of half, bfloat16 or float32; the reference serves the rest."""
-    return all(t.is_cuda for t in tensors) and tensors[0].dtype in _TRITON_DTYPES
+    """The Triton kernel serves CUDA tensors of half, bfloat16 or float32 (unless use_reference_ops is
+    on); the reference serves the rest."""
+    return not _REFERENCE_OPS.get() and all(t.is_cuda for t in tensors) and tensors[0].dtype in _TRITON_DTYPES
 
 
 @torch.library.triton_op("mahia::long_conv", mutates_args=())
 def long_conv(x: Tensor, filt: Tensor, causal: bool) -> Tensor:
-    """FFT long convolution (causal filter [D, L] or two-sided filter [D, 2L-1]) of x [B, D, L]."""
+    """FFT long convolution (causal filter [D, L] or two-sided filter [D, 2L-1]) of x [B, D, L]; on CUDA the
+    Toeplitz kernel or torch.fft by length (mahia.kernels.triton.long_conv.choose_algorithm)."""
     if _use_triton(x, filt):
         from mahia.kernels.triton import long_conv as kernel
 
-        return kernel.long_conv(x, filt, causal)
+        if kernel.choose_algorithm(x.shape[-1], causal) == "toeplitz":
+            return kernel.long_conv(x, filt, causal)
     return reference.long_conv(x, filt, causal)
 
 

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from mahia.kernels.triton.launch import traceable
+from mahia.kernels.triton.plan import Buffer, KernelPlan, execute, launch, pointer, scalar
 
 NUM_BRANCHES = 3
 
@@ -46,8 +46,30 @@ def gate_combine_kernel(branches_ptr, logits_ptr, out_ptr, num_tokens, dim,
              mask=token_ok[:, None] & (feats < dim)[None, :])
 
 
+@triton.jit
+def gate_combine_kernel_entry(branches_ptr, logits_ptr, num_tokens, dim, out_ptr,
+                              BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """AOT entry in plugin order (input pointers, int32 scalars, output pointers)."""
+    gate_combine_kernel(branches_ptr, logits_ptr, out_ptr, num_tokens, dim, BLOCK_T, BLOCK_D)
+
+
 # A memory-bound kernel: this tile streams at 66% of the H100's copy bandwidth (benchmarks/RESULTS.md).
 CONFIG = {"BLOCK_T": 4, "BLOCK_D": 256, "num_warps": 4}
+
+
+def plan(num_tokens: int, dim: int, dtype: torch.dtype) -> KernelPlan:
+    """One launch: branches [T, D, 3] and gate_logits [T, 3] (dtype) -> out [T, D]."""
+    cfg = CONFIG
+    grid = (triton.cdiv(num_tokens, cfg["BLOCK_T"]), triton.cdiv(dim, cfg["BLOCK_D"]))
+    step = launch("gate_combine", "gate_combine_kernel", grid, cfg["num_warps"], 1,
+                  {"BLOCK_T": cfg["BLOCK_T"], "BLOCK_D": cfg["BLOCK_D"]},
+                  [pointer("branches_ptr"), pointer("logits_ptr"), pointer("out_ptr"),
+                   scalar("num_tokens", num_tokens), scalar("dim", dim)],
+                  reads=("branches", "logits"), writes=("out",))
+    buffers = (Buffer("branches", dtype, num_tokens * dim * NUM_BRANCHES), Buffer("logits", dtype, num_tokens * 3),
+               Buffer("out", dtype, num_tokens * dim))
+    return KernelPlan("gate_combine", ("branches", "logits"), ("out",), buffers, (step,),
+                      {"num_tokens": num_tokens, "dim": dim, "dtype": dtype})
 
 
 def gate_combine(branches: Tensor, gate_logits: Tensor) -> Tensor:
@@ -59,8 +81,5 @@ def gate_combine(branches: Tensor, gate_logits: Tensor) -> Tensor:
     out = torch.empty(*lead, dim, dtype=branches.dtype, device=branches.device)
     if out.numel() == 0:
         return out
-    grid = (triton.cdiv(num_tokens, CONFIG["BLOCK_T"]), triton.cdiv(dim, CONFIG["BLOCK_D"]))
-    launch = traceable(gate_combine_kernel)
-    launch[grid](branches, gate_logits, out, num_tokens, dim, BLOCK_T=CONFIG["BLOCK_T"],
-                 BLOCK_D=CONFIG["BLOCK_D"], num_warps=CONFIG["num_warps"])
+    execute(plan(num_tokens, dim, branches.dtype), {"branches": branches, "logits": gate_logits, "out": out})
     return out

@@ -7,7 +7,7 @@ import torch
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
+_TL_DTYPES = {"fp16": tl.float16, "bf16": tl.bfloat16, "fp32": tl.float32}
 
 
 def is_interpreted(kernel: object) -> bool:
@@ -22,15 +22,16 @@ def traceable(kernel: object) -> object:
     return torch.library.wrap_triton(kernel)
 
 
-def mma_dtype(dtype: torch.dtype, kernel: object) -> tl.dtype:
-    """The dtype of tl.dot operands: the input's, except bfloat16 under the interpreter.
+def mma_dtype(name: str, kernel: object) -> tl.dtype:
+    """The dtype of tl.dot operands (the plans' MMA constexpr, "bf16" / "fp16" / "fp32"), except
+    bfloat16 under the interpreter.
 
     The Triton interpreter (3.x) multiplies bfloat16 dot operands as raw 16-bit integers (numpy has
     no bfloat16), so there the operands, already rounded to bfloat16, are widened to float32.
     """
-    if dtype == torch.bfloat16 and is_interpreted(kernel):
+    if name == "bf16" and is_interpreted(kernel):
         return tl.float32
-    return _TL_DTYPES[dtype]
+    return _TL_DTYPES[name]
 
 
 def dot_precision(dtype: torch.dtype) -> str:

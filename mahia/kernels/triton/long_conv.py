@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from mahia.kernels.triton.launch import dot_precision, mma_dtype, traceable
+from mahia.kernels.triton.launch import dot_precision
+from mahia.kernels.triton.plan import MMA_NAMES, Buffer, KernelPlan, execute, launch, pointer, scalar
 
 
 @triton.jit
@@ -59,6 +60,15 @@ def long_conv_kernel(x_ptr, filt_ptr, out_ptr, batch, length, filt_len, filt_shi
              mask=col_ok[None, :] & (t < length))
 
 
+@triton.jit
+def long_conv_kernel_entry(x_ptr, filt_ptr, batch, length, filt_len, filt_shift, stride_xb, stride_xd, stride_fd,
+                           out_ptr, CAUSAL: tl.constexpr, BLOCK_K: tl.constexpr, NT: tl.constexpr,
+                           BLOCK_N: tl.constexpr, MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """AOT entry in plugin order (input pointers, int32 scalars, output pointers)."""
+    long_conv_kernel(x_ptr, filt_ptr, out_ptr, batch, length, filt_len, filt_shift, stride_xb, stride_xd, stride_fd,
+                     CAUSAL, BLOCK_K, NT, BLOCK_N, MMA, DOT_PRECISION)
+
+
 def choose_config(batch: int, length: int) -> dict[str, int]:
     """Tile sizes by shape bucket; no autotuning at call time. The L >= 256 bucket was chosen by
     benchmarks/kernels.py --sweep on the H100; short sequences use 16-step tiles (not tuned)."""
@@ -71,21 +81,59 @@ def choose_config(batch: int, length: int) -> dict[str, int]:
             "num_stages": 2}
 
 
+def plan(batch: int, channels: int, length: int, causal: bool, dtype: torch.dtype,
+         config: dict[str, int] | None = None) -> KernelPlan:
+    """One launch: x [B, D, L] and filt [D, L] (causal) or [D, 2L-1] (two-sided), contiguous -> out [B, D, L]."""
+    cfg = config or choose_config(batch, length)
+    filt_len = length if causal else 2 * length - 1
+    num_blocks = triton.cdiv(length, cfg["BLOCK_K"])
+    rows_per_program = cfg["BLOCK_N"] // cfg["NT"]
+    grid = (channels, triton.cdiv(num_blocks, cfg["NT"]), triton.cdiv(batch, rows_per_program))
+    constexprs = {"CAUSAL": causal, "BLOCK_K": cfg["BLOCK_K"], "NT": cfg["NT"], "BLOCK_N": cfg["BLOCK_N"],
+                  "MMA": MMA_NAMES[dtype], "DOT_PRECISION": dot_precision(dtype)}
+    step = launch("long_conv", "long_conv_kernel", grid, cfg["num_warps"], cfg["num_stages"], constexprs,
+                  [pointer("x_ptr"), pointer("filt_ptr"), pointer("out_ptr"), scalar("batch", batch),
+                   scalar("length", length), scalar("filt_len", filt_len),
+                   scalar("filt_shift", 0 if causal else length - 1), scalar("stride_xb", channels * length),
+                   scalar("stride_xd", length), scalar("stride_fd", filt_len)],
+                  reads=("x", "filt"), writes=("out",))
+    buffers = (Buffer("x", dtype, batch * channels * length), Buffer("filt", dtype, channels * filt_len),
+               Buffer("out", dtype, batch * channels * length))
+    return KernelPlan("long_conv", ("x", "filt"), ("out",), buffers, (step,),
+                      {"batch": batch, "channels": channels, "length": length, "causal": causal, "dtype": dtype,
+                       **({"config": dict(config)} if config else {})})
+
+
+# Toeplitz kernel against torch.fft (the reference), H200, bf16, batch 8, 768 channels, medians of do_bench
+# (benchmarks/kernel_plans_gpu.py --sections conv), fft time / Toeplitz time:
+#   L          512    1024   2048   4096   8192
+#   causal     0.71x  1.20x  2.28x  1.68x  0.98x
+#   two-sided  0.49x  0.58x  1.57x  0.94x  0.54x
+# So the kernel runs where it was faster, lo < L <= hi, and torch.fft at the other measured lengths
+# (L >= 512). Below 512 nothing was measured on the H200: the kernel stays (one launch, against
+# torch.fft's five). The issue's 3x goal needs an FFT on tensor cores (FlashFFTConv), not this choice.
+TOEPLITZ_WINDOW = {True: (512, 4096), False: (1024, 2048)}  # causal -> (lo, hi)
+SHORTEST_MEASURED = 512
+
+
+def choose_algorithm(length: int, causal: bool) -> str:
+    """"toeplitz" (this module's kernel, described by plan()) or "fft" (torch.fft, the reference), by length."""
+    lo, hi = TOEPLITZ_WINDOW[causal]
+    return "toeplitz" if length < SHORTEST_MEASURED or lo < length <= hi else "fft"
+
+
 def long_conv(x: Tensor, filt: Tensor, causal: bool, config: dict[str, int] | None = None) -> Tensor:
-    """Launch the kernel: x [B, D, L], filt [D, L] (causal) or [D, 2L-1] (two-sided) -> [B, D, L]."""
+    """Launch the kernel: x [B, D, L], filt [D, L] (causal) or [D, 2L-1] (two-sided) -> [B, D, L].
+    (The op, mahia.kernels.ops.long_conv, calls it where choose_algorithm says "toeplitz".)"""
     batch, channels, length = x.shape
+    filt_len = length if causal else 2 * length - 1
+    if tuple(filt.shape) != (channels, filt_len):
+        raise ValueError(f"long_conv: filt has shape {tuple(filt.shape)}, expected ({channels}, {filt_len}) "
+                         f"for x {tuple(x.shape)} and causal={causal}")
     x = x.contiguous()
     filt = filt.contiguous()
     out = torch.empty_like(x)
     if out.numel() == 0:
         return out
-    cfg = config or choose_config(batch, length)
-    num_blocks = triton.cdiv(length, cfg["BLOCK_K"])
-    rows_per_program = cfg["BLOCK_N"] // cfg["NT"]
-    grid = (channels, triton.cdiv(num_blocks, cfg["NT"]), triton.cdiv(batch, rows_per_program))
-    traceable(long_conv_kernel)[grid](
-        x, filt, out, batch, length, filt.shape[1], 0 if causal else length - 1,
-        x.stride(0), x.stride(1), filt.stride(0),
-        CAUSAL=causal, BLOCK_K=cfg["BLOCK_K"], NT=cfg["NT"], BLOCK_N=cfg["BLOCK_N"],
-        MMA=mma_dtype(x.dtype, long_conv_kernel), DOT_PRECISION=dot_precision(x.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    execute(plan(batch, channels, length, causal, x.dtype, config), {"x": x, "filt": filt, "out": out})
     return out

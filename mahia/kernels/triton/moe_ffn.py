@@ -21,16 +21,20 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from mahia.kernels.triton.launch import dot_precision, mma_dtype, traceable
+from mahia.kernels.triton.launch import dot_precision
+from mahia.kernels.triton.plan import MMA_NAMES, Arg, Buffer, KernelPlan, execute, launch, pointer, scalar
 
 
 @triton.jit
-def topk_tile(logits_ptr, t, t_ok, num_experts, cols, col_ok, slots,
-              K: tl.constexpr, E_PAD: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
-    """Softmax over experts, top-K, renormalised: (weights [BLOCK_T, K_PAD], experts [BLOCK_T, K_PAD])."""
-    logits = tl.load(logits_ptr + t[:, None] * num_experts + cols[None, :],
-                     mask=t_ok[:, None] & col_ok[None, :], other=float("-inf")).to(tl.float32)
-    logits = tl.where(col_ok[None, :], logits, float("-inf"))
+def topk_tile(logits, t_ok, cols, col_ok, slots, K: tl.constexpr, E_PAD: tl.constexpr, K_PAD: tl.constexpr,
+              BLOCK_T: tl.constexpr):
+    """Softmax over experts, top-K, renormalised: (weights [BLOCK_T, K_PAD], experts [BLOCK_T, K_PAD]).
+
+    Takes the logits loaded (float32 [BLOCK_T, E_PAD], -inf in the padding columns) in the kernel body
+    itself: torch's mutation analysis of user-defined Triton kernels (torch/_higher_order_ops/
+    triton_kernel_wrap.py) follows a helper call's result back to every argument of the call, so a
+    pointer passed into a helper whose result feeds a store address is taken for a written buffer
+    (tests/test_kernels_functionalization.py)."""
     peak = tl.where(t_ok, tl.max(logits, axis=1), 0.0)
     probs = tl.exp(logits - peak[:, None])
     probs = probs / tl.sum(probs, axis=1)[:, None]
@@ -48,38 +52,43 @@ def topk_tile(logits_ptr, t, t_ok, num_experts, cols, col_ok, slots,
 
 
 @triton.jit
-def expert_capacity(capacity_factor_ptr, valid, num_experts, num_assign, K: tl.constexpr,
-                    CAPACITY_LIMITED: tl.constexpr):
-    """Assignments each expert takes: ceil(capacity_factor * valid * k / E) in float64, in the
-    reference's arithmetic order, or all of them when dropless."""
-    if CAPACITY_LIMITED:
-        raw = tl.load(capacity_factor_ptr) * valid.to(tl.float64) * K / num_experts
-        capacity = raw.to(tl.int32)
-        capacity += (capacity.to(tl.float64) < raw).to(tl.int32)
-    else:
-        capacity = num_assign
+def expert_capacity(capacity_factor, valid, num_experts, K: tl.constexpr):
+    """Assignments each expert takes when capacity-limited: ceil(capacity_factor * valid * k / E) in
+    float64, in the reference's arithmetic order (capacity_factor: the loaded float64 value)."""
+    raw = capacity_factor * valid.to(tl.float64) * K / num_experts
+    capacity = raw.to(tl.int32)
+    capacity += (capacity.to(tl.float64) < raw).to(tl.int32)
     return capacity
 
 
 @triton.jit
-def expert_segments(totals, capacity, cols, col_ok, sorted_ids_ptr, block_expert_ptr, num_assign, max_blocks,
-                    BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr):
-    """From per-expert assignment counts: segment starts in the permuted rows (each padded to
-    BLOCK_M), the owner of every row block (-1 past the used rows), sentinel ids in the padding."""
+def expert_segments(totals, capacity, BLOCK_M: tl.constexpr):
+    """From per-expert assignment counts: (kept, segment starts, segment ends, used rows), each
+    segment padded to a multiple of BLOCK_M in the permuted rows."""
     kept = tl.minimum(totals, capacity)
     padded = tl.cdiv(kept, BLOCK_M) * BLOCK_M
     ends = tl.cumsum(padded, axis=0)
-    starts = ends - padded
-    used_rows = tl.sum(padded, axis=0)
+    return kept, ends - padded, ends, tl.sum(padded, axis=0)
+
+
+@triton.jit
+def store_block_owners(ends, used_rows, col_ok, block_expert_ptr, max_blocks, BLOCK_M: tl.constexpr,
+                       BLOCK_B: tl.constexpr):
+    """The owner expert of every row block (-1 past the used rows)."""
     for b0 in range(0, max_blocks, BLOCK_B):
         blocks = b0 + tl.arange(0, BLOCK_B)
         first_rows = blocks * BLOCK_M
         owner = tl.sum(((ends[None, :] <= first_rows[:, None]) & col_ok[None, :]).to(tl.int32), axis=1)
         tl.store(block_expert_ptr + blocks, tl.where(first_rows < used_rows, owner, -1), mask=blocks < max_blocks)
+
+
+@triton.jit
+def store_padding(starts, kept, col_ok, sorted_ids_ptr, num_assign, BLOCK_M: tl.constexpr):
+    """Sentinel ids (num_assign) in the padding rows of each expert's segment."""
+    ends = starts + tl.cdiv(kept, BLOCK_M) * BLOCK_M
     pad_rows = tl.arange(0, BLOCK_M)
     pad_at = starts[:, None] + kept[:, None] + pad_rows[None, :]
     tl.store(sorted_ids_ptr + pad_at, num_assign, mask=col_ok[:, None] & (pad_at < ends[:, None]))
-    return starts
 
 
 @triton.jit
@@ -87,7 +96,8 @@ def moe_route_kernel(logits_ptr, mask_ptr, capacity_factor_ptr, weights_ptr, exp
                      sorted_ids_ptr, block_expert_ptr, num_tokens, num_experts, max_blocks,
                      K: tl.constexpr, E_PAD: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
                      BLOCK_M: tl.constexpr, CAPACITY_LIMITED: tl.constexpr):
-    """Routing and permutation of at most BLOCK_T tokens, in one program (decode sizes)."""
+    """Routing and permutation of at most BLOCK_T tokens, in one program (decode sizes).
+    capacity_factor_ptr (float64 [1]) is read only when CAPACITY_LIMITED (else pass None)."""
     cols = tl.arange(0, E_PAD)
     col_ok = cols < num_experts
     slots = tl.arange(0, K_PAD)
@@ -95,12 +105,16 @@ def moe_route_kernel(logits_ptr, mask_ptr, capacity_factor_ptr, weights_ptr, exp
     t = tl.arange(0, BLOCK_T)
     t_ok = t < num_tokens
     real = t_ok & (tl.load(mask_ptr + t, mask=t_ok, other=0) != 0)
-    weights, top_idx = topk_tile(logits_ptr, t, t_ok, num_experts, cols, col_ok, slots, K, E_PAD, K_PAD, BLOCK_T)
+    logits = tl.load(logits_ptr + t[:, None] * num_experts + cols[None, :], mask=t_ok[:, None] & col_ok[None, :],
+                     other=float("-inf")).to(tl.float32)
+    logits = tl.where(col_ok[None, :], logits, float("-inf"))
+    weights, top_idx = topk_tile(logits, t_ok, cols, col_ok, slots, K, E_PAD, K_PAD, BLOCK_T)
     out_ok = t_ok[:, None] & (slots < K)[None, :]
     tl.store(weights_ptr + t[:, None] * K + slots[None, :], weights, mask=out_ok)
     tl.store(experts_ptr + t[:, None] * K + slots[None, :], top_idx, mask=out_ok)
-    capacity = expert_capacity(capacity_factor_ptr, tl.sum(real.to(tl.int32), axis=0), num_experts, num_assign,
-                               K, CAPACITY_LIMITED)
+    capacity = num_assign
+    if CAPACITY_LIMITED:
+        capacity = expert_capacity(tl.load(capacity_factor_ptr), tl.sum(real.to(tl.int32), axis=0), num_experts, K)
 
     # Queue position of each assignment at its expert: rank-major, then token order.
     running = tl.zeros((E_PAD,), dtype=tl.int32)
@@ -111,8 +125,9 @@ def moe_route_kernel(logits_ptr, mask_ptr, capacity_factor_ptr, weights_ptr, exp
         keep = real & (position < capacity)
         tl.store(queue_ptr + t * K + r, tl.where(keep, position, -1), mask=t_ok)
         running += tl.sum(onehot, axis=0)
-    starts = expert_segments(running, capacity, cols, col_ok, sorted_ids_ptr, block_expert_ptr, num_assign,
-                             max_blocks, BLOCK_M, BLOCK_T)
+    kept, starts, ends, used_rows = expert_segments(running, capacity, BLOCK_M)
+    store_block_owners(ends, used_rows, col_ok, block_expert_ptr, max_blocks, BLOCK_M, BLOCK_T)
+    store_padding(starts, kept, col_ok, sorted_ids_ptr, num_assign, BLOCK_M)
     tl.debug_barrier()
     for r in tl.static_range(K):
         e = tl.sum(tl.where(slots[None, :] == r, top_idx, 0), axis=1)
@@ -133,7 +148,10 @@ def moe_topk_kernel(logits_ptr, mask_ptr, weights_ptr, experts_ptr, counts_ptr, 
     t = tile * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = t < num_tokens
     real = t_ok & (tl.load(mask_ptr + t, mask=t_ok, other=0) != 0)
-    weights, top_idx = topk_tile(logits_ptr, t, t_ok, num_experts, cols, col_ok, slots, K, E_PAD, K_PAD, BLOCK_T)
+    logits = tl.load(logits_ptr + t[:, None] * num_experts + cols[None, :], mask=t_ok[:, None] & col_ok[None, :],
+                     other=float("-inf")).to(tl.float32)
+    logits = tl.where(col_ok[None, :], logits, float("-inf"))
+    weights, top_idx = topk_tile(logits, t_ok, cols, col_ok, slots, K, E_PAD, K_PAD, BLOCK_T)
     out_ok = t_ok[:, None] & (slots < K)[None, :]
     tl.store(weights_ptr + t[:, None] * K + slots[None, :], weights, mask=out_ok)
     tl.store(experts_ptr + t[:, None] * K + slots[None, :], top_idx, mask=out_ok)
@@ -145,36 +163,42 @@ def moe_topk_kernel(logits_ptr, mask_ptr, weights_ptr, experts_ptr, counts_ptr, 
 
 
 @triton.jit
-def moe_plan_kernel(counts_ptr, valid_ptr, capacity_factor_ptr, plan_ptr, sorted_ids_ptr, block_expert_ptr,
+def moe_plan_kernel(counts_ptr, valid_ptr, capacity_factor_ptr, offsets_ptr, plan_ptr, block_expert_ptr,
                     num_tiles, num_tokens, num_experts, max_blocks, K: tl.constexpr, E_PAD: tl.constexpr,
                     BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr, CAPACITY_LIMITED: tl.constexpr):
     """Parallel routing, step 2 of 3 (one program): each (rank, tile)'s first queue position per
-    expert (rank-major, then tile order, written over counts), capacity, segments, block owners.
-    plan = [capacity, starts[E_PAD]]."""
+    expert (rank-major, then tile order) into offsets, capacity, segments, block owners.
+    plan = [capacity, starts[E_PAD], kept[E_PAD]]. capacity_factor_ptr as in moe_route_kernel."""
     cols = tl.arange(0, E_PAD)
     col_ok = cols < num_experts
     valid = 0
     for i0 in range(0, num_tiles, BLOCK_R):
         i = i0 + tl.arange(0, BLOCK_R)
         valid += tl.sum(tl.load(valid_ptr + i, mask=i < num_tiles, other=0), axis=0)
-    capacity = expert_capacity(capacity_factor_ptr, valid, num_experts, num_tokens * K, K, CAPACITY_LIMITED)
+    capacity = num_tokens * K
+    if CAPACITY_LIMITED:
+        capacity = expert_capacity(tl.load(capacity_factor_ptr), valid, num_experts, K)
     running = tl.zeros((E_PAD,), dtype=tl.int32)
     for i0 in range(0, K * num_tiles, BLOCK_R):
         i = i0 + tl.arange(0, BLOCK_R)
-        ptrs = counts_ptr + i[:, None] * E_PAD + cols[None, :]
-        counts = tl.load(ptrs, mask=(i < K * num_tiles)[:, None], other=0)
-        tl.store(ptrs, tl.cumsum(counts, axis=0) - counts + running[None, :], mask=(i < K * num_tiles)[:, None])
+        rows_ok = (i < K * num_tiles)[:, None]
+        counts = tl.load(counts_ptr + i[:, None] * E_PAD + cols[None, :], mask=rows_ok, other=0)
+        first = tl.cumsum(counts, axis=0) - counts + running[None, :]
+        tl.store(offsets_ptr + i[:, None] * E_PAD + cols[None, :], first, mask=rows_ok)
         running += tl.sum(counts, axis=0)
-    starts = expert_segments(running, capacity, cols, col_ok, sorted_ids_ptr, block_expert_ptr, num_tokens * K,
-                             max_blocks, BLOCK_M, BLOCK_R)
+    kept, starts, ends, used_rows = expert_segments(running, capacity, BLOCK_M)
+    store_block_owners(ends, used_rows, col_ok, block_expert_ptr, max_blocks, BLOCK_M, BLOCK_R)
     tl.store(plan_ptr, capacity)
     tl.store(plan_ptr + 1 + cols, starts)
+    tl.store(plan_ptr + 1 + E_PAD + cols, kept)
 
 
 @triton.jit
-def moe_scatter_kernel(mask_ptr, experts_ptr, counts_ptr, plan_ptr, queue_ptr, sorted_ids_ptr, num_tokens,
-                       K: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
-    """Parallel routing, step 3 of 3: queue position of every assignment, and its permuted row."""
+def moe_scatter_kernel(mask_ptr, experts_ptr, offsets_ptr, plan_ptr, queue_ptr, sorted_ids_ptr, num_tokens,
+                       num_experts, K: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
+                       BLOCK_M: tl.constexpr):
+    """Parallel routing, step 3 of 3: queue position of every assignment, and its permuted row; the
+    first program also writes the sentinel ids of the segments' padding rows."""
     tile = tl.program_id(0)
     r = tl.program_id(1)
     num_tiles = tl.num_programs(0)
@@ -184,12 +208,16 @@ def moe_scatter_kernel(mask_ptr, experts_ptr, counts_ptr, plan_ptr, queue_ptr, s
     real = t_ok & (tl.load(mask_ptr + t, mask=t_ok, other=0) != 0)
     e = tl.load(experts_ptr + t * K + r, mask=t_ok, other=0)
     onehot = ((e[:, None] == cols[None, :]) & real[:, None]).to(tl.int32)
-    first = tl.load(counts_ptr + (r * num_tiles + tile) * E_PAD + cols)
+    first = tl.load(offsets_ptr + (r * num_tiles + tile) * E_PAD + cols)
     position = tl.sum(onehot * (tl.cumsum(onehot, axis=0) - onehot + first[None, :]), axis=1)
     keep = real & (position < tl.load(plan_ptr))
     tl.store(queue_ptr + t * K + r, tl.where(keep, position, -1), mask=t_ok)
-    start = tl.sum(tl.where(e[:, None] == cols[None, :], tl.load(plan_ptr + 1 + cols)[None, :], 0), axis=1)
+    starts = tl.load(plan_ptr + 1 + cols)
+    start = tl.sum(tl.where(e[:, None] == cols[None, :], starts[None, :], 0), axis=1)
     tl.store(sorted_ids_ptr + start + position, t * K + r, mask=keep)
+    if (tile == 0) & (r == 0):
+        store_padding(starts, tl.load(plan_ptr + 1 + E_PAD + cols), cols < num_experts, sorted_ids_ptr,
+                      num_tokens * K, BLOCK_M)
 
 
 @triton.jit
@@ -212,7 +240,7 @@ def moe_up_kernel(x_ptr, w1_ptr, w1_scale_ptr, sorted_ids_ptr, block_expert_ptr,
     """act[row, n] = silu(x[token] . w1[e, n]) * (x[token] . w1[e, H + n]) for one row block.
 
     W_SCALED: w1 is FP8 with one scale per output channel, applied to the accumulators (the scale
-    of channel n factors out of the sum over D)."""
+    of channel n factors out of the sum over D); otherwise pass None for w1_scale_ptr."""
     pid_m, pid_n = grouped_tile(num_blocks_m, tl.cdiv(hidden, BLOCK_N), GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
@@ -251,7 +279,7 @@ def moe_down_kernel(act_ptr, w2_ptr, w2_scale_ptr, sorted_ids_ptr, block_expert_
                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, W_SCALED: tl.constexpr, MMA: tl.constexpr,
                     DOT_PRECISION: tl.constexpr):
     """out[assignment, n] = act[row] . w2[e, n] for one row block, scattered to assignment rows
-    (W_SCALED: FP8 w2, per-output-channel scale applied to the accumulator)."""
+    (W_SCALED: FP8 w2, per-output-channel scale applied to the accumulator; otherwise w2_scale_ptr None)."""
     pid_m, pid_n = grouped_tile(num_blocks_m, tl.cdiv(d_model, BLOCK_N), GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
@@ -294,6 +322,95 @@ def moe_combine_kernel(expert_out_ptr, weights_ptr, queue_ptr, y_ptr, num_tokens
              mask=t_ok[:, None] & d_ok[None, :])
 
 
+# AOT entries in plugin order (input pointers, int32 scalars, output pointers). Capacity-limited
+# routing (training) and the unscaled/FP8 weights are separate entries, as their pointers differ.
+@triton.jit
+def moe_route_kernel_entry(logits_ptr, mask_ptr, num_tokens, num_experts, max_blocks, weights_ptr, experts_ptr,
+                           queue_ptr, sorted_ids_ptr, block_expert_ptr, K: tl.constexpr, E_PAD: tl.constexpr,
+                           K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_M: tl.constexpr,
+                           CAPACITY_LIMITED: tl.constexpr):
+    """AOT entry of moe_route_kernel (dropless)."""
+    tl.static_assert(not CAPACITY_LIMITED, "the AOT routing entry is dropless")
+    moe_route_kernel(logits_ptr, mask_ptr, None, weights_ptr, experts_ptr, queue_ptr, sorted_ids_ptr, block_expert_ptr,
+                     num_tokens, num_experts, max_blocks, K, E_PAD, K_PAD, BLOCK_T, BLOCK_M, CAPACITY_LIMITED)
+
+
+@triton.jit
+def moe_topk_kernel_entry(logits_ptr, mask_ptr, num_tokens, num_experts, weights_ptr, experts_ptr, counts_ptr,
+                          valid_ptr, K: tl.constexpr, E_PAD: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
+    """AOT entry of moe_topk_kernel."""
+    moe_topk_kernel(logits_ptr, mask_ptr, weights_ptr, experts_ptr, counts_ptr, valid_ptr, num_tokens, num_experts,
+                    K, E_PAD, K_PAD, BLOCK_T)
+
+
+@triton.jit
+def moe_plan_kernel_entry(counts_ptr, valid_ptr, num_tiles, num_tokens, num_experts, max_blocks, offsets_ptr, plan_ptr,
+                          block_expert_ptr, K: tl.constexpr, E_PAD: tl.constexpr, BLOCK_R: tl.constexpr,
+                          BLOCK_M: tl.constexpr, CAPACITY_LIMITED: tl.constexpr):
+    """AOT entry of moe_plan_kernel (dropless)."""
+    tl.static_assert(not CAPACITY_LIMITED, "the AOT routing entry is dropless")
+    moe_plan_kernel(counts_ptr, valid_ptr, None, offsets_ptr, plan_ptr, block_expert_ptr, num_tiles, num_tokens,
+                    num_experts, max_blocks, K, E_PAD, BLOCK_R, BLOCK_M, CAPACITY_LIMITED)
+
+
+@triton.jit
+def moe_scatter_kernel_entry(mask_ptr, experts_ptr, offsets_ptr, plan_ptr, num_tokens, num_experts, queue_ptr,
+                             sorted_ids_ptr, K: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
+                             BLOCK_M: tl.constexpr):
+    """AOT entry of moe_scatter_kernel."""
+    moe_scatter_kernel(mask_ptr, experts_ptr, offsets_ptr, plan_ptr, queue_ptr, sorted_ids_ptr, num_tokens, num_experts,
+                       K, E_PAD, BLOCK_T, BLOCK_M)
+
+
+@triton.jit
+def moe_up_kernel_entry(x_ptr, w1_ptr, sorted_ids_ptr, block_expert_ptr, num_assign, d_model, hidden, stride_we,
+                        num_blocks_m, act_ptr, K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, W_SCALED: tl.constexpr, MMA: tl.constexpr,
+                        DOT_PRECISION: tl.constexpr):
+    """AOT entry of moe_up_kernel, weights in the activations' dtype."""
+    tl.static_assert(not W_SCALED, "moe_up_kernel_scaled_entry takes the FP8 weights")
+    moe_up_kernel(x_ptr, w1_ptr, None, sorted_ids_ptr, block_expert_ptr, act_ptr, num_assign, d_model, hidden,
+                  stride_we, num_blocks_m, K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, W_SCALED, MMA, DOT_PRECISION)
+
+
+@triton.jit
+def moe_up_kernel_scaled_entry(x_ptr, w1_ptr, w1_scale_ptr, sorted_ids_ptr, block_expert_ptr, num_assign, d_model,
+                               hidden, stride_we, num_blocks_m, act_ptr, K: tl.constexpr, BLOCK_M: tl.constexpr,
+                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                               W_SCALED: tl.constexpr, MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """AOT entry of moe_up_kernel, FP8 weights with per-channel scales."""
+    moe_up_kernel(x_ptr, w1_ptr, w1_scale_ptr, sorted_ids_ptr, block_expert_ptr, act_ptr, num_assign, d_model, hidden,
+                  stride_we, num_blocks_m, K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, W_SCALED, MMA, DOT_PRECISION)
+
+
+@triton.jit
+def moe_down_kernel_entry(act_ptr, w2_ptr, sorted_ids_ptr, block_expert_ptr, num_assign, d_model, hidden, stride_we,
+                          num_blocks_m, out_ptr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          GROUP_M: tl.constexpr, W_SCALED: tl.constexpr, MMA: tl.constexpr,
+                          DOT_PRECISION: tl.constexpr):
+    """AOT entry of moe_down_kernel, weights in the activations' dtype."""
+    tl.static_assert(not W_SCALED, "moe_down_kernel_scaled_entry takes the FP8 weights")
+    moe_down_kernel(act_ptr, w2_ptr, None, sorted_ids_ptr, block_expert_ptr, out_ptr, num_assign, d_model, hidden,
+                    stride_we, num_blocks_m, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, W_SCALED, MMA, DOT_PRECISION)
+
+
+@triton.jit
+def moe_down_kernel_scaled_entry(act_ptr, w2_ptr, w2_scale_ptr, sorted_ids_ptr, block_expert_ptr, num_assign, d_model,
+                                 hidden, stride_we, num_blocks_m, out_ptr, BLOCK_M: tl.constexpr,
+                                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                                 W_SCALED: tl.constexpr, MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """AOT entry of moe_down_kernel, FP8 weights with per-channel scales."""
+    moe_down_kernel(act_ptr, w2_ptr, w2_scale_ptr, sorted_ids_ptr, block_expert_ptr, out_ptr, num_assign, d_model,
+                    hidden, stride_we, num_blocks_m, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, W_SCALED, MMA, DOT_PRECISION)
+
+
+@triton.jit
+def moe_combine_kernel_entry(expert_out_ptr, weights_ptr, queue_ptr, num_tokens, d_model, y_ptr, K: tl.constexpr,
+                             BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """AOT entry of moe_combine_kernel."""
+    moe_combine_kernel(expert_out_ptr, weights_ptr, queue_ptr, y_ptr, num_tokens, d_model, K, BLOCK_T, BLOCK_D)
+
+
 # Tile configs per bucket of routed rows (tokens * k), chosen on the H100 (benchmarks/RESULTS.md).
 CONFIGS = (
     # (max rows, up: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages), down: (BLOCK_N, BLOCK_K, warps, stages))
@@ -304,6 +421,7 @@ CONFIGS = (
 GROUP_M = 8  # row blocks walked together over all column tiles
 ROUTE_TILE = 256  # tokens per program of the parallel routing kernels
 ONE_PROGRAM_ROUTING = 1024  # up to this many tokens one routing program does it all (fewer launches)
+COMBINE_TOKENS = 8  # tokens per program of the combine kernel
 
 
 def choose_config(num_rows: int) -> dict[str, object]:
@@ -322,6 +440,118 @@ def _fit(tiles: tuple[int, int, int, int], dtype: torch.dtype) -> tuple[int, int
     return tiles
 
 
+def plan(num_tokens: int, d_model: int, hidden: int, num_experts: int, top_k: int, capacity_factor: float,
+         dtype: torch.dtype, weight_dtype: torch.dtype | None = None, config: dict[str, object] | None = None,
+         logits_dtype: torch.dtype | None = None) -> KernelPlan:
+    """Routing (one program up to ONE_PROGRAM_ROUTING tokens, else top-k / plan / scatter), up, down,
+    combine: x [T, D] (dtype), router_logits [T, E] (logits_dtype, default dtype), mask [T] (bool), w1 [E, 2H, D],
+    w2 [E, D, H] -> y [T, D]. weight_dtype float8_e4m3fn: FP8 weights with float32 per-output-channel
+    scales w1_scale [E, 2H] and w2_scale [E, D]. capacity_factor > 0: capacity-limited routing, which
+    reads it from the float64 buffer `capacity_factor` [1]. Every workspace buffer is written by one
+    launch; rows of the permuted buffers past the used row blocks are never written nor read."""
+    k = min(top_k, num_experts)
+    scaled = weight_dtype == torch.float8_e4m3fn
+    limited = capacity_factor > 0
+    cfg = config or choose_config(num_tokens * k)
+    block_m = cfg["BLOCK_M"]
+    num_assign = num_tokens * k
+    max_rows = triton.cdiv(num_assign + num_experts * (block_m - 1), block_m) * block_m
+    max_blocks = max_rows // block_m
+    e_pad = max(2, triton.next_power_of_2(num_experts))
+    k_pad = max(2, triton.next_power_of_2(k))
+    factor = pointer("capacity_factor_ptr") if limited else Arg("capacity_factor_ptr")
+    factor_read = ("capacity_factor",) if limited else ()
+    routing_entry = "" if not limited else None
+    module = "moe_ffn"
+    weight = weight_dtype or dtype
+    buffers = [Buffer("x", dtype, num_tokens * d_model),
+               Buffer("router_logits", logits_dtype or dtype, num_tokens * num_experts),
+               Buffer("mask", torch.bool, num_tokens), Buffer("w1", weight, num_experts * 2 * hidden * d_model),
+               Buffer("w2", weight, num_experts * d_model * hidden), Buffer("y", dtype, num_tokens * d_model)]
+    inputs = ["x", "router_logits", "mask", "w1", "w2"]
+    if scaled:
+        buffers += [Buffer("w1_scale", torch.float32, num_experts * 2 * hidden),
+                    Buffer("w2_scale", torch.float32, num_experts * d_model)]
+        inputs += ["w1_scale", "w2_scale"]
+    if limited:
+        buffers.append(Buffer("capacity_factor", torch.float64, 1))
+        inputs.append("capacity_factor")
+    buffers += [Buffer("weights", torch.float32, num_assign), Buffer("experts", torch.int32, num_assign),
+                Buffer("queue", torch.int32, num_assign), Buffer("sorted_ids", torch.int32, max_rows),
+                Buffer("block_expert", torch.int32, max_blocks)]
+    routing = {"K": k, "E_PAD": e_pad, "K_PAD": k_pad}
+    steps = []
+    logits = pointer("logits_ptr", "router_logits")
+    if num_tokens <= ONE_PROGRAM_ROUTING:
+        route_block = max(16, triton.next_power_of_2(num_tokens))
+        steps.append(launch(
+            module, "moe_route_kernel", (1,), 4 if route_block <= 256 else 8, 1,
+            {**routing, "BLOCK_T": route_block, "BLOCK_M": block_m, "CAPACITY_LIMITED": limited},
+            [logits, pointer("mask_ptr"), factor, pointer("weights_ptr"), pointer("experts_ptr"), pointer("queue_ptr"),
+             pointer("sorted_ids_ptr"), pointer("block_expert_ptr"), scalar("num_tokens", num_tokens),
+             scalar("num_experts", num_experts), scalar("max_blocks", max_blocks)],
+            reads=("router_logits", "mask", *factor_read),
+            writes=("weights", "experts", "queue", "sorted_ids", "block_expert"), entry=routing_entry))
+    else:
+        num_tiles = triton.cdiv(num_tokens, ROUTE_TILE)
+        buffers += [Buffer("counts", torch.int32, k * num_tiles * e_pad), Buffer("valid", torch.int32, num_tiles),
+                    Buffer("offsets", torch.int32, k * num_tiles * e_pad), Buffer("plan", torch.int32, 1 + 2 * e_pad)]
+        steps.append(launch(
+            module, "moe_topk_kernel", (num_tiles,), 4, 1, {**routing, "BLOCK_T": ROUTE_TILE},
+            [logits, pointer("mask_ptr"), pointer("weights_ptr"), pointer("experts_ptr"), pointer("counts_ptr"),
+             pointer("valid_ptr"), scalar("num_tokens", num_tokens), scalar("num_experts", num_experts)],
+            reads=("router_logits", "mask"), writes=("weights", "experts", "counts", "valid")))
+        steps.append(launch(
+            module, "moe_plan_kernel", (1,), 4, 1,
+            {"K": k, "E_PAD": e_pad, "BLOCK_R": 1024, "BLOCK_M": block_m, "CAPACITY_LIMITED": limited},
+            [pointer("counts_ptr"), pointer("valid_ptr"), factor, pointer("offsets_ptr"), pointer("plan_ptr"),
+             pointer("block_expert_ptr"), scalar("num_tiles", num_tiles), scalar("num_tokens", num_tokens),
+             scalar("num_experts", num_experts), scalar("max_blocks", max_blocks)],
+            reads=("counts", "valid", *factor_read), writes=("offsets", "plan", "block_expert"), entry=routing_entry))
+        steps.append(launch(
+            module, "moe_scatter_kernel", (num_tiles, k), 4, 1,
+            {"K": k, "E_PAD": e_pad, "BLOCK_T": ROUTE_TILE, "BLOCK_M": block_m},
+            [pointer("mask_ptr"), pointer("experts_ptr"), pointer("offsets_ptr"), pointer("plan_ptr"),
+             pointer("queue_ptr"), pointer("sorted_ids_ptr"), scalar("num_tokens", num_tokens),
+             scalar("num_experts", num_experts)],
+            reads=("mask", "experts", "offsets", "plan"), writes=("queue", "sorted_ids")))
+
+    buffers += [Buffer("act", dtype, max_rows * hidden), Buffer("expert_out", dtype, num_assign * d_model)]
+    mma = {"MMA": MMA_NAMES[dtype], "DOT_PRECISION": dot_precision(dtype)}
+    entry = "moe_{}_kernel_scaled_entry" if scaled else "moe_{}_kernel_entry"
+    sizes = [scalar("num_assign", num_assign), scalar("d_model", d_model), scalar("hidden", hidden)]
+    bn, bk, warps, stages = _fit(cfg["up"], dtype)
+    steps.append(launch(
+        module, "moe_up_kernel", (max_blocks * triton.cdiv(hidden, bn),), warps, stages,
+        {"K": k, "BLOCK_M": block_m, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": GROUP_M, "W_SCALED": scaled, **mma},
+        [pointer("x_ptr"), pointer("w1_ptr"), pointer("w1_scale_ptr") if scaled else Arg("w1_scale_ptr"),
+         pointer("sorted_ids_ptr"), pointer("block_expert_ptr"), pointer("act_ptr"), *sizes,
+         scalar("stride_we", 2 * hidden * d_model), scalar("num_blocks_m", max_blocks)],
+        reads=("x", "w1", *(("w1_scale",) if scaled else ()), "sorted_ids", "block_expert"), writes=("act",),
+        entry=entry.format("up")))
+    bn, bk, warps, stages = _fit(cfg["down"], dtype)
+    steps.append(launch(
+        module, "moe_down_kernel", (max_blocks * triton.cdiv(d_model, bn),), warps, stages,
+        {"BLOCK_M": block_m, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": GROUP_M, "W_SCALED": scaled, **mma},
+        [pointer("act_ptr"), pointer("w2_ptr"), pointer("w2_scale_ptr") if scaled else Arg("w2_scale_ptr"),
+         pointer("sorted_ids_ptr"), pointer("block_expert_ptr"), pointer("out_ptr", "expert_out"), *sizes,
+         scalar("stride_we", d_model * hidden), scalar("num_blocks_m", max_blocks)],
+        reads=("act", "w2", *(("w2_scale",) if scaled else ()), "sorted_ids", "block_expert"), writes=("expert_out",),
+        entry=entry.format("down")))
+    block_d = min(256, triton.next_power_of_2(d_model))
+    steps.append(launch(
+        module, "moe_combine_kernel", (triton.cdiv(num_tokens, COMBINE_TOKENS), triton.cdiv(d_model, block_d)), 4, 1,
+        {"K": k, "BLOCK_T": COMBINE_TOKENS, "BLOCK_D": block_d},
+        [pointer("expert_out_ptr"), pointer("weights_ptr"), pointer("queue_ptr"), pointer("y_ptr"),
+         scalar("num_tokens", num_tokens), scalar("d_model", d_model)],
+        reads=("expert_out", "weights", "queue"), writes=("y",)))
+    plan_inputs = {"num_tokens": num_tokens, "d_model": d_model, "hidden": hidden, "num_experts": num_experts,
+                   "top_k": top_k, "capacity_factor": capacity_factor, "dtype": dtype,
+                   **({"weight_dtype": weight_dtype} if weight_dtype else {}), **({"config": config} if config else {}),
+                   **({"logits_dtype": logits_dtype} if logits_dtype else {})}
+    return KernelPlan("moe_ffn", tuple(inputs), ("y",), tuple(buffers), tuple(steps), plan_inputs)
+
+
 def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tensor, top_k: int,
             capacity_factor: float, config: dict[str, object] | None = None,
             w1_scale: Tensor | None = None, w2_scale: Tensor | None = None) -> Tensor:
@@ -331,73 +561,20 @@ def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tens
     per-output-channel scales (the FP8 deploy format); the products run in x's dtype."""
     num_tokens, d_model = x.shape
     num_experts, two_h, _ = w1.shape
-    hidden = two_h // 2
-    k = min(top_k, num_experts)
-    x, router_logits, w1, w2 = (t.contiguous() for t in (x, router_logits, w1, w2))
     scaled = w1_scale is not None
     if scaled != (w2_scale is not None):
         raise ValueError("moe_ffn: give both w1_scale and w2_scale (FP8 weights) or neither")
-    w1_scale = w1_scale.float().contiguous() if scaled else w1
-    w2_scale = w2_scale.float().contiguous() if scaled else w2
-    mask = mask.contiguous()
     y = torch.empty_like(x)
     if num_tokens == 0:
         return y
-    cfg = config or choose_config(num_tokens * k)
-    block_m = cfg["BLOCK_M"]
-    max_rows = triton.cdiv(num_tokens * k + num_experts * (block_m - 1), block_m) * block_m
-    max_blocks = max_rows // block_m
-    device = x.device
-    num_assign = num_tokens * k
-    # One int32 workspace (experts, queue positions, permuted ids, block owners): fewer allocations,
-    # which is most of the host time at decode sizes.
-    ints = torch.empty(2 * num_assign + max_rows + max_blocks, dtype=torch.int32, device=device)
-    experts, queue, sorted_ids, block_expert = ints.split([num_assign, num_assign, max_rows, max_blocks])
-    weights = torch.empty(num_tokens, k, dtype=torch.float32, device=device)
-    # Read only when capacity-limited (training); inference passes any pointer and allocates nothing.
-    factor = (torch.full((1,), float(capacity_factor), dtype=torch.float64, device=device)
-              if capacity_factor > 0 else weights)
-    e_pad = max(2, triton.next_power_of_2(num_experts))
-    k_pad = max(2, triton.next_power_of_2(k))
-    limited = capacity_factor > 0
-    if num_tokens <= ONE_PROGRAM_ROUTING:
-        route_block = max(16, triton.next_power_of_2(num_tokens))
-        traceable(moe_route_kernel)[(1,)](
-            router_logits, mask, factor, weights, experts, queue, sorted_ids, block_expert,
-            num_tokens, num_experts, max_blocks, K=k, E_PAD=e_pad, K_PAD=k_pad,
-            BLOCK_T=route_block, BLOCK_M=block_m, CAPACITY_LIMITED=limited, num_warps=4 if route_block <= 256 else 8)
-    else:
-        num_tiles = triton.cdiv(num_tokens, ROUTE_TILE)
-        counts = torch.empty(k * num_tiles * e_pad + num_tiles + 1 + e_pad, dtype=torch.int32, device=device)
-        counts, valid, plan = counts.split([k * num_tiles * e_pad, num_tiles, 1 + e_pad])
-        traceable(moe_topk_kernel)[(num_tiles,)](
-            router_logits, mask, weights, experts, counts, valid, num_tokens, num_experts,
-            K=k, E_PAD=e_pad, K_PAD=k_pad, BLOCK_T=ROUTE_TILE, num_warps=4)
-        traceable(moe_plan_kernel)[(1,)](
-            counts, valid, factor, plan, sorted_ids, block_expert, num_tiles, num_tokens, num_experts, max_blocks,
-            K=k, E_PAD=e_pad, BLOCK_R=1024, BLOCK_M=block_m, CAPACITY_LIMITED=limited, num_warps=4)
-        traceable(moe_scatter_kernel)[(num_tiles, k)](
-            mask, experts, counts, plan, queue, sorted_ids, num_tokens, K=k, E_PAD=e_pad, BLOCK_T=ROUTE_TILE,
-            num_warps=4)
-
-    mma = mma_dtype(x.dtype, moe_up_kernel)
-    precision = dot_precision(x.dtype)
-    scratch = torch.empty(max_rows * hidden + num_assign * d_model, dtype=x.dtype, device=device)
-    act = scratch[:max_rows * hidden].view(max_rows, hidden)
-    expert_out = scratch[max_rows * hidden:].view(num_assign, d_model)
-    bn, bk, warps, stages = _fit(cfg["up"], x.dtype)
-    traceable(moe_up_kernel)[(max_blocks * triton.cdiv(hidden, bn),)](
-        x, w1, w1_scale, sorted_ids, block_expert, act, num_tokens * k, d_model, hidden, w1.stride(0), max_blocks,
-        K=k, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M, W_SCALED=scaled, MMA=mma,
-        DOT_PRECISION=precision,
-        num_warps=warps, num_stages=stages)
-    bn, bk, warps, stages = _fit(cfg["down"], x.dtype)
-    traceable(moe_down_kernel)[(max_blocks * triton.cdiv(d_model, bn),)](
-        act, w2, w2_scale, sorted_ids, block_expert, expert_out, num_tokens * k, d_model, hidden, w2.stride(0),
-        max_blocks, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M, W_SCALED=scaled, MMA=mma,
-        DOT_PRECISION=precision,
-        num_warps=warps, num_stages=stages)
-    block_d = min(256, triton.next_power_of_2(d_model))
-    traceable(moe_combine_kernel)[(triton.cdiv(num_tokens, 8), triton.cdiv(d_model, block_d))](
-        expert_out, weights, queue, y, num_tokens, d_model, K=k, BLOCK_T=8, BLOCK_D=block_d, num_warps=4)
+    tensors = {"x": x.contiguous(), "router_logits": router_logits.contiguous(), "mask": mask.contiguous(),
+               "w1": w1.contiguous(), "w2": w2.contiguous(), "y": y}
+    if scaled:
+        tensors.update(w1_scale=w1_scale.float().contiguous(), w2_scale=w2_scale.float().contiguous())
+    if capacity_factor > 0:
+        tensors["capacity_factor"] = torch.full((1,), float(capacity_factor), dtype=torch.float64, device=x.device)
+    steps = plan(num_tokens, d_model, two_h // 2, num_experts, top_k, capacity_factor, x.dtype,
+                 w1.dtype if scaled else None, config,
+                 router_logits.dtype if router_logits.dtype != x.dtype else None)
+    execute(steps, tensors)
     return y

@@ -18,7 +18,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from mahia.kernels.triton.launch import dot_precision, mma_dtype, traceable
+from mahia.kernels.triton.launch import dot_precision
+from mahia.kernels.triton.plan import MMA_NAMES, Buffer, KernelPlan, execute, launch, pointer, scalar
 
 
 @triton.jit
@@ -157,6 +158,37 @@ def ssd_chunk_output_kernel(x_ptr, dt_ptr, a_ptr, c_ptr, cb_ptr, states_ptr, y_p
              mask=l_ok[:, None] & p_ok[None, :])
 
 
+@triton.jit
+def ssd_chunk_cb_kernel_entry(b_ptr, c_ptr, length, state, num_chunks, stride_bb, stride_bt, stride_cb, stride_ct,
+                              cb_ptr, Q: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
+                              MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """AOT entry in plugin order (input pointers, int32 scalars, output pointers)."""
+    ssd_chunk_cb_kernel(b_ptr, c_ptr, cb_ptr, length, state, num_chunks, stride_bb, stride_bt, stride_cb, stride_ct,
+                        Q, BLOCK, BLOCK_N, MMA, DOT_PRECISION)
+
+
+@triton.jit
+def ssd_chunk_states_kernel_entry(x_ptr, dt_ptr, a_ptr, b_ptr, length, heads, head_dim, state, num_chunks,
+                                  stride_xb, stride_xt, stride_xh, stride_dtb, stride_dtt, stride_bb, stride_bt,
+                                  states_ptr, Q: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr,
+                                  BLOCK_N: tl.constexpr, MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """AOT entry in plugin order (input pointers, int32 scalars, output pointers)."""
+    ssd_chunk_states_kernel(x_ptr, dt_ptr, a_ptr, b_ptr, states_ptr, length, heads, head_dim, state, num_chunks,
+                            stride_xb, stride_xt, stride_xh, stride_dtb, stride_dtt, stride_bb, stride_bt,
+                            Q, BLOCK_Q, BLOCK_P, BLOCK_N, MMA, DOT_PRECISION)
+
+
+@triton.jit
+def ssd_chunk_output_kernel_entry(x_ptr, dt_ptr, a_ptr, c_ptr, cb_ptr, states_ptr, length, heads, head_dim, state,
+                                  num_chunks, stride_xb, stride_xt, stride_xh, stride_dtb, stride_dtt, stride_cb,
+                                  stride_ct, y_ptr, Q: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
+                                  BLOCK_N: tl.constexpr, MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """AOT entry in plugin order (input pointers, int32 scalars, output pointers)."""
+    ssd_chunk_output_kernel(x_ptr, dt_ptr, a_ptr, c_ptr, cb_ptr, states_ptr, y_ptr, length, heads, head_dim, state,
+                            num_chunks, stride_xb, stride_xt, stride_xh, stride_dtb, stride_dtt, stride_cb, stride_ct,
+                            Q, BLOCK_L, BLOCK_P, BLOCK_N, MMA, DOT_PRECISION)
+
+
 def kernel_chunk(chunk_size: int) -> int:
     """The chunk length the kernels use: the op's when a power of two in [16, 256], else 64."""
     if 16 <= chunk_size <= 256 and chunk_size & (chunk_size - 1) == 0:
@@ -172,6 +204,75 @@ CONFIG = {
 }
 
 
+def plan(batch: int, length: int, heads: int, head_dim: int, state: int, chunk_size: int, dtype: torch.dtype,
+         a_dtype: torch.dtype | None = None, strides: dict[str, tuple[int, ...]] | None = None) -> KernelPlan:
+    """Three launches: x [B, L, H, P] (contiguous), dt [B, L, H], a [H] (a_dtype, default dtype), b/c [B, L, N]
+    -> y [B, L, H, P]. `strides` gives dt, b and c's strides where they are views (last stride 1);
+    default contiguous. Workspace: cb [B, chunks, Q, Q] and states [B, chunks, H, P, N], float32."""
+    strides = strides or {}
+    dt_s = strides.get("dt", (length * heads, heads, 1))
+    b_s = strides.get("b", (length * state, state, 1))
+    c_s = strides.get("c", (length * state, state, 1))
+    x_s = (length * heads * head_dim, heads * head_dim, head_dim)
+    q = kernel_chunk(chunk_size)
+    num_chunks = triton.cdiv(length, q)
+    mma = {"MMA": MMA_NAMES[dtype], "DOT_PRECISION": dot_precision(dtype)}
+    sizes = [scalar("length", length)]
+
+    def tile(cfg: dict[str, int], key: str, size: int) -> int:
+        return min(cfg[key], max(16, triton.next_power_of_2(size)))
+
+    cfg = CONFIG["cb"]
+    block = min(cfg["BLOCK"], q)
+    cb_step = launch(
+        "ssd_scan", "ssd_chunk_cb_kernel", (batch * num_chunks, q // block, q // block), cfg["num_warps"],
+        cfg["num_stages"], {"Q": q, "BLOCK": block, "BLOCK_N": tile(cfg, "BLOCK_N", state), **mma},
+        [pointer("b_ptr"), pointer("c_ptr"), pointer("cb_ptr"), *sizes, scalar("state", state),
+         scalar("num_chunks", num_chunks), scalar("stride_bb", b_s[0]), scalar("stride_bt", b_s[1]),
+         scalar("stride_cb", c_s[0]), scalar("stride_ct", c_s[1])],
+        reads=("b", "c"), writes=("cb",))
+
+    cfg = CONFIG["states"]
+    blk_p, blk_n = tile(cfg, "BLOCK_P", head_dim), tile(cfg, "BLOCK_N", state)
+    shape_args = [*sizes, scalar("heads", heads), scalar("head_dim", head_dim), scalar("state", state),
+                  scalar("num_chunks", num_chunks), scalar("stride_xb", x_s[0]), scalar("stride_xt", x_s[1]),
+                  scalar("stride_xh", x_s[2]), scalar("stride_dtb", dt_s[0]), scalar("stride_dtt", dt_s[1])]
+    states_step = launch(
+        "ssd_scan", "ssd_chunk_states_kernel", (batch * heads, triton.cdiv(head_dim, blk_p), triton.cdiv(state, blk_n)),
+        cfg["num_warps"], cfg["num_stages"],
+        {"Q": q, "BLOCK_Q": min(cfg["BLOCK_Q"], q), "BLOCK_P": blk_p, "BLOCK_N": blk_n, **mma},
+        [pointer("x_ptr"), pointer("dt_ptr"), pointer("a_ptr"), pointer("b_ptr"), pointer("states_ptr"), *shape_args,
+         scalar("stride_bb", b_s[0]), scalar("stride_bt", b_s[1])],
+        reads=("x", "dt", "a", "b"), writes=("states",))
+
+    cfg = CONFIG["output"]
+    block_l = min(cfg["BLOCK_L"], q)
+    blk_p, blk_n = tile(cfg, "BLOCK_P", head_dim), tile(cfg, "BLOCK_N", state)
+    output_step = launch(
+        "ssd_scan", "ssd_chunk_output_kernel",
+        (batch * num_chunks * heads * (q // block_l), triton.cdiv(head_dim, blk_p)),
+        cfg["num_warps"], cfg["num_stages"], {"Q": q, "BLOCK_L": block_l, "BLOCK_P": blk_p, "BLOCK_N": blk_n, **mma},
+        [pointer("x_ptr"), pointer("dt_ptr"), pointer("a_ptr"), pointer("c_ptr"), pointer("cb_ptr"),
+         pointer("states_ptr"), pointer("y_ptr"), *shape_args, scalar("stride_cb", c_s[0]),
+         scalar("stride_ct", c_s[1])],
+        reads=("x", "dt", "a", "c", "cb", "states"), writes=("y",))
+
+    def extent(shape: tuple[int, ...], stride: tuple[int, ...]) -> int:
+        return 1 + sum((n - 1) * s for n, s in zip(shape, stride)) if all(shape) else 0
+
+    tokens = batch * length * heads * head_dim
+    buffers = (Buffer("x", dtype, tokens), Buffer("dt", dtype, extent((batch, length, heads), dt_s)),
+               Buffer("a", a_dtype or dtype, heads), Buffer("b", dtype, extent((batch, length, state), b_s)),
+               Buffer("c", dtype, extent((batch, length, state), c_s)), Buffer("y", dtype, tokens),
+               Buffer("cb", torch.float32, batch * num_chunks * q * q),
+               Buffer("states", torch.float32, batch * num_chunks * heads * head_dim * state))
+    inputs = {"batch": batch, "length": length, "heads": heads, "head_dim": head_dim, "state": state,
+              "chunk_size": chunk_size, "dtype": dtype, **({"a_dtype": a_dtype} if a_dtype else {}),
+              **({"strides": strides} if strides else {})}
+    return KernelPlan("ssd_scan", ("x", "dt", "a", "b", "c"), ("y",), buffers, (cb_step, states_step, output_step),
+                      inputs)
+
+
 def ssd_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk_size: int) -> Tensor:
     """Launch the three kernels: x [B, L, H, P], dt [B, L, H], a [H], b/c [B, L, N] -> y [B, L, H, P]."""
     batch, length, heads, head_dim = x.shape
@@ -183,37 +284,8 @@ def ssd_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk_size:
     y = torch.empty_like(x)
     if y.numel() == 0:
         return y
-    q = kernel_chunk(chunk_size)
-    num_chunks = triton.cdiv(length, q)
-    mma = mma_dtype(x.dtype, ssd_chunk_output_kernel)
-    precision = dot_precision(x.dtype)
-
-    def tile(cfg: dict[str, int], key: str, size: int) -> int:
-        return min(cfg[key], max(16, triton.next_power_of_2(size)))
-
-    cb = torch.empty(batch, num_chunks, q, q, dtype=torch.float32, device=x.device)
-    cfg = CONFIG["cb"]
-    block = min(cfg["BLOCK"], q)
-    traceable(ssd_chunk_cb_kernel)[(batch * num_chunks, q // block, q // block)](
-        b, c, cb, length, state, num_chunks, b.stride(0), b.stride(1), c.stride(0), c.stride(1),
-        Q=q, BLOCK=block, BLOCK_N=tile(cfg, "BLOCK_N", state), MMA=mma, DOT_PRECISION=precision,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-
-    states = torch.empty(batch, num_chunks, heads, head_dim, state, dtype=torch.float32, device=x.device)
-    cfg = CONFIG["states"]
-    blk_p, blk_n = tile(cfg, "BLOCK_P", head_dim), tile(cfg, "BLOCK_N", state)
-    traceable(ssd_chunk_states_kernel)[(batch * heads, triton.cdiv(head_dim, blk_p), triton.cdiv(state, blk_n))](
-        x, dt, a, b, states, length, heads, head_dim, state, num_chunks,
-        x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), b.stride(0), b.stride(1),
-        Q=q, BLOCK_Q=min(cfg["BLOCK_Q"], q), BLOCK_P=blk_p, BLOCK_N=blk_n, MMA=mma, DOT_PRECISION=precision,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-
-    cfg = CONFIG["output"]
-    block_l = min(cfg["BLOCK_L"], q)
-    blk_p, blk_n = tile(cfg, "BLOCK_P", head_dim), tile(cfg, "BLOCK_N", state)
-    traceable(ssd_chunk_output_kernel)[(batch * num_chunks * heads * (q // block_l), triton.cdiv(head_dim, blk_p))](
-        x, dt, a, c, cb, states, y, length, heads, head_dim, state, num_chunks,
-        x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), c.stride(0), c.stride(1),
-        Q=q, BLOCK_L=block_l, BLOCK_P=blk_p, BLOCK_N=blk_n, MMA=mma, DOT_PRECISION=precision,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    strides = {name: tuple(t.stride()) for name, t in (("dt", dt), ("b", b), ("c", c)) if not t.is_contiguous()}
+    steps = plan(batch, length, heads, head_dim, state, chunk_size, x.dtype, a.dtype if a.dtype != x.dtype else None,
+                 strides)
+    execute(steps, {"x": x, "dt": dt, "a": a, "b": b, "c": c, "y": y})
     return y

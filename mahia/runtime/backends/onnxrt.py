@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from mahia.model import INPUT_NAMES, OUTPUT_NAMES
+from mahia.model import OUTPUT_NAMES
 from mahia.runtime.backends.base import InputSpec, Runner
 
 
@@ -23,7 +23,7 @@ class OnnxRuntimeRunner(Runner):
         self.dtypes = {name: np.dtype(spec["dtype"]) for name, spec in inputs.items()}
 
     def __call__(self, tensors: Mapping[str, Tensor]) -> np.ndarray:
-        feed = {name: tensors[name].detach().cpu().numpy().astype(self.dtypes[name], copy=False) for name in INPUT_NAMES}
+        feed = {name: tensors[name].detach().cpu().numpy().astype(self.dtypes[name], copy=False) for name in self.dtypes}
         return np.asarray(self.session.run(list(OUTPUT_NAMES), feed)[0], dtype=np.float32)
 
 

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mahia.model import INPUT_NAMES
 from mahia.runtime.backends.base import InputSpec, Runner
 
 
@@ -26,7 +25,7 @@ class ExportedProgramRunner(Runner):
 
     def __call__(self, tensors: Mapping[str, Tensor]) -> np.ndarray:
         with torch.inference_mode():
-            logits = self.module(**{name: tensors[name].to(self.dtypes[name]) for name in INPUT_NAMES})
+            logits = self.module(**{name: tensors[name].to(self.dtypes[name]) for name in self.dtypes})
         return logits.float().numpy()
 
 
