@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
 from common import cpu_model, median_seconds
 
 DEFAULT_SHAPES = "1x128,8x512"

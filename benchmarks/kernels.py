@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import relative_error as rel_error
-
 from mahia import kernels
 from mahia.kernels import reference
+
+from common import relative_error as rel_error
 
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 L2_BYTES = 50 * 2 ** 20
@@ -393,11 +393,11 @@ def sweep(bandwidth: float, peak: float) -> list[dict]:
 
 def _sweep(bandwidth: float, peak: float) -> list[dict]:
     """The sweep itself (see sweep)."""
+    import triton.testing
+
     from mahia.kernels.triton import long_conv as conv_k
     from mahia.kernels.triton import moe_ffn as moe_k
     from mahia.kernels.triton import ssd_scan as ssd_k
-
-    import triton.testing
 
     def graph_timed(kernel, shape, impl, fn):
         """CUDA-graph replay time: the kernels' own time, without host launch overhead."""
@@ -456,7 +456,7 @@ def environment() -> dict:
     import triton
 
     props = torch.cuda.get_device_properties(0)
-    return {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    return {"date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "device": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
             "triton": triton.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
             "command": " ".join([Path(sys.executable).name] + sys.argv)}

@@ -12,12 +12,13 @@ import argparse
 
 import onnxruntime as ort
 import torch
-from common import median_seconds
 from torch.export import Dim
 
 from mahia.export import onnx_lowering
 from mahia.export.stages import quiet_exporters
 from mahia.kernels import reference
+
+from common import median_seconds
 
 
 class LongConv(torch.nn.Module):

@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import relative_error
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mahia.data import DataConfig, load_reviews
 from mahia.default import load_default_model
 from mahia.kernels import reference
+
+from common import relative_error
 
 
 class CaptureMahiaOps(TorchDispatchMode):

@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxscript import BOOL, FLOAT, script
 from onnxscript import opset21 as op
+
 from common import median_seconds
 
 B, L, D, HEADS, CHUNKS, CHUNK = 8, 389, 96, 4, 7, 64

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from mahia.data import DataConfig, DataError, default_data_path, encode_texts, iter_batches, load_reviews
-from mahia.data.tokenizer import split_words, token_id, truncate_words
 from mahia.data.reviews import REQUIRED_COLUMNS
+from mahia.data.tokenizer import split_words, token_id, truncate_words
 from mahia.model import get_config, validate_inputs
 from mahia.model.config import CLS_ID, FIRST_WORD_ID, REVIEWS_CATEGORICAL_CARDINALITIES
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from mahia.model import build_model, get_config, save_checkpoint
 from mahia.evaluate.cli import main as eval_cli
+from mahia.model import build_model, get_config, save_checkpoint
 
 
 def test_fp32_artifact_matches_eager_metrics(tiny_export: dict, tmp_path: Path) -> None:

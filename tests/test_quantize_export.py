@@ -15,8 +15,7 @@ from mahia.calibration.build import build_quantized
 from mahia.calibration.data import CalibrationDataConfig, CalibrationError, load_calibration_data
 from mahia.calibration.onnx_names import parameter_index, quantizable_nodes
 from mahia.calibration.ranges import collect_ranges
-from mahia.calibration.recipes import (RECIPES, AutoRecipe, CalibrationOptions, Fp8Recipe, Int4Recipe,
-                                      Int8Recipe)
+from mahia.calibration.recipes import RECIPES, AutoRecipe, CalibrationOptions, Fp8Recipe, Int4Recipe, Int8Recipe
 from mahia.calibration.table import read_trt_cache
 from mahia.data import load_reviews
 from mahia.export import stages

@@ -9,16 +9,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 from click.testing import CliRunner
 from safetensors.torch import load_file
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import mahia.train.trainer as trainer_module
 from mahia.data import load_reviews
 from mahia.data.reviews import REQUIRED_COLUMNS
+from mahia.evaluate import predict
 from mahia.model import CheckpointError, build_model, get_config, load_checkpoint, save_checkpoint
 from mahia.model.checkpoint import read_checkpoint_metadata
-from mahia.evaluate import predict
 from mahia.train import TrainConfig, TrainingError, train
 from mahia.train.cli import main as train_cli
 from mahia.train.state import TrainingProgress, load_optimizer_state, optimizer_path, save_training_state

@@ -9,10 +9,10 @@ import numpy as np
 
 from mahia.data import load_reviews
 from mahia.default import DEFAULT_CHECKPOINT, default_metrics, load_default_model
-from mahia.model import get_config
-from mahia.model.checkpoint import read_checkpoint_metadata
 from mahia.evaluate import predict
 from mahia.evaluate.metrics import classification_metrics, logits_to_prob_positive
+from mahia.model import get_config
+from mahia.model.checkpoint import read_checkpoint_metadata
 from mahia.train.reproduce import compare_metrics
 
 

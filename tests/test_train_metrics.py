@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from mahia.evaluate.metrics import (classification_metrics, expert_assignment_counts, load_fractions,
-                                    logits_to_prob_positive)
+from mahia.evaluate.metrics import (
+    classification_metrics,
+    expert_assignment_counts,
+    load_fractions,
+    logits_to_prob_positive,
+)
 from mahia.model import moe_aux_losses
 from mahia.model.mahia_x import ModelOutput
 from mahia.train.losses import distillation_loss, training_loss

@@ -3,9 +3,26 @@ verifying a directory against it, and the atomic writer of artifact directories 
 
 from mahia.artifact.directory import ArtifactDir, ArtifactError, check_writable, sigterm_as_interrupt, sweep_stale
 from mahia.artifact.files import describe_os_error, sha256_file, write_json_atomically
-from mahia.artifact.manifest import (EAGER_FILE, FAILED, FAILED_SUFFIX, INPUTS_FILE, MANIFEST, PARITY_FILE, PASSED,
-                                     REPORT_FILE, SCHEMA_VERSION, ArtifactIntegrityError, DimRange, FileRecord, Manifest,
-                                     ModelRecord, PrecisionRecord, open_artifact, read_manifest, verify_files)
+from mahia.artifact.manifest import (
+                                     EAGER_FILE,
+                                     FAILED,
+                                     FAILED_SUFFIX,
+                                     INPUTS_FILE,
+                                     MANIFEST,
+                                     PARITY_FILE,
+                                     PASSED,
+                                     REPORT_FILE,
+                                     SCHEMA_VERSION,
+                                     ArtifactIntegrityError,
+                                     DimRange,
+                                     FileRecord,
+                                     Manifest,
+                                     ModelRecord,
+                                     PrecisionRecord,
+                                     open_artifact,
+                                     read_manifest,
+                                     verify_files,
+)
 
 __all__ = ["EAGER_FILE", "FAILED", "FAILED_SUFFIX", "INPUTS_FILE", "MANIFEST", "PARITY_FILE", "PASSED", "REPORT_FILE",
            "SCHEMA_VERSION",

@@ -49,7 +49,7 @@ class DimRange:
         return f"{self.min}:{self.opt}:{self.max}"
 
     @classmethod
-    def parse(cls, name: str, text: str) -> "DimRange":
+    def parse(cls, name: str, text: str) -> DimRange:
         """Parse 'MIN:OPT:MAX' (integers), or raise ValueError saying what is wrong."""
         parts = text.split(":")
         if len(parts) != 3:
@@ -149,14 +149,15 @@ class Manifest:
                           "notes": dict(self.precision.notes)},
             "formats": list(self.formats), "graphs": dict(self.graphs),
             "onnx": None if self.onnx is None else dict(self.onnx),
-            "inputs": {k: dict(v) for k, v in self.inputs.items()}, "outputs": {k: dict(v) for k, v in self.outputs.items()},
+            "inputs": {k: dict(v) for k, v in self.inputs.items()},
+            "outputs": {k: dict(v) for k, v in self.outputs.items()},
             "dims": {"batch": self.batch.to_dict(), "seq": self.seq.to_dict()},
             "parity": dict(self.parity), "task": dict(self.task), "stages": [dict(s) for s in self.stages],
             "files": {name: {"sha256": r.sha256, "bytes": r.bytes} for name, r in self.files.items()},
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = MANIFEST) -> "Manifest":
+    def from_dict(cls, data: Mapping[str, Any], where: str = MANIFEST) -> Manifest:
         """Parse a manifest document of this schema version; ArtifactIntegrityError names what does not fit."""
         if not isinstance(data, Mapping):
             raise ArtifactIntegrityError(f"{where} is not a JSON object")

@@ -25,11 +25,19 @@ from mahia.calibration.onnx_names import parameter_index, quantizable_nodes
 from mahia.calibration.quantize import QuantizeOptions, int4_nodes, quantize_int4, quantize_qdq, restore_float
 from mahia.calibration.ranges import collect_ranges
 from mahia.calibration.recipes import AutoRecipe, CalibrationOptions, Fp8Recipe, Int4Recipe, Int8Recipe, Recipe
-from mahia.calibration.sensitivity import (LayerSensitivity, MixedPlan, OutputError, layer_sensitivity, output_error,
-                                           plan_mixed, run_onnx, sensitivity_json, sensitivity_markdown,
-                                           sensitivity_plot)
-from mahia.calibration.table import (CalibrationTable, build_table, trt_cache_scales, write_table_json,
-                                     write_trt_cache)
+from mahia.calibration.sensitivity import (
+    LayerSensitivity,
+    MixedPlan,
+    OutputError,
+    layer_sensitivity,
+    output_error,
+    plan_mixed,
+    run_onnx,
+    sensitivity_json,
+    sensitivity_markdown,
+    sensitivity_plot,
+)
+from mahia.calibration.table import CalibrationTable, build_table, trt_cache_scales, write_table_json, write_trt_cache
 from mahia.model import MahiaX
 
 CALIBRATION_JSON, CALIBRATION_CACHE = "calibration.json", "calib.cache"
@@ -64,7 +72,8 @@ def _eager_reference(model: MahiaX, data: CalibrationData, samples: int,
 
 
 def build_quantized(model: MahiaX, onnx_fp32: onnx.ModelProto, recipe: Recipe,
-                    options: CalibrationOptions = CalibrationOptions(), data: CalibrationData | None = None) -> QuantizedBuild:
+                    options: CalibrationOptions = CalibrationOptions(),
+                    data: CalibrationData | None = None) -> QuantizedBuild:
     """Calibrate `model` on real data and quantize `onnx_fp32` by `recipe` (int8, fp8, int4 or auto)."""
     try:
         handler = _HANDLERS[type(recipe)]
@@ -72,7 +81,8 @@ def build_quantized(model: MahiaX, onnx_fp32: onnx.ModelProto, recipe: Recipe,
         raise TypeError(f"no quantization handler for {type(recipe).__name__}") from None
     started = time.perf_counter()
     if data is None:
-        data = load_calibration_data(model.config, CalibrationDataConfig(options.samples, batch_size=options.batch_size))
+        data = load_calibration_data(model.config,
+                                     CalibrationDataConfig(options.samples, batch_size=options.batch_size))
     feeds, reference = _eager_reference(model, data, options.sensitivity_samples, options.sensitivity_max_len)
     with tempfile.TemporaryDirectory(prefix="mahia-quantize-") as tmp:
         fp32_path = Path(tmp) / "model.fp32.onnx"
@@ -108,7 +118,8 @@ def _build_qdq(job: _Job, recipe: Int8Recipe | Fp8Recipe | AutoRecipe) -> Quanti
     table = build_table(ranges, nodes, method)
     files = {CALIBRATION_JSON: _table_bytes(table, job.tmp), CALIBRATION_CACHE: _cache_bytes(table, job.tmp)}
 
-    full = onnx.load(str(quantize_qdq(job.fp32_path, table, job.tmp / "model.full.onnx", QuantizeOptions(qdq.precision))))
+    full_path = quantize_qdq(job.fp32_path, table, job.tmp / "model.full.onnx", QuantizeOptions(qdq.precision))
+    full = onnx.load(str(full_path))
     nodes_of = {layer: {n for n, l in table.nodes.items() if l == layer} for layer in set(table.nodes.values())}
 
     def quantize(keep: frozenset[str], out: Path) -> Path:
@@ -151,7 +162,8 @@ def _build_int4(job: _Job, recipe: Int4Recipe) -> QuantizedBuild:
                                            "sensitivity")
     notes = _notes(job, recipe, error, quantized_layers=layers)
     notes["int4"] = {"block_size": recipe.block_size, "format": "blocked DequantizeLinear (opset 21), weight-only",
-                     "tool": "onnxruntime MatMulNBitsQuantizer (QDQ)", "kept_float": "sensitive layers (routers, gates, filters, head)"}
+                     "tool": "onnxruntime MatMulNBitsQuantizer (QDQ)",
+                     "kept_float": "sensitive layers (routers, gates, filters, head)"}
     if awq:
         notes["int4"]["awq"] = {
             "matmuls": len(awq), "mean_layer_error_rounding": float(np.mean([a.error_rounding for a in awq])),

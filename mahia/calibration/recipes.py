@@ -68,7 +68,7 @@ class _QdqRecipe:
         return MethodConfig(self.method, self.percentile, self.num_bins, grid=self.grid)
 
     @classmethod
-    def from_options(cls, method: str | None = None, accuracy_budget: float | None = None) -> "_QdqRecipe":
+    def from_options(cls, method: str | None = None, accuracy_budget: float | None = None) -> _QdqRecipe:
         """The recipe with the user's `--calib-method`; `--accuracy-budget` is refused."""
         _no_budget(accuracy_budget)
         return cls() if method is None else cls(method=method)
@@ -119,7 +119,7 @@ class Int4Recipe:
         return self.method == "awq"
 
     @classmethod
-    def from_options(cls, method: str | None = None, accuracy_budget: float | None = None) -> "Int4Recipe":
+    def from_options(cls, method: str | None = None, accuracy_budget: float | None = None) -> Int4Recipe:
         """The recipe with the user's `--calib-method`; `--accuracy-budget` is refused."""
         _no_budget(accuracy_budget)
         return cls() if method is None else cls(method=method)
@@ -149,7 +149,7 @@ class AutoRecipe:
         return self.base.method
 
     @classmethod
-    def from_options(cls, method: str | None = None, accuracy_budget: float | None = None) -> "AutoRecipe":
+    def from_options(cls, method: str | None = None, accuracy_budget: float | None = None) -> AutoRecipe:
         """The recipe with the user's `--calib-method` (for the int8 base) and `--accuracy-budget`."""
         base = Int8Recipe.from_options(method)
         return cls(base) if accuracy_budget is None else cls(base, accuracy_budget)

@@ -76,7 +76,7 @@ class ReviewsDataset:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, indices: np.ndarray) -> "ReviewsDataset":
+    def subset(self, indices: np.ndarray) -> ReviewsDataset:
         """The rows at `indices`, in that order."""
         indices = np.asarray(indices, dtype=np.int64)
         return ReviewsDataset(tuple(self.texts[i] for i in indices), self.numeric[indices],

@@ -80,13 +80,13 @@ def save_onnx(model: onnx.ModelProto, directory: ArtifactDir, file_name: str,
     return files
 
 
-def _save_onnx_graph(built: "Built", directory: ArtifactDir, file_name: str) -> list[str]:
+def _save_onnx_graph(built: Built, directory: ArtifactDir, file_name: str) -> list[str]:
     if built.onnx is None:
         raise ExportError(f"the precision's build produced no ONNX graph for {file_name}")
     return save_onnx(built.onnx, directory, file_name)
 
 
-def _save_program(built: "Built", directory: ArtifactDir, file_name: str) -> list[str]:
+def _save_program(built: Built, directory: ArtifactDir, file_name: str) -> list[str]:
     if built.program is None:
         raise ExportError(f"the precision's build produced no ExportedProgram for {file_name}")
     with directory.open_for_write(file_name) as f, warnings.catch_warnings():

@@ -19,10 +19,24 @@ from typing import Any
 
 import torch
 
+from mahia.artifact import (
+    EAGER_FILE,
+    FAILED,
+    INPUTS_FILE,
+    MANIFEST,
+    PARITY_FILE,
+    PASSED,
+    REPORT_FILE,
+    ArtifactDir,
+    Manifest,
+    ModelRecord,
+    PrecisionRecord,
+    check_writable,
+    read_manifest,
+    sigterm_as_interrupt,
+    sweep_stale,
+)
 from mahia.calibration.recipes import CalibrationOptions
-from mahia.artifact import (EAGER_FILE, FAILED, INPUTS_FILE, MANIFEST, PARITY_FILE, PASSED, REPORT_FILE, ArtifactDir,
-                            Manifest, ModelRecord, PrecisionRecord, check_writable, read_manifest,
-                            sigterm_as_interrupt, sweep_stale)
 from mahia.data import feeds_at_points
 from mahia.default import LoadedModel
 from mahia.export import parity, report, stages, task_check
@@ -196,7 +210,8 @@ class _Run:
             return program if dtype == torch.float32 else stages.export_program(model, profile, dtype)
 
         recipe = self.cfg.recipe or (precision.recipe() if precision.recipe else None)
-        ctx = BuildContext(model, onnx_fp32, export_at, self.formats, recipe, self.cfg.calibration or CalibrationOptions())
+        ctx = BuildContext(model, onnx_fp32, export_at, self.formats, recipe,
+                           self.cfg.calibration or CalibrationOptions())
 
         def build_and_save() -> tuple[Built, dict[str, str], list[str]]:
             built = precision.build(ctx)

@@ -17,7 +17,15 @@ from typing import Any
 import onnx
 import torch
 
-from mahia.calibration.recipes import AutoRecipe, CalibrationOptions, Fp8Recipe, Int4Recipe, Int8Recipe, Recipe, RecipeType
+from mahia.calibration.recipes import (
+    AutoRecipe,
+    CalibrationOptions,
+    Fp8Recipe,
+    Int4Recipe,
+    Int8Recipe,
+    Recipe,
+    RecipeType,
+)
 from mahia.export.config import TaskBudget
 from mahia.export.formats import formats as registered_formats
 from mahia.model import MahiaX
@@ -63,7 +71,8 @@ class Precision:
         known = tuple(registered_formats())
         unknown = [f for f in self.formats if f not in known]
         if not self.formats or unknown:
-            raise ValueError(f"precision {self.name!r}: formats must be a non-empty subset of {known}, got {self.formats}")
+            raise ValueError(f"precision {self.name!r}: formats must be a non-empty subset of {known}, "
+                             f"got {self.formats}")
 
     @property
     def stage_name(self) -> str:

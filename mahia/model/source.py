@@ -30,17 +30,17 @@ class ModelSource:
                                  f"{'be set' if name in wanted[self.kind] else 'be unset'}")
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> "ModelSource":
+    def from_checkpoint(cls, path: str | Path) -> ModelSource:
         """A safetensors checkpoint written by mahia."""
         return cls(CHECKPOINT, path=str(path))
 
     @classmethod
-    def from_config(cls, name: str, seed: int = 0) -> "ModelSource":
+    def from_config(cls, name: str, seed: int = 0) -> ModelSource:
         """A named config's weights, seeded (untrained)."""
         return cls(CONFIG, config=name, seed=seed)
 
     @classmethod
-    def embedded_default(cls) -> "ModelSource":
+    def embedded_default(cls) -> ModelSource:
         """The trained checkpoint shipped in mahia/default/."""
         return cls(DEFAULT)
 
@@ -58,7 +58,7 @@ class ModelSource:
                                                          ("seed", self.seed)) if v is not None}}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelSource":
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSource:
         """Parse `to_dict`'s form; a ValueError names what is wrong."""
         if not isinstance(data, Mapping):
             raise ValueError(f"model source must be an object, got {data!r}")

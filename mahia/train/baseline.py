@@ -10,8 +10,8 @@ from sklearn.preprocessing import OneHotEncoder
 
 from mahia.data import ReviewsDataset
 from mahia.data.tokenizer import truncate_words
-from mahia.model.config import REVIEWS_CATEGORICAL_CARDINALITIES
 from mahia.evaluate.metrics import classification_metrics
+from mahia.model.config import REVIEWS_CATEGORICAL_CARDINALITIES
 
 # Inverse regularisation strengths tried; the one with the best validation ROC AUC is kept.
 C_GRID = (0.25, 1.0, 4.0, 16.0)
@@ -42,7 +42,7 @@ class TfidfLogisticBaseline:
         cats = self.onehot.fit_transform(data.categorical) if fit else self.onehot.transform(data.categorical)
         return sp.hstack([text, sp.csr_matrix(data.numeric.astype(np.float64)), cats]).tocsr()
 
-    def fit(self, train: ReviewsDataset) -> "TfidfLogisticBaseline":
+    def fit(self, train: ReviewsDataset) -> TfidfLogisticBaseline:
         """Fit the vocabulary, encoders and classifier on the training split."""
         self.classifier.fit(self._features(train, fit=True), train.labels)
         return self

@@ -22,9 +22,9 @@ import click
 import torch
 from safetensors.torch import load_file
 
+from mahia.artifact import write_json_atomically
 from mahia.default import DEFAULT_CHECKPOINT, DEFAULT_METRICS, default_metrics
 from mahia.model import load_checkpoint
-from mahia.artifact import write_json_atomically
 from mahia.train.trainer import BEST_NAME, METRICS_NAME
 
 # Differences allowed between the shipped metrics and a re-run's: a re-run on another CPU may differ in

@@ -22,8 +22,14 @@ from mahia.model.checkpoint import read_checkpoint_metadata
 from mahia.train.baseline import run_baseline
 from mahia.train.config import TrainConfig
 from mahia.train.losses import training_loss
-from mahia.train.state import (TRAIN_CONFIG_KEY, TrainingProgress, load_optimizer_state, progress_metadata,
-                               read_progress, save_training_state)
+from mahia.train.state import (
+    TRAIN_CONFIG_KEY,
+    TrainingProgress,
+    load_optimizer_state,
+    progress_metadata,
+    read_progress,
+    save_training_state,
+)
 
 BEST_NAME = "best.safetensors"
 LAST_NAME = "last.safetensors"
@@ -159,7 +165,7 @@ class _Run:
     train_seconds: float = 0.0
 
     @classmethod
-    def start(cls, config: TrainConfig, out_dir: Path, console: Console) -> "_Run":
+    def start(cls, config: TrainConfig, out_dir: Path, console: Console) -> _Run:
         """Data, teacher, a freshly initialised model and its optimiser."""
         out_dir.mkdir(parents=True, exist_ok=True)
         if config.threads is not None:
@@ -236,16 +242,20 @@ class _Run:
                     if on_step is not None:
                         on_step(self.step, loss)
                     if self.step % self.config.save_every == 0 and self.step < total_steps:
-                        save_training_state(self.model, self.optimizer, self.last_path, self.progress(), self.metadata())
-                        self.console.print(f"step {self.step}/{total_steps}: loss "
-                                           f"{np.mean(self.losses[-self.config.save_every:]):.4f}, {rate:.1f} samples/s, "
-                                           f"lr {self.optimizer.param_groups[0]['lr']:.2e}")
+                        self.save_resume_point(rate, total_steps)
                 if self.batch_in_epoch * self.config.batch_size >= len(order):
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                     self.validate_and_save()
             if self.validated_step != self.step:
                 self.validate_and_save()
         self.train_seconds = time.perf_counter() - started
+
+    def save_resume_point(self, rate: float, total_steps: int) -> None:
+        """The resume checkpoint (model, optimiser, progress) every save_every steps, with a progress line."""
+        save_training_state(self.model, self.optimizer, self.last_path, self.progress(), self.metadata())
+        recent = np.mean(self.losses[-self.config.save_every:])
+        self.console.print(f"step {self.step}/{total_steps}: loss {recent:.4f}, {rate:.1f} samples/s, "
+                           f"lr {self.optimizer.param_groups[0]['lr']:.2e}")
 
     def train_step(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, total_steps: int) -> float:
         """One optimiser step on a batch; a non-finite loss stops the run naming the last good checkpoint."""

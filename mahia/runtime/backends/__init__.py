@@ -64,4 +64,5 @@ register(Backend("onnx", "onnx", "mahia.runtime.backends.onnxrt", ("onnxruntime"
 register(Backend("pt2", "pt2", "mahia.runtime.backends.pt2", ("torch",), "pt2",
                  "torch.export program reloaded with torch.export.load, eager on the CPU"))
 
-__all__ = ["Backend", "BackendUnavailableError", "InputSpec", "Runner", "backends", "get_backend", "register", "require"]
+__all__ = ["Backend", "BackendUnavailableError", "InputSpec", "Runner", "backends", "get_backend", "register",
+           "require"]

@@ -23,7 +23,8 @@ class OnnxRuntimeRunner(Runner):
         self.dtypes = {name: np.dtype(spec["dtype"]) for name, spec in inputs.items()}
 
     def __call__(self, tensors: Mapping[str, Tensor]) -> np.ndarray:
-        feed = {name: tensors[name].detach().cpu().numpy().astype(self.dtypes[name], copy=False) for name in self.dtypes}
+        feed = {name: tensors[name].detach().cpu().numpy().astype(dtype, copy=False)
+                for name, dtype in self.dtypes.items()}
         return np.asarray(self.session.run(list(OUTPUT_NAMES), feed)[0], dtype=np.float32)
 
 
