@@ -65,30 +65,36 @@ def deselect(*node_ids: str) -> tuple[str, ...]:
 # The modules that decide correctness and the tests that cover each. Edit this list when modules or
 # tests move. Slow end-to-end tests (full exports, the training CLI) are left out: mutmut reruns a
 # module's tests for every mutant.
-RUNTIME_PT2 = "tests/test_runtime.py::test_both_backends_match_eager_at_unseen_shapes[{}-pt2]"
-TASK = "tests/test_task_check.py::test_{}"
-CALIBRATION_DIRECT = ("tests/test_calibration.py", "-k", "not ranges and not calibration_data")
+RUNTIME = "tests/runtime/test_runtime.py::test_{}"
+RUNTIME_PT2 = RUNTIME.format("both_backends_match_eager_at_unseen_shapes[{}-pt2]")
+TASK = "tests/export/test_task_check.py::test_{}"
+CALIBRATION_DIRECT = ("tests/calibration/test_calibration.py", "-k", "not ranges and not calibration_data")
 TARGETS = (
-    Target("mahia/model/inputs.py", ("tests/test_inputs.py",)),
-    Target("mahia/model/checkpoint.py", ("tests/test_checkpoint.py",)),
+    Target("mahia/model/inputs.py", ("tests/model/test_inputs.py",)),
+    Target("mahia/model/checkpoint.py", ("tests/model/test_checkpoint.py",)),
     # one .pt2 load (2 s each) covers the pt2 runner
-    Target("mahia/runtime.py",
-           ("tests/test_runtime.py", *deselect(RUNTIME_PT2.format("5-23"), RUNTIME_PT2.format("16-1")))),
+    Target("mahia/runtime/deployment.py",
+           ("tests/runtime/test_runtime.py", *deselect(RUNTIME_PT2.format("5-23"), RUNTIME_PT2.format("16-1")))),
+    # reading and verifying an artifact directory
+    Target("mahia/artifact/manifest.py",
+           ("tests/artifact/test_manifest.py", RUNTIME.format("tampered_file_is_refused_by_name"),
+            RUNTIME.format("missing_file_and_failed_manifest_are_refused"))),
     Target("mahia/export/parity.py",
-           ("tests/test_export_pipeline.py::test_parity_verdict_needs_both_polygraphy_and_the_rel_l2_budget",)),
-    # less the two full exports through the CLI and the .pt2 check (3 s; the runner is runtime.graph_runner)
+           ("tests/export/test_export_pipeline.py::test_parity_verdict_needs_both_polygraphy_and_the_rel_l2_budget",)),
+    # less the two full exports through the CLI and the .pt2 check (3 s; the runner is the runtime's pt2 backend)
     Target("mahia/export/task_check.py",
-           ("tests/test_task_check.py", *deselect(TASK.format("a_trained_model_export_records_its_task_check"),
+           ("tests/export/test_task_check.py", *deselect(TASK.format("a_trained_model_export_records_its_task_check"),
                                                   TASK.format("a_missed_task_budget_fails_the_export"),
                                                   TASK.format("the_exported_graph_of_the_same_weights_agrees_everywhere"
                                                               "[pt2-model.pt2]")))),
     # the direct tests; those on the tiny model's ranges (the tiny_ranges fixture, 10 s) test ranges.py
     Target("mahia/calibration/statistics.py", CALIBRATION_DIRECT),
     Target("mahia/calibration/table.py", CALIBRATION_DIRECT),
-    Target("mahia/train/losses.py", ("tests/test_train_metrics.py",)),
-    Target("mahia/train/state.py", ("tests/test_train.py", "-k", "optimiser or resume or nan_loss")),
+    Target("mahia/train/losses.py", ("tests/train/test_train_metrics.py",)),
+    Target("mahia/train/state.py", ("tests/train/test_train.py", "-k", "optimiser or resume or nan_loss")),
     # the schedule; the loop itself is left to the training tests
-    Target("mahia/train/trainer.py", ("tests/test_train.py", "-k", "learning_rate"), functions=("x_learning_rate*",)),
+    Target("mahia/train/trainer.py", ("tests/train/test_train.py", "-k", "learning_rate"),
+           functions=("x_learning_rate*",)),
 )
 
 

@@ -3,7 +3,7 @@
 Each function has the custom op's signature and is traced by `torch.onnx.export(dynamo=True)`
 through its `custom_translation_table`; static arguments (causal, chunk_size, top_k) arrive as
 Python values, so their branches resolve at export time. Every lowering computes in float32, as the
-references in mahia.kernels.reference do, and is held to them by tests/test_export_lowering.py.
+references in mahia.kernels.reference do, and is held to them by tests/export/test_export_lowering.py.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from mahia.model import InputValidationError, get_config, random_inputs, validate_inputs
+from mahia.model import InputValidationError, as_tensors, get_config, random_inputs, validate_inputs
 
 TINY = get_config("tiny")
 
@@ -85,3 +86,20 @@ def test_ids_up_to_vocab_size_minus_one_pass_and_vocab_size_is_refused(good: dic
     ids[1, 0] = TINY.vocab_size  # one past it: an embedding lookup out of range
     with pytest.raises(InputValidationError, match=r"'input_ids'.*ids in \[\d+, 512\].*ids in \[0, 511\]"):
         validate_inputs(TINY, with_change(good, "input_ids", ids))
+
+
+def test_arrays_become_tensors_and_non_numeric_ones_are_refused_by_name(good: dict[str, torch.Tensor]) -> None:
+    arrays = {name: t.numpy() for name, t in good.items()}
+    arrays["numeric"] = arrays["numeric"].astype(">f4")  # big-endian: converted, not refused
+    tensors = as_tensors({**arrays, "categorical": good["categorical"],
+                          "attention_mask": good["attention_mask"].tolist()})
+    validate_inputs(TINY, tensors)
+    assert tensors["categorical"] is good["categorical"] and tensors["numeric"].dtype == torch.float32
+    assert torch.equal(tensors["attention_mask"], good["attention_mask"])
+    refused = ((np.array(["1", "0"]), "an array of dtype <U1"),
+               (np.array([1, None], dtype=object), "an array of dtype object"),
+               (np.array(["2026-01-01"], dtype="datetime64[D]"), "an array of dtype datetime64"),
+               ([[1, 2], [3]], "a list that does not form an array"))
+    for value, given in refused:
+        with pytest.raises(InputValidationError, match=f"input 'numeric': got {given}.*expected a numeric array"):
+            as_tensors({**arrays, "numeric": value})

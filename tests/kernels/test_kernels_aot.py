@@ -77,7 +77,7 @@ def test_aot_builds_one_variant_of_every_kernel_for_sm90(sm90_build):
 
 def test_manifest_and_launchers_agree_because_both_come_from_plan(sm90_build):
     """Every launch the manifest records is what plan() gives again at the recorded inputs (the
-    launchers execute the same plan() results: tests/test_kernels_plan.py)."""
+    launchers execute the same plan() results: tests/kernels/test_kernels_plan.py)."""
     from mahia.kernels.aot import replay
 
     _, manifest = sm90_build

@@ -27,7 +27,7 @@ from mahia.kernels.triton import plan as plan_module  # noqa: E402
 
 INTERPRETED = launch_module.is_interpreted(gate_combine.gate_combine_kernel)
 interpreted = pytest.mark.skipif(not INTERPRETED, reason="triton was imported without TRITON_INTERPRET=1 here; "
-                                 "tests/test_kernels_triton.py runs the interpreter suite in a subprocess")
+                                 "tests/kernels/test_kernels_triton.py runs the interpreter suite in a subprocess")
 
 PLANS = [
     gate_combine.plan(1, 5, torch.float32),
