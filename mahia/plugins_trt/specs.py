@@ -234,6 +234,9 @@ def output_shapes(sizes: Sizes) -> list[tuple[Size, ...]]:
 
 def float_dtype(spec: PluginSpec, dtypes: Sequence[str]) -> str | None:
     """The plugin's float type from its input dtypes (names), checking every input against its allowed dtypes."""
+    if len(dtypes) != len(spec.inputs):
+        raise ValueError(f"{spec.name}: {len(dtypes)} inputs, expected {len(spec.inputs)} "
+                         f"({', '.join(t.name for t in spec.inputs)})")
     index = spec.float_input
     dtype = None if index is None else dtypes[index]
     if dtype is not None and dtype not in FLOAT_DTYPES:
