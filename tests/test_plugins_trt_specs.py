@@ -17,6 +17,7 @@ from mahia.model import CONFIGS as MODEL_CONFIGS
 from mahia.plugins_trt import CHAINS, PLUGINS, long_conv, moe_ffn
 from mahia.plugins_trt.nodes import chain_nodes
 from mahia.plugins_trt.sizes import Expr, symbolic
+from mahia.plugins_trt.specs import DTYPES as SPEC_DTYPES
 from mahia.plugins_trt.specs import FLOAT, allowed_dtypes, bind, launch_formula, node_attributes, output_dtypes, walk
 
 BATCHES = (1, 3, 8, 16)
@@ -230,6 +231,9 @@ def test_names_attributes_and_dtype_rules():
         names = [t.name for t in spec.inputs] + [o.name for o in spec.outputs]
         assert len(names) == len(set(names)) and not set(names) & set(spec.attrs), name
         assert all(o.dtype == FLOAT for o in spec.outputs if o.dtype not in ("float32", "int32")), name
+    assert {name: d.onnx for name, d in SPEC_DTYPES.items()} == {
+        "float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16, "bfloat16": onnx.TensorProto.BFLOAT16,
+        "float8_e4m3fn": onnx.TensorProto.FLOAT8E4M3FN, "int32": onnx.TensorProto.INT32, "bool": onnx.TensorProto.BOOL}
     spec = PLUGINS["SsdChunkStates"]
     assert output_dtypes(spec, ["bfloat16", "bfloat16", "float32", "bfloat16"]) == ["float32"]
     with pytest.raises(ValueError, match="input dt is float16, expected bfloat16"):
@@ -270,3 +274,13 @@ def test_chain_nodes_wire_by_name_with_attributes_in_registration_order():
     assert len(written) == len(set(written)), "every value has one writer"
     for op, chain in CHAINS.items():
         assert chain.plugins[-1].outputs[-1].name == chain.output, op
+
+
+def test_the_specs_table_prints_every_plugin_with_its_symbolic_grid():
+    from mahia.plugins_trt.table import render
+
+    table = render()
+    rows = [line for line in table.splitlines()[2:]]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == list(PLUGINS)
+    assert "| MoeTopk | moe_ffn |" in table and "(ceiling(T/256), 1, 1) (at E=8)" in table
+    assert "R = 2*T + 567" in table and "TK = R - 567" in table

@@ -25,7 +25,6 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import onnx
 import torch
 
 from mahia.plugins_trt.sizes import INTS, Algebra, Expr, Size
@@ -46,18 +45,18 @@ class DType:
 
     name: str
     torch: torch.dtype
-    onnx: int  # onnx.TensorProto data type
+    onnx: int  # onnx.TensorProto data type (the numbers, so the GPU check needs no onnx)
     trt: str  # tensorrt.DataType member
     autotune: str  # trtp.AutoTuneCombination spelling
 
 
 DTYPES = {d.name: d for d in (
-    DType("float32", torch.float32, onnx.TensorProto.FLOAT, "FLOAT", "FP32"),
-    DType("float16", torch.float16, onnx.TensorProto.FLOAT16, "HALF", "FP16"),
-    DType("bfloat16", torch.bfloat16, onnx.TensorProto.BFLOAT16, "BF16", "BF16"),
-    DType("float8_e4m3fn", torch.float8_e4m3fn, onnx.TensorProto.FLOAT8E4M3FN, "FP8", "FP8"),
-    DType("int32", torch.int32, onnx.TensorProto.INT32, "INT32", "INT32"),
-    DType("bool", torch.bool, onnx.TensorProto.BOOL, "BOOL", "BOOL"),
+    DType("float32", torch.float32, 1, "FLOAT", "FP32"),
+    DType("float16", torch.float16, 10, "HALF", "FP16"),
+    DType("bfloat16", torch.bfloat16, 16, "BF16", "BF16"),
+    DType("float8_e4m3fn", torch.float8_e4m3fn, 17, "FP8", "FP8"),
+    DType("int32", torch.int32, 6, "INT32", "INT32"),
+    DType("bool", torch.bool, 9, "BOOL", "BOOL"),
 )}
 DTYPE_BY_TORCH = {d.torch: d.name for d in DTYPES.values()}
 

@@ -19,8 +19,9 @@ TOLERANCE = {"float32": 2e-5, "float16": 3e-3, "bfloat16": 2e-2, "float64": 1e-1
 
 def example_inputs(op: str, shapes: Mapping[str, Sequence[int]], dtypes: Mapping[str, str],
                    generator: torch.Generator, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Random inputs of an op with the model's value ranges: SSD dt > 0 and a < 0, MoE masks with padding, FP8
-    expert weights quantized with their per-channel scales, long filters scaled by 1/sqrt(L)."""
+    """Random inputs of an op with the model's value ranges: SSD dt > 0 and a < 0, MoE masks with padding and
+    router logits without ties, FP8 expert weights quantized with their per-channel scales, long filters scaled
+    by 1/sqrt(L)."""
     def randn(name: str, scale: float = 1.0) -> torch.Tensor:
         return torch.randn(*shapes[name], generator=generator) * scale
 
@@ -34,13 +35,27 @@ def example_inputs(op: str, shapes: Mapping[str, Sequence[int]], dtypes: Mapping
     else:
         tokens, d_model = shapes["x"]
         hidden = shapes["w2"][2]
-        raw = {"x": randn("x"), "router_logits": randn("router_logits"),
+        logits = _untied(randn("router_logits"), getattr(torch, dtypes["router_logits"]), generator)
+        raw = {"x": randn("x"), "router_logits": logits,
                "mask": torch.rand(tokens, generator=generator) > 0.2,
                "w1": randn("w1", d_model ** -0.5), "w2": randn("w2", hidden ** -0.5)}
         if op == "moe_ffn_fp8":
             (raw["w1"], raw["w1_scale"]), (raw["w2"], raw["w2_scale"]) = (
                 reference.quantize_experts_fp8(raw["w1"]), reference.quantize_experts_fp8(raw["w2"]))
     return {name: value.to(getattr(torch, dtypes[name])).to(device) for name, value in raw.items()}
+
+
+def _untied(logits: torch.Tensor, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    """Router logits whose rows have no two equal values once rounded to dtype: at a tie the kernels route to the
+    lowest expert and the op reference's torch.topk promises no order, both valid routings with different
+    results (in bfloat16 about 3% of 8-expert rows tie)."""
+    for _ in range(100):
+        ordered = logits.to(dtype).sort(dim=-1).values
+        tied = (ordered[..., 1:] == ordered[..., :-1]).any(dim=-1)
+        if not tied.any():
+            return logits
+        logits[tied] = torch.randn(int(tied.sum()), logits.shape[-1], generator=generator)
+    raise RuntimeError("router logits: ties left after 100 draws")
 
 
 def op_reference(op: str, inputs: Mapping[str, torch.Tensor], attributes: Mapping[str, int],
