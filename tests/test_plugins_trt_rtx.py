@@ -34,42 +34,40 @@ def profile(model, points=((1, 6), (8, 133), (16, 517))) -> dict:
     return {name: (low[name], opt[name], high[name]) for name in low}
 
 
-def test_rtx_parses_and_builds_every_plugin_chain(tmp_path):
+def test_rtx_parses_and_builds_every_plugin_chain_and_names_a_node_that_became_a_function_body(tmp_path):
+    """Every chain (18 plugin nodes) becomes PLUGIN_V3 layers and builds; one more node of the plugin domain, for
+    which no plugin is registered but a model-local function exists, is imported as the function's body silently
+    by the parser, and the report names it."""
     model = example_graph(every_chain(), SIZES, "float16", torch.Generator().manual_seed(0))
+    plugin_nodes = [n.name for n in model.graph.node if n.domain == "mahia"]
+    model.graph.node.append(helper.make_node("NotAPlugin", ["gate.logits"], ["imported.out"], name="imported",
+                                             domain="mahia"))
+    model.graph.output.append(helper.make_tensor_value_info("imported.out", TensorProto.FLOAT16, ["batch", "seq", 3]))
+    model.functions.append(helper.make_function("mahia", "NotAPlugin", ["a"], ["b"],
+                                                [helper.make_node("Identity", ["a"], ["b"])],
+                                                [helper.make_opsetid("", 21)]))
     path = tmp_path / "plugins.onnx"
     path.write_bytes(model.SerializeToString())
     # FP8 expert weights need compute capability 8.9 or more ("Cannot compile for target(s) sm80, sm86").
     report = build_with_rtx(path, profile(model), tmp_path / "plugins.engine", compute_capabilities=("SM89", "SM120"))
-    assert report.ok, report.summary()
-    plugin_nodes = [n.name for n in model.graph.node if n.domain == "mahia"]
+    assert report.parsed and report.built, report.summary()
     assert len(plugin_nodes) == 18 and sorted(report.plugin_layers) == sorted(plugin_nodes)
     assert (tmp_path / "plugins.engine").stat().st_size == report.engine_bytes > 0
+    index = len(model.graph.node) - 1
+    assert [(f.node, f.name, f.op) for f in report.failures] == [(index, "imported", "NotAPlugin")]
+    assert not report.ok and f"plugin coverage failed: node {index} 'imported' (NotAPlugin): not a PLUGIN_V3 layer" \
+        in report.summary()
 
 
-def _graph(nodes, outputs, functions=()):
+def _graph(nodes, outputs):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "L", 8, 3])
     g = helper.make_tensor_value_info("g", TensorProto.FLOAT, ["B", "L", 3])
-    return helper.make_model(helper.make_graph(nodes, "g", [x, g], outputs), functions=list(functions), ir_version=10,
+    return helper.make_model(helper.make_graph(nodes, "g", [x, g], outputs), ir_version=10,
                              opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(*OPSET_IMPORT)])
 
 
 GATE_ATTRS = {"plugin_namespace": "mahia", "plugin_version": "1", "aot": 1}
 SMALL_PROFILE = {"x": ((1, 1, 8, 3), (2, 4, 8, 3), (4, 8, 8, 3)), "g": ((1, 1, 3), (2, 4, 3), (4, 8, 3))}
-
-
-def test_rtx_names_a_plugin_node_that_became_a_function_body(tmp_path):
-    """A model-local function of a plugin node's op_type is imported silently when no plugin takes the node."""
-    body = helper.make_function("mahia", "NotAPlugin", ["a"], ["b"], [helper.make_node("Identity", ["a"], ["b"])],
-                                [helper.make_opsetid("", 21)])
-    model = _graph([helper.make_node("GateCombine", ["x", "g"], ["out"], name="gate", domain="mahia", **GATE_ATTRS),
-                    helper.make_node("NotAPlugin", ["g"], ["out2"], name="imported", domain="mahia")],
-                   [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", "L", 8]),
-                    helper.make_tensor_value_info("out2", TensorProto.FLOAT, ["B", "L", 3])], [body])
-    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
-    report = build_with_rtx(tmp_path / "m.onnx", SMALL_PROFILE)
-    assert report.parsed and report.plugin_layers == ("gate",) and not report.ok
-    assert [(f.node, f.name, f.op) for f in report.failures] == [(1, "imported", "NotAPlugin")]
-    assert "plugin coverage failed: node 1 'imported' (NotAPlugin): not a PLUGIN_V3 layer" in report.summary()
 
 
 def test_rtx_names_the_node_it_cannot_parse(tmp_path):

@@ -89,7 +89,7 @@ def _register(spec: PluginSpec) -> None:
         params.grid_x, params.grid_y, params.grid_z = formula.grid
         params.block_x = formula.block[0]
         params.shared_mem = binary.shared_bytes
-        scalars = trtp.SymIntExprs.from_tuple([trtp.SymInt32(value) for _, value in formula.scalars])
+        scalars = trtp.SymIntExprs.from_tuple(tuple(trtp.SymInt32(value) for _, value in formula.scalars))
         return binary.entry, binary.ptx, params, scalars
 
     def autotune(outputs, **arguments):

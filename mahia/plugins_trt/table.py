@@ -5,14 +5,20 @@ size as an int (tile choices, padded expert counts) the `base` config's sizes ar
 
 from __future__ import annotations
 
-from mahia.plugins_trt import CHAINS, PLUGINS
+from mahia.model.config import CONFIGS
+from mahia.plugins_trt import CHAINS, PLUGINS, moe_ffn
 from mahia.plugins_trt.sizes import Expr, symbolic
 from mahia.plugins_trt.specs import FLOAT, PluginSpec, bind, launch_formula
 
-# The base config's op sizes (mahia.model CONFIGS["base"]) and the attributes an export of it writes.
-BASE_STATIC = {"ssd_scan": {"H": 12, "P": 64, "N": 128}, "moe_ffn": {"D": 768, "H": 2048, "E": 8},
-               "moe_ffn_fp8": {"D": 768, "H": 2048, "E": 8}, "gate_combine": {"D": 768}, "long_conv": {"D": 768}}
-BASE_ATTRS = {"causal": 1, "chunk": 256, "top_k": 2, "block_m": 64, "config": 1, "num_experts": 8}
+_BASE = CONFIGS["base"]
+# The base config's op sizes and the attributes its export writes (MoE tile config at the default profile's opt
+# token count, 8 x (128 + tabular tokens)).
+BASE_STATIC = {"ssd_scan": {"H": _BASE.ssm_heads, "P": _BASE.ssm_head_dim, "N": _BASE.d_state},
+               "moe_ffn": {"D": _BASE.d_model, "H": _BASE.expert_hidden, "E": _BASE.num_experts},
+               "gate_combine": {"D": _BASE.d_model}, "long_conv": {"D": _BASE.d_model}}
+BASE_STATIC["moe_ffn_fp8"] = BASE_STATIC["moe_ffn"]
+BASE_ATTRS = {"causal": 1, "chunk": _BASE.chunk_size,
+              **moe_ffn.chain_attributes(_BASE.num_experts, _BASE.top_k, 8 * (128 + _BASE.num_tabular_tokens))}
 DYNAMIC = ("B", "L", "T", "R", "TK")
 
 
