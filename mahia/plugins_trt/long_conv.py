@@ -4,7 +4,7 @@
 The Toeplitz kernel runs at every length: TensorRT parses DFT only from 11.2 and the op's FFT path is torch's.
 Its tile config is chosen by the kernels' bucket rule from (batch, length), both dynamic, so here the configs
 are autotune tactics: TensorRT times each at the profile's opt shape and keeps the fastest. Every config is
-correct at every shape (the grid follows the sizes), which tests/test_plugins_trt_reference.py checks.
+correct at every shape (the grid follows the sizes), which tests/plugins_trt/test_plugins_trt_reference.py checks.
 """
 
 from __future__ import annotations

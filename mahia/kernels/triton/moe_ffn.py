@@ -34,7 +34,7 @@ def topk_tile(logits, t_ok, cols, col_ok, slots, K: tl.constexpr, E_PAD: tl.cons
     itself: torch's mutation analysis of user-defined Triton kernels (torch/_higher_order_ops/
     triton_kernel_wrap.py) follows a helper call's result back to every argument of the call, so a
     pointer passed into a helper whose result feeds a store address is taken for a written buffer
-    (tests/test_kernels_functionalization.py)."""
+    (tests/kernels/test_kernels_functionalization.py)."""
     peak = tl.where(t_ok, tl.max(logits, axis=1), 0.0)
     probs = tl.exp(logits - peak[:, None])
     probs = probs / tl.sum(probs, axis=1)[:, None]
