@@ -55,8 +55,7 @@ class Deployment:
 
     def check_inputs(self, inputs: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
         """Inputs as tensors, validated by the model's rules and the manifest's spec, or InputValidationError."""
-        tensors = {name: torch.from_numpy(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
-                   for name, v in inputs.items()}
+        tensors = {name: v if isinstance(v, torch.Tensor) else _numeric_tensor(name, v) for name, v in inputs.items()}
         validate_inputs(self.config, tensors)
         dims = self.manifest["dims"]
         batch, seq = tensors["input_ids"].shape
@@ -71,6 +70,19 @@ class Deployment:
         """Logits [batch, num_classes] (float32) for validated inputs."""
         tensors = self.check_inputs(inputs)
         return self._runner(tensors)
+
+
+def _numeric_tensor(name: str, value: Any) -> torch.Tensor:
+    """An array-like as a tensor, or InputValidationError naming the input: a string, object or ragged array (what
+    a JSON body easily becomes) is refused here rather than by numpy's or torch's own TypeError or ValueError."""
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise InputValidationError(f"input {name!r}: not an array of numbers ({exc})") from None
+    if array.dtype.kind not in "biuf":
+        raise InputValidationError(f"input {name!r}: got an array of dtype {array.dtype}, expected numbers "
+                                   "(bool, integer or float)")
+    return torch.from_numpy(array)
 
 
 Runner = Callable[[Mapping[str, torch.Tensor]], np.ndarray]
