@@ -5,9 +5,9 @@ Two deployments, so that a model replica's death costs no request:
 - `Ingress` (FastAPI, no CPU reserved) answers /v1/classify and /healthz. It validates a request, splits its reviews
   into chunks of at most max_batch_size, and `@serve.batch` gathers the chunks of concurrent requests into batches
   of up to max_batch_size reviews (`batch_size_fn` counts reviews), waiting at most batch_wait_ms for a batch to
-  fill. One model call per batch, not per request: each Serve hop costs CPU (the proxy and the ingress used about
-  10 ms each per request during benchmarks/serve_load.py on the shared 2-core machine, next to 17-35 ms for the
-  fp8 model on one review), so batching before the model hop saves hops as well as model runs.
+  fill. One model call per batch, not per request: each Serve hop costs CPU (benchmarks/serve_load.py on the shared
+  2-core machine: proxy 9-10 ms and ingress 11-13 ms of CPU per request, model replica 39-48 ms with the fp8
+  artifact), so batching before the model hop saves hops as well as model runs.
   Classification is a pure function of its input: a call that meets a dead replica is tried again on another
   (MODEL_ATTEMPTS tries) and only then answered 503 with Retry-After.
 - `ReviewModel` (one CPU per replica) holds a verified, warmed-up `ReviewClassifier` and runs one batch per call.
