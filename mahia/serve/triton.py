@@ -60,12 +60,12 @@ def preferred_batch_sizes(max_batch: int) -> list[int]:
 def model_config(name: str, manifest: dict, backend: str, queue_delay_us: int, instances: int,
                  source: str) -> str:
     """config.pbtxt text for the onnxruntime or tensorrt backend."""
-    seq = manifest["dims"]["seq"]
-    buckets = seq_buckets(seq["min"], seq["max"], text_budget(manifest))
+    seq, budget = manifest["dims"]["seq"], text_budget(manifest)
+    buckets = seq_buckets(seq["min"], seq["max"], budget)
     max_batch = int(manifest["dims"]["batch"]["max"])
     kind = "KIND_GPU" if backend == "tensorrt" else "KIND_CPU"
     return (f"# Written by mahia-serve --triton-repo from {source}.\n"
-            f"# Sequences: {seq['min']}..{seq['max']} tokens exported, texts cut to {text_budget(manifest)} tokens (the\n"
+            f"# Sequences: {seq['min']}..{seq['max']} tokens exported, texts cut to {budget} tokens (the\n"
             f"# training budget). Pad each request to one of {list(buckets)} tokens so that requests of\n"
             f"# one bucket batch together (Triton batches equal shapes only).\n"
             f'name: "{name}"\n'
