@@ -43,15 +43,17 @@ from mahia.serve.classifier import Prediction, ReviewClassifier
 from mahia.serve.protocol import MAX_REVIEWS, RequestError, classify_response, parse_classify_request
 
 APP_NAME = "mahia"
-# Tries of one model call before the ingress answers 503: a replica killed mid-call fails its calls with
-# RayActorError; the router learns of the death within a retry or two and sends the call to a live replica.
+# Tries of one model call before the ingress answers 503: a replica killed mid-call fails the calls it had accepted
+# with RayActorError (calls not yet accepted are re-routed by Serve itself); a later try goes to a live replica.
 MODEL_ATTEMPTS = 4
 RETRY_BACKOFF_S = 0.1
 # Requests one ingress replica holds at once. Each waits without using the CPU, and batches only fill if enough
 # requests are in flight: far above Serve's default of 5.
 INGRESS_MAX_ONGOING = 256
-# Calls one model replica accepts at once (they wait in its queue). Serve's default of 5 leaves calls waiting in
-# the caller's router, which backs off while every replica is full and leaves the replica idle in between.
+# Calls one model replica accepts at once (they wait in its queue). Each ingress replica sends one batch at a time,
+# so this is how many ingress replicas one model replica can serve before callers wait in their router, which
+# backs off with growing pauses while every replica is full (at max_ongoing_requests 2 a first design served 6.7
+# requests/s at batch size 1 and 32 clients, its replica idle between calls; benchmarks/serve_load.py).
 MODEL_MAX_ONGOING = 32
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 
