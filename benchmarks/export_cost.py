@@ -96,7 +96,7 @@ def compare_optimizers(config_name: str, threads: int, repeats: int) -> list[str
                                 opset_version=21, dynamic_shapes=stages.dynamic_shapes(profile),
                                 input_names=list(stages.INPUT_NAMES), output_names=["logits"], optimize=False,
                                 custom_translation_table=get_flavour("portable").translations(
-                                    stages.max_tokens(loaded.config, profile))).model_proto
+                                    stages.lowering_sizes(loaded.config, profile))).model_proto
     del raw.graph.value_info[:]
     start = time.perf_counter()
     optimized = stages.lower_to_onnx(program, loaded.config, profile, 21)

@@ -26,7 +26,7 @@ from mahia.default import load_model as load_source
 from mahia.export import graph_passes
 from mahia.export.config import DEFAULT_SEQ, DimRange, ShapeProfile
 from mahia.export.errors import ExportError
-from mahia.export.flavours import get_flavour
+from mahia.export.flavours import LoweringSizes, get_flavour
 from mahia.model import INPUT_NAMES, OUTPUT_NAMES, MahiaX, ModelConfig, ModelSource, get_config, random_inputs
 
 # What lower_to_onnx does after the exporter, as the manifest records it.
@@ -116,7 +116,7 @@ def lower_to_onnx(program: torch.export.ExportedProgram, config: ModelConfig, pr
         onnx_program = torch.onnx.export(program, (), kwargs=inputs, dynamo=True, opset_version=opset,
                                          dynamic_shapes=dynamic_shapes(profile), input_names=list(INPUT_NAMES),
                                          output_names=list(OUTPUT_NAMES), optimize=True, verbose=False,
-                                         custom_translation_table=flavour.translations(max_tokens(config, profile)))
+                                         custom_translation_table=flavour.translations(lowering_sizes(config, profile)))
     # Sizes read from equal symbolic dims become one value, so the optimizer's common-subexpression pass
     # builds what depends on them once (the long convolutions' twiddle matrices, which took 23 % of the int8
     # graph's kernel time at 8 x 384 when each call built its own).
@@ -132,9 +132,21 @@ def lower_to_onnx(program: torch.export.ExportedProgram, config: ModelConfig, pr
     del model.metadata_props[:]
     model.producer_name, model.producer_version = "mahia", __import__("mahia").__version__
     model.doc_string = f"MAHIA-X {config.name}, {flavour.name} ONNX flavour"
+    if flavour.finish is not None:
+        try:
+            flavour.finish(model)
+        except ValueError as exc:
+            raise ExportError(f"the {flavour.name} lowering: {exc}") from None
     return model
 
 
 def max_tokens(config: ModelConfig, profile: ShapeProfile) -> int:
     """The longest sequence the exported graph sees: the profile's text maximum plus the tabular tokens."""
     return profile.seq.max + config.num_tabular_tokens
+
+
+def lowering_sizes(config: ModelConfig, profile: ShapeProfile) -> LoweringSizes:
+    """What the flavours' lowerings depend on: the longest sequence, the opt point's tokens (batch x (sequence +
+    tabular tokens)), the experts and top-k."""
+    opt_tokens = profile.batch.opt * (profile.seq.opt + config.num_tabular_tokens)
+    return LoweringSizes(max_tokens(config, profile), opt_tokens, config.num_experts, config.top_k)
