@@ -154,10 +154,17 @@ class WiringSession:
         with _LOCK:
             _ERRORS[self.token] = []
         failure = None
+        # The references run on one torch thread: torch's pool competing with ONNX Runtime's made the tiny
+        # model's TensorRT-flavour graph at 3 x 37 take 2.5-3.7 s per run on a loaded 2-core VM, 0.19-0.25 s
+        # with one torch thread (WiringSession.run timed three times each way).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         try:
             outputs = self.session.run(output_names, input_feed, run_options)
         except Exception as exc:  # noqa: BLE001 - a node's recorded error explains it better, if there is one
             failure = exc
+        finally:
+            torch.set_num_threads(threads)
         with _LOCK:
             errors = _ERRORS.pop(self.token, [])
         if errors:

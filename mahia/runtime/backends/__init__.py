@@ -63,6 +63,11 @@ register(Backend("onnx", "onnx", "mahia.runtime.backends.onnxrt", ("onnxruntime"
                  "ONNX Runtime, CPU execution provider"))
 register(Backend("pt2", "pt2", "mahia.runtime.backends.pt2", ("torch",), "pt2",
                  "torch.export program reloaded with torch.export.load, eager on the CPU"))
+register(Backend("onnx-plugins", "trt", "mahia.runtime.backends.onnx_plugins",
+                 ("onnxruntime", "onnxruntime_extensions"), "onnxrt-plugins",
+                 "TensorRT-flavour ONNX on ONNX Runtime, plugin nodes run by their launch references"))
+register(Backend("tensorrt", "engine", "mahia.runtime.backends.tensorrt", ("tensorrt",), "trt",
+                 "TensorRT engine with the mahia AOT plugins (TensorRT >= 10.9, GPU)"))
 
 __all__ = ["Backend", "BackendUnavailableError", "InputSpec", "Runner", "backends", "get_backend", "register",
            "require"]
