@@ -126,6 +126,9 @@ class Manifest:
     stages: tuple[Mapping[str, Any], ...]
     files: Mapping[str, FileRecord] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # The TensorRT graph (when written): its lowering, what each plugin receives, the TensorRT-RTX parse + build,
+    # its task check and the engine; None otherwise (an optional key: manifests without it read the same)
+    tensorrt: Mapping[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -154,6 +157,7 @@ class Manifest:
             "dims": {"batch": self.batch.to_dict(), "seq": self.seq.to_dict()},
             "parity": dict(self.parity), "task": dict(self.task), "stages": [dict(s) for s in self.stages],
             "files": {name: {"sha256": r.sha256, "bytes": r.bytes} for name, r in self.files.items()},
+            **({"tensorrt": dict(self.tensorrt)} if self.tensorrt is not None else {}),
         }
 
     @classmethod
@@ -189,7 +193,8 @@ class Manifest:
             return cls(status=data["status"], command=tuple(data["command"]), created_utc=data["created_utc"],
                        packages=data["packages"], model=record, precision=precision, formats=formats, graphs=graphs,
                        onnx=data["onnx"], inputs=data["inputs"], outputs=data["outputs"], batch=batch, seq=seq,
-                       parity=data["parity"], task=data["task"], stages=tuple(data["stages"]), files=files)
+                       parity=data["parity"], task=data["task"], stages=tuple(data["stages"]), files=files,
+                       tensorrt=data.get("tensorrt"))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ArtifactIntegrityError(f"{where}: field {key!r} is missing or malformed ({exc!r})") from None
 

@@ -26,6 +26,8 @@ Examples:
   mahia-export --config tiny --json --quiet      # machine-readable summary on stdout
   mahia-export --precision fp8                   # FP8 Q/DQ ONNX, calibration.json, calib.cache, sensitivity plot
   mahia-export --precision auto --accuracy-budget 0.05 --calib-samples 256
+  mahia-export --precision fp8 --formats onnx,trt          # + TensorRT plugin graph: wiring parity, TensorRT-RTX build
+  mahia-export --formats trt,rtx-engine,engine    # + engines (engine needs TensorRT >= 10.9; exit 2 without)
 """
 
 
@@ -93,9 +95,9 @@ def main(config_name: str | None, checkpoint: Path | None, seed: int, precision:
     Polygraphy parity report against the eager PyTorch model; for a trained model, the accuracy drop and
     argmax agreement on the test split. Exits 0 only when every check is within its budget."""
     from mahia.artifact import ArtifactError
-    from mahia.export.errors import ExportError
+    from mahia.export.errors import ExportError, MissingPackageError
     from mahia.export.parity import ParityRunError
-    from mahia.export.pipeline import run_export
+    from mahia.export.pipeline import check_packages, resolve_formats, run_export
     from mahia.model import CheckpointError, InputValidationError
 
     if checkpoint is not None:
@@ -110,8 +112,12 @@ def main(config_name: str | None, checkpoint: Path | None, seed: int, precision:
                        task=TaskCheckConfig(eval_rows, max_accuracy_drop, min_agreement))
     start = time.perf_counter()
     try:
+        check_packages(resolve_formats(get_precision(precision), formats)[0])  # before any output: nothing partial
         with _progress(quiet) as on_stage:
             result = run_export(cfg, on_stage)
+    except MissingPackageError as exc:
+        click.echo(f"Error: {str(exc).splitlines()[0]}", err=True)
+        sys.exit(2)
     except (CheckpointError, InputValidationError, ValueError) as exc:
         raise click.UsageError(str(exc).splitlines()[0]) from None
     except (ArtifactError, ExportError, ParityRunError, OSError) as exc:
@@ -129,12 +135,17 @@ def main(config_name: str | None, checkpoint: Path | None, seed: int, precision:
                                "model": {k: manifest["model"][k] for k in ("label", "trained", "source")},
                                "parity": result.parity.to_dict(), "task": manifest["task"],
                                "stages": manifest["stages"], "files": manifest["files"],
-                               "seconds": round(seconds, 2)}, indent=2))
+                               "tensorrt": manifest.get("tensorrt"), "seconds": round(seconds, 2)}, indent=2))
     task = result.task
-    if task is not None and not task.passed:
-        click.echo(f"Task check FAILED on {task.rows} test rows ({task.backend}): {task.failure()} "
-                   f"(eager accuracy {task.eager_accuracy:.4f}, deployed {task.deployed_accuracy:.4f}; relax with "
-                   f"--max-accuracy-drop / --min-agreement); kept for debugging: {result.artifact_dir}", err=True)
+    for checked in (task, *result.extra_tasks.values()):
+        if checked is not None and not checked.passed:
+            click.echo(f"Task check FAILED on {checked.rows} test rows ({checked.backend}): {checked.failure()} "
+                       f"(eager accuracy {checked.eager_accuracy:.4f}, deployed {checked.deployed_accuracy:.4f}; relax "
+                       f"with --max-accuracy-drop / --min-agreement); kept for debugging: {result.artifact_dir}",
+                       err=True)
+    for graph, rtx in result.rtx.items():
+        if not rtx["ok"]:
+            click.echo(f"{graph}: {rtx['summary']}; kept for debugging: {result.artifact_dir}", err=True)
     if not result.parity.passed:
         click.echo(f"Parity FAILED: worst {worst.backend} output {worst.output!r} at batch {worst.batch} x seq "
                    f"{worst.seq}: rel L2 error {worst.rel_l2_error:.3e}, max abs error {worst.max_abs_error:.3e} "
@@ -146,10 +157,15 @@ def main(config_name: str | None, checkpoint: Path | None, seed: int, precision:
     if not quiet and not as_json:
         click.echo(f"Parity passed (worst rel L2 error {worst.rel_l2_error:.2e}, {worst.backend} at "
                    f"{worst.batch} x {worst.seq}).")
-        if task is not None:
-            change = 100 * (task.deployed_accuracy - task.eager_accuracy)
-            click.echo(f"Task check passed on {task.rows} test rows: accuracy {task.deployed_accuracy:.4f} vs eager "
-                       f"{task.eager_accuracy:.4f} ({change:+.2f} pt), argmax agreement {task.agreement:.4f}.")
+        for checked in (task, *result.extra_tasks.values()):
+            if checked is not None:
+                change = 100 * (checked.deployed_accuracy - checked.eager_accuracy)
+                which = "" if checked is task else f" ({checked.backend})"
+                click.echo(f"Task check passed on {checked.rows} test rows{which}: accuracy "
+                           f"{checked.deployed_accuracy:.4f} vs eager {checked.eager_accuracy:.4f} ({change:+.2f} pt), "
+                           f"argmax agreement {checked.agreement:.4f}.")
+        for graph, rtx in result.rtx.items():
+            click.echo(f"{graph}: {rtx['summary']}.")
         click.echo(f"Artifacts: {result.artifact_dir} ({seconds:.1f} s)")
 
 

@@ -8,6 +8,7 @@ registry. ONNX formats name the flavour their graph is lowered in (flavours.py).
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,19 +39,35 @@ class Format:
 
     name: str  # what --formats takes, and the manifest's "formats" / "graphs" key
     file_name: Callable[[str], str]  # precision name -> file name
-    save: SaveFunction
-    backend: str  # the mahia.runtime backend that deploys it (and runs the task check)
+    save: SaveFunction | None  # None: an engine, built from the graph of format `engine_of` (mahia.export.engines)
+    backend: str | None  # the mahia.runtime backend that deploys it (and runs the task check); None: none here
     flavour: str | None  # ONNX formats: the flavour of their graph (its lowering); None for other formats
     description: str
+    default: bool = True  # written when --formats is not given (if the precision produces it)
+    task_checked: bool = False  # the task check also runs on it when it is not the first format
+    engine_of: str | None = None  # engines: the format whose saved graph they are built from
+    # Python modules the format needs (module, what to install), checked before anything is written
+    packages: tuple[tuple[str, str], ...] = ()
 
     def verify_backends(self) -> tuple[str, ...]:
         """The runtime backends that parity runs this format's graph on."""
-        return get_flavour(self.flavour).verify_backends if self.flavour else (self.backend,)
+        if self.flavour:
+            return get_flavour(self.flavour).verify_backends
+        return (self.backend,) if self.backend else ()
+
+    def missing_packages(self) -> list[str]:
+        """What to install for this format, for each of its modules that is not importable."""
+        return [install for module, install in self.packages if importlib.util.find_spec(module) is None]
 
 
 def onnx_file_name(precision: str) -> str:
     """model.onnx for fp32, model.<precision>.onnx for every other precision."""
     return "model.onnx" if precision == "fp32" else f"model.{precision}.onnx"
+
+
+def trt_file_name(precision: str) -> str:
+    """model.trt.onnx for fp32, model.<precision>.trt.onnx for every other precision."""
+    return "model.trt.onnx" if precision == "fp32" else f"model.{precision}.trt.onnx"
 
 
 def check_onnx(path: Path) -> None:
@@ -84,6 +101,14 @@ def _save_onnx_graph(built: Built, directory: ArtifactDir, file_name: str) -> li
     if built.onnx is None:
         raise ExportError(f"the precision's build produced no ONNX graph for {file_name}")
     return save_onnx(built.onnx, directory, file_name)
+
+
+def _save_flavoured_graph(flavour: str) -> SaveFunction:
+    def save(built: Built, directory: ArtifactDir, file_name: str) -> list[str]:
+        if flavour not in built.flavours:
+            raise ExportError(f"the precision's build produced no {flavour} graph for {file_name}")
+        return save_onnx(built.flavours[flavour], directory, file_name)
+    return save
 
 
 def _save_program(built: Built, directory: ArtifactDir, file_name: str) -> list[str]:
@@ -128,3 +153,17 @@ register(Format("onnx", onnx_file_name, _save_onnx_graph, backend="onnx", flavou
                 description="portable ONNX (standard ops only)"))
 register(Format("pt2", lambda precision: "model.pt2", _save_program, backend="pt2", flavour=None,
                 description="torch.export program"))
+# The TensorRT path (README "TensorRT"): written only when asked for.
+TRT_RTX_PACKAGES = (("tensorrt_rtx_bindings", "tensorrt-rtx-cu13-bindings==1.7.1.116 (extra trt-rtx)"),
+                    ("tensorrt_rtx_libs", "tensorrt-rtx-cu13-libs==1.7.1.116 (extra trt-rtx)"))
+register(Format("trt", trt_file_name, _save_flavoured_graph("tensorrt"), backend="onnx-plugins", flavour="tensorrt",
+                description="TensorRT-flavour ONNX (custom ops as TensorRT plugin nodes)", default=False,
+                task_checked=True,
+                packages=(("onnxruntime_extensions", "onnxruntime-extensions==0.15.2 (extra ort-ext)"),
+                          *TRT_RTX_PACKAGES)))
+register(Format("rtx-engine", lambda precision: f"model.{precision}.rtx.engine", None, backend=None, flavour=None,
+                description="TensorRT-RTX engine for sm_80/86/89/120 (built, not run here)", default=False,
+                engine_of="trt", packages=TRT_RTX_PACKAGES))
+register(Format("engine", lambda precision: f"model.{precision}.engine", None, backend="tensorrt", flavour=None,
+                description="TensorRT engine (strongly typed, AOT plugins)", default=False, engine_of="trt",
+                packages=(("tensorrt", "tensorrt>=10.9 (NVIDIA; with its libnvinfer)"),)))

@@ -6,6 +6,7 @@ is checked before any heavy work starts; artifacts are written atomically (mahia
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -39,10 +40,11 @@ from mahia.artifact import (
 from mahia.calibration.recipes import CalibrationOptions
 from mahia.data import feeds_at_points
 from mahia.default import LoadedModel
-from mahia.export import parity, report, stages, task_check
+from mahia.export import engines, parity, report, stages, task_check
 from mahia.export.config import ExportConfig, ShapeProfile, Tolerances
+from mahia.export.errors import MissingPackageError
 from mahia.export.flavours import Flavour, get_flavour
-from mahia.export.formats import Format, in_registry_order
+from mahia.export.formats import Format, get_format, in_registry_order
 from mahia.export.precisions import BuildContext, Built, Precision, get_precision
 from mahia.model import ModelConfig, weights_sha256
 from mahia.model.inputs import input_spec
@@ -73,6 +75,8 @@ class ExportResult:
     parity: parity.ParityResult
     task: task_check.TaskResult | None = None  # None: untrained model, no task check
     stages: tuple[StageRecord, ...] = field(default_factory=tuple)
+    extra_tasks: dict[str, task_check.TaskResult] = field(default_factory=dict)  # task checks of other formats
+    rtx: dict[str, dict] = field(default_factory=dict)  # TensorRT-RTX checks of the TensorRT graphs, by file
 
 
 def output_spec(config: ModelConfig) -> dict[str, dict]:
@@ -97,17 +101,38 @@ def resolve_tolerances(precision: Precision, atol: float | None, rtol: float | N
                       precision.max_rel_error)
 
 
-def resolve_formats(precision: Precision, requested: tuple[str, ...]) -> tuple[tuple[str, ...], Flavour | None]:
-    """The formats to write (default: every one the precision produces) and the ONNX flavour they need, if any."""
-    formats = requested or precision.formats
+PORTABLE = "portable"
+
+
+def resolve_formats(precision: Precision, requested: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[Flavour, ...]]:
+    """The formats to write (default: the precision's default formats) and the ONNX flavours to lower, in order:
+    the portable graph first where a format needs it or a derived flavour of a quantized precision takes its
+    quantization from it (mahia.export.trt_graphs)."""
+    formats = requested or tuple(f for f in precision.formats if get_format(f).default)
     unsupported = [f for f in formats if f not in precision.formats]
     if unsupported:
         raise ValueError(f"precision {precision.name!r} produces {', '.join(precision.formats)}; "
                          f"cannot write {', '.join(unsupported)}")
-    flavours = sorted({fmt.flavour for fmt in in_registry_order(formats) if fmt.flavour})
-    if len(flavours) > 1:  # one lowered fp32 graph feeds the precision's build (BuildContext.onnx_fp32)
-        raise ValueError(f"formats {', '.join(formats)} need ONNX flavours {', '.join(flavours)}: one per run")
-    return formats, get_flavour(flavours[0]) if flavours else None
+    chosen = in_registry_order(formats)
+    for fmt in chosen:
+        if fmt.engine_of and fmt.engine_of not in formats:
+            raise ValueError(f"format {fmt.name} is built from the {fmt.engine_of} graph: add {fmt.engine_of} to "
+                             "--formats")
+    names = list(dict.fromkeys(fmt.flavour for fmt in chosen if fmt.flavour))
+    if precision.recipe is not None and any(get_flavour(n).derive for n in names) and PORTABLE not in names:
+        names.insert(0, PORTABLE)
+    return formats, tuple(get_flavour(n) for n in sorted(names, key=lambda n: n != PORTABLE))
+
+
+def check_packages(formats: tuple[str, ...]) -> None:
+    """MissingPackageError (one line naming what to install) when a requested format's packages are missing; the
+    engine format imports TensorRT to check its version (>= 10.9, AOT plugins)."""
+    missing = list(dict.fromkeys(p for fmt in in_registry_order(formats) for p in fmt.missing_packages()))
+    if missing:
+        raise MissingPackageError(f"--formats {','.join(formats)} needs {'; '.join(missing)}, which is not "
+                                  "installed")
+    if "engine" in formats:
+        engines.require_tensorrt()
 
 
 def artifact_name(config: ModelConfig, precision: Precision, weights: str, cfg: ExportConfig,
@@ -144,7 +169,8 @@ def run_export(cfg: ExportConfig, on_stage: StageCallback | None = None) -> Expo
     """Run every stage for `cfg`; raises on bad input or a failed stage, returns the result otherwise."""
     clock = _StageClock(on_stage)
     precision = get_precision(cfg.precision)
-    formats, flavour = resolve_formats(precision, cfg.formats)
+    formats, flavours = resolve_formats(precision, cfg.formats)
+    check_packages(formats)
     check_writable(cfg.out_dir)
 
     loaded, weights = clock.run("load", lambda: _load(cfg))
@@ -155,7 +181,7 @@ def run_export(cfg: ExportConfig, on_stage: StageCallback | None = None) -> Expo
     directory = ArtifactDir(cfg.out_dir / name)
     try:
         with sigterm_as_interrupt():
-            return _Run(cfg, precision, formats, flavour, loaded, weights, profile, tolerances, directory, clock).run()
+            return _Run(cfg, precision, formats, flavours, loaded, weights, profile, tolerances, directory, clock).run()
     except BaseException:
         directory.discard()
         raise
@@ -168,55 +194,78 @@ def _load(cfg: ExportConfig) -> tuple[LoadedModel, str]:
 
 @dataclass
 class _Run:
-    """The stages after loading, in order: export, lower, build, verify, task, package."""
+    """The stages after loading, in order: export, lower (per flavour), build, tensorrt (TensorRT graphs only),
+    verify, task, package."""
 
     cfg: ExportConfig
     precision: Precision
     formats: tuple[str, ...]
-    flavour: Flavour | None
+    flavours: tuple[Flavour, ...]
     loaded: LoadedModel
     weights: str
     profile: ShapeProfile
     tolerances: Tolerances
     directory: ArtifactDir
     clock: _StageClock
+    flavour_notes: dict[str, dict] = field(default_factory=dict)  # derived flavours' build notes
 
     def run(self) -> ExportResult:
         """Every remaining stage; the directory is renamed into place (or kept failed) at the end."""
         built, graphs, graph_files = self.build(self.export_and_lower())
+        rtx: dict[str, dict] = {}
+        engine_formats = [f for f in in_registry_order(self.formats) if f.engine_of]
+        if any(f.flavour and get_flavour(f.flavour).derive for f in in_registry_order(self.formats)):
+            rtx = self.clock.run("tensorrt", lambda: self.tensorrt(graphs, graph_files),
+                                 lambda r: tuple(graphs[f.name] for f in engine_formats if f.name in graphs))
         result: parity.ParityResult = self.clock.run("verify", lambda: self.verify(graphs),
                                                      lambda r: (INPUTS_FILE, EAGER_FILE, PARITY_FILE))
-        task = self.clock.run("task", lambda: self.task_check(graphs)) if self.loaded.trained else None
-        passed = result.passed and (task is None or task.passed)
-        final = self.clock.run("package", lambda: self.package(built, graphs, graph_files, result, task, passed))
-        return ExportResult(final, passed, read_manifest(final), result, task, tuple(self.clock.records))
+        tasks = self.clock.run("task", lambda: self.task_check(graphs)) if self.loaded.trained else {}
+        task = tasks.pop(self.task_formats()[0].name, None)
+        passed = (result.passed and all(t.passed for t in (task, *tasks.values()) if t is not None)
+                  and all(r["ok"] for r in rtx.values()))
+        final = self.clock.run("package", lambda: self.package(built, graphs, graph_files, result, task, tasks, rtx,
+                                                               passed))
+        return ExportResult(final, passed, read_manifest(final), result, task, tuple(self.clock.records), tasks, rtx)
 
-    def export_and_lower(self) -> tuple[torch.export.ExportedProgram, Any]:
-        """Stages export and (for ONNX formats) lower: the fp32 program and the fp32 ONNX graph, or None."""
+    def export_and_lower(self) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:
+        """Stages export and (for ONNX formats) lower, one stage per flavour ("lower" for the first, then
+        "lower-<flavour>"): the fp32 program and the fp32 graph of each flavour."""
         model, config, profile = self.loaded.model, self.loaded.config, self.profile
         program = self.clock.run("export", lambda: stages.export_program(model, profile))
-        onnx_fp32 = None
-        if self.flavour is not None:
-            onnx_fp32 = self.clock.run("lower", lambda: stages.lower_to_onnx(program, config, profile, self.cfg.opset,
-                                                                             self.flavour.name))
-        return program, onnx_fp32
+        lowered = {}
+        for index, flavour in enumerate(self.flavours):
+            lowered[flavour.name] = self.clock.run("lower" if index == 0 else f"lower-{flavour.name}",
+                                                   lambda f=flavour: stages.lower_to_onnx(program, config, profile,
+                                                                                          self.cfg.opset, f.name))
+        return program, lowered
 
-    def build(self, lowered: tuple[torch.export.ExportedProgram, Any]) -> tuple[Built, dict[str, str], list[str]]:
-        """The precision's stage (build or quantize): its graphs saved in each format, and its extra files."""
-        program, onnx_fp32 = lowered
+    def build(self, lowered: tuple[torch.export.ExportedProgram, dict[str, Any]]
+              ) -> tuple[Built, dict[str, str], list[str]]:
+        """The precision's stage (build or quantize): the portable build, each derived flavour's graph made from its
+        fp32 graph (and the portable build), all saved in each format, and the extra files."""
+        program, graphs_fp32 = lowered
         model, profile, precision = self.loaded.model, self.profile, self.precision
 
         def export_at(dtype: torch.dtype) -> torch.export.ExportedProgram:
             return program if dtype == torch.float32 else stages.export_program(model, profile, dtype)
 
         recipe = self.cfg.recipe or (precision.recipe() if precision.recipe else None)
-        ctx = BuildContext(model, onnx_fp32, export_at, self.formats, recipe,
+        ctx = BuildContext(model, graphs_fp32.get(PORTABLE), export_at, self.formats, recipe,
                            self.cfg.calibration or CalibrationOptions())
 
         def build_and_save() -> tuple[Built, dict[str, str], list[str]]:
-            built = precision.build(ctx)
+            portable = ctx.onnx_fp32 is not None or "pt2" in self.formats
+            built = precision.build(ctx) if portable else Built()
+            derived = {}
+            for flavour in self.flavours:
+                if flavour.derive is not None:
+                    derived[flavour.name], self.flavour_notes[flavour.name] = flavour.derive(
+                        precision.name, graphs_fp32[flavour.name], ctx, built if portable else None)
+            built = dataclasses.replace(built, flavours=derived)
             graphs, files = {}, []
             for fmt in in_registry_order(self.formats):
+                if fmt.save is None:  # an engine: the tensorrt stage builds it
+                    continue
                 written = fmt.save(built, self.directory, fmt.file_name(precision.name))
                 graphs[fmt.name] = written[0]
                 files += written
@@ -227,6 +276,41 @@ class _Run:
 
         return self.clock.run(precision.stage_name, build_and_save, lambda r: tuple(r[2]))
 
+    def tensorrt(self, graphs: dict[str, str], graph_files: list[str]) -> dict[str, dict]:
+        """Stage tensorrt: TensorRT-RTX parses and builds each TensorRT graph with the plugins registered (writing
+        the rtx-engine format), and, with TensorRT installed, the engine format is built (engines.py). Adds the
+        engines to `graphs` and `graph_files`; returns the RTX reports by graph file."""
+        shapes = engines.profile_shapes(self.loaded.config, self.profile)
+        name = self.precision.name
+        reports = {}
+        for fmt in in_registry_order(self.formats):
+            if not (fmt.flavour and get_flavour(fmt.flavour).derive):
+                continue
+            engine = get_format("rtx-engine") if "rtx-engine" in self.formats else None
+            target = self.directory.path / engine.file_name(name) if engine else None
+            reports[graphs[fmt.name]] = report_ = engines.rtx_check(self.directory.path / graphs[fmt.name], shapes,
+                                                                    target)
+            if engine and report_["built"]:
+                graphs[engine.name] = engine.file_name(name)
+                graph_files.append(engine.file_name(name))
+        if "engine" in self.formats:
+            fmt = get_format("engine")
+            cache = f"model.{name}.timing.cache"
+            blob, timing, notes = engines.build_tensorrt_engine(self.directory.path / graphs["trt"], shapes,
+                                                                self.directory.path / cache)
+            self.directory.write_bytes(fmt.file_name(name), blob)
+            self.directory.write_bytes(cache, timing)
+            graphs[fmt.name] = fmt.file_name(name)
+            graph_files += [fmt.file_name(name), cache]
+            self.flavour_notes.setdefault("engine", {}).update(notes, timing_cache=cache)
+        return reports
+
+    def task_formats(self) -> list[Format]:
+        """The formats the task check runs: the first (what the artifact deploys by default), and every
+        task-checked format with a graph here."""
+        chosen = [f for f in in_registry_order(self.formats) if f.save is not None]
+        return chosen[:1] + [f for f in chosen[1:] if f.task_checked]
+
     def verify(self, graphs: dict[str, str]) -> parity.ParityResult:
         """Stage verify: every graph on each of its verify backends against eager fp32, at the profile's points."""
         points = self.profile.points()
@@ -235,28 +319,42 @@ class _Run:
         parity.save_polygraphy_files(feeds, reference, self.directory.path / INPUTS_FILE,
                                      self.directory.path / EAGER_FILE)
         checked = [parity.Graph(self.directory.path / graphs[fmt.name], get_backend(backend))
-                   for fmt in in_registry_order(self.formats) for backend in fmt.verify_backends()]
+                   for fmt in in_registry_order(self.formats) if fmt.name in graphs
+                   for backend in fmt.verify_backends()]
         result = parity.compare(checked, input_spec(self.loaded.config), feeds, reference, points, self.tolerances)
         self.directory.write_json(PARITY_FILE, result.to_dict())
         return result
 
-    def task_check(self, graphs: dict[str, str]) -> task_check.TaskResult:
-        """Stage task (trained models): the deployed graph (the first format's) against eager on the test split."""
-        fmt: Format = in_registry_order(self.formats)[0]
-        return task_check.check_task(self.loaded.model, self.loaded.text_tokens, fmt.backend,
-                                     self.directory.path / graphs[fmt.name], self.profile, self.cfg.task,
-                                     self.precision.task_budget)
+    def task_check(self, graphs: dict[str, str]) -> dict[str, task_check.TaskResult]:
+        """Stage task (trained models): the deployed graph (the first format's), and each other task-checked format's
+        (the TensorRT graph), against eager on the test split; results by format."""
+        return {fmt.name: task_check.check_task(self.loaded.model, self.loaded.text_tokens, fmt.backend,
+                                                self.directory.path / graphs[fmt.name], self.profile, self.cfg.task,
+                                                self.precision.task_budget)
+                for fmt in self.task_formats()}
 
     def package(self, built: Built, graphs: dict[str, str], graph_files: list[str], result: parity.ParityResult,
-                task: task_check.TaskResult | None, passed: bool) -> Path:
+                task: task_check.TaskResult | None, tasks: dict[str, task_check.TaskResult], rtx: dict[str, dict],
+                passed: bool) -> Path:
         """Stage package: report.md and manifest.json, then the directory renamed into place."""
         config, profile = self.loaded.config, self.profile
-        onnx_section = None
-        if self.flavour is not None:
-            onnx_format = next(f for f in in_registry_order(self.formats) if f.flavour == self.flavour.name)
-            onnx_section = {"file": graphs[onnx_format.name], "opset": self.cfg.opset, "flavour": self.flavour.name,
-                            "optimizer": stages.OPTIMIZER,
-                            **self.flavour.lowering_notes(stages.max_tokens(config, profile))}
+        sizes = stages.lowering_sizes(config, profile)
+        onnx_section, tensorrt_section = None, None
+        for fmt in in_registry_order(self.formats):
+            if not fmt.flavour:
+                continue
+            flavour = get_flavour(fmt.flavour)
+            section = {"file": graphs[fmt.name], "opset": self.cfg.opset, "flavour": flavour.name,
+                       "optimizer": stages.OPTIMIZER, **flavour.lowering_notes(sizes)}
+            if flavour.derive is None and onnx_section is None:
+                onnx_section = section
+            elif flavour.derive is not None:
+                tensorrt_section = {"graph": section, **self.flavour_notes.get(flavour.name, {}),
+                                    "rtx": rtx.get(graphs[fmt.name]),
+                                    "task": tasks[fmt.name].to_dict() if fmt.name in tasks else None,
+                                    "engine": self.engine_record(graphs)}
+        if onnx_section is None and tensorrt_section is not None:
+            onnx_section = tensorrt_section["graph"]
         records = [*self.clock.records, StageRecord("package", 0.0, (REPORT_FILE, MANIFEST))]
         manifest = Manifest(
             status=PASSED if passed else FAILED,
@@ -265,7 +363,7 @@ class _Run:
             packages=package_versions(),
             model=ModelRecord(self.loaded.label, self.loaded.trained, self.loaded.source, self.weights, config),
             precision=PrecisionRecord(self.precision.name, self.precision.summary, dict(built.notes)),
-            formats=tuple(self.formats), graphs=graphs, onnx=onnx_section,
+            formats=tuple(self.formats), graphs=graphs, onnx=onnx_section, tensorrt=tensorrt_section,
             inputs=input_spec(config), outputs=output_spec(config), batch=profile.batch, seq=profile.seq,
             parity={"passed": result.passed, "tolerances": asdict(self.tolerances),
                     "points": [list(p) for p in profile.points()], "worst": asdict(result.worst()),
@@ -274,3 +372,12 @@ class _Run:
             stages=tuple(asdict(r) for r in records))
         self.directory.write_bytes(REPORT_FILE, report.render(manifest, result, records, graph_files).encode())
         return self.directory.finish(manifest)
+
+    def engine_record(self, graphs: dict[str, str]) -> dict[str, object]:
+        """The TensorRT engine as the manifest records it: built (file, timing cache, TensorRT version), or not built
+        here and how to build it."""
+        name = self.precision.name
+        if "engine" in graphs:
+            return {"status": "built", "file": graphs["engine"], **self.flavour_notes.get("engine", {})}
+        return {"status": "not built: TensorRT >= 10.9 is not installed here (--formats trt,engine builds it where "
+                          "it is)", "file": get_format("engine").file_name(name)}

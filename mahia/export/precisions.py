@@ -36,7 +36,7 @@ class BuildContext:
     """What a precision's build function may use; every field is produced by an earlier stage."""
 
     model: MahiaX  # eager fp32 model in eval mode: the parity reference
-    onnx_fp32: onnx.ModelProto | None  # portable fp32 ONNX (None when no ONNX is requested)
+    onnx_fp32: onnx.ModelProto | None  # portable fp32 ONNX (None when no format needs it)
     export_program: Callable[[torch.dtype], torch.export.ExportedProgram]  # torch.export at a dtype
     formats: tuple[str, ...]  # the formats this run writes (a subset of the precision's)
     recipe: Recipe | None = None  # quantized precisions: the recipe of this run
@@ -51,6 +51,7 @@ class Built:
     program: torch.export.ExportedProgram | None = None
     notes: Mapping[str, Any] = field(default_factory=dict)
     files: Mapping[str, bytes] = field(default_factory=dict)  # extra artifact files (calibration tables, plots)
+    flavours: Mapping[str, onnx.ModelProto] = field(default_factory=dict)  # graphs of the other ONNX flavours
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,8 @@ def build_quantized_onnx(ctx: BuildContext) -> Built:
 
 
 _REGISTRY: dict[str, Precision] = {}
+# The TensorRT formats every ONNX-producing precision can write (README "TensorRT"; bf16 has no ONNX build).
+TRT_FORMATS = ("trt", "rtx-engine", "engine")
 
 
 def register(precision: Precision) -> Precision:
@@ -172,9 +175,10 @@ def get_precision(name: str) -> Precision:
 # Task budgets (trained models, test split): the quantized ones are the goals of the calibration issue
 # (fp8 0.1, int8 0.3, int4 0.7 accuracy points); float precisions get at most a single-point drop. The
 # agreement floors allow the flips a drop of that size implies, doubled (flips can cancel in accuracy).
-register(Precision("fp32", "float32 ONNX and ExportedProgram", ("onnx", "pt2"), atol=1e-5, rtol=1e-4,
+register(Precision("fp32", "float32 ONNX and ExportedProgram", ("onnx", "pt2", *TRT_FORMATS), atol=1e-5, rtol=1e-4,
                    max_rel_error=1e-5, build=build_fp32, task_budget=TaskBudget(0.05, 0.999)))
-register(Precision("fp16", "float16 ONNX (fp32 I/O; ops without fp16 CPU kernels stay fp32)", ("onnx",), atol=1e-2,
+register(Precision("fp16", "float16 ONNX (fp32 I/O; ops without fp16 CPU kernels stay fp32)",
+                   ("onnx", *TRT_FORMATS), atol=1e-2,
                    rtol=1e-2, max_rel_error=1e-2, build=build_fp16, task_budget=TaskBudget(0.1, 0.998)))
 register(Precision("bf16", "bfloat16 ExportedProgram", ("pt2",), atol=1e-2, rtol=5e-2, max_rel_error=1e-2,
                    build=build_bf16, task_budget=TaskBudget(0.1, 0.998)))
@@ -182,14 +186,15 @@ register(Precision("bf16", "bfloat16 ExportedProgram", ("pt2",), atol=1e-2, rtol
 # measured on the trained default at the parity points (benchmarks/RESULTS.md, "Calibration and quantized
 # exports").
 register(Precision("int8", "int8 Q/DQ ONNX (symmetric, per-channel weights, integer MatMuls on ORT CPU)",
-                   ("onnx",), atol=0.5, rtol=0.2, max_rel_error=0.1, build=build_quantized_onnx,
+                   ("onnx", *TRT_FORMATS), atol=0.5, rtol=0.2, max_rel_error=0.1, build=build_quantized_onnx,
                    task_budget=TaskBudget(0.3, 0.994), recipe=Int8Recipe))
-register(Precision("fp8", "fp8 E4M3FN Q/DQ ONNX (emulated on ORT CPU)", ("onnx",), atol=0.1, rtol=0.1,
+register(Precision("fp8", "fp8 E4M3FN Q/DQ ONNX (emulated on ORT CPU)", ("onnx", *TRT_FORMATS), atol=0.1, rtol=0.1,
                    max_rel_error=0.03, build=build_quantized_onnx, task_budget=TaskBudget(0.1, 0.998),
                    recipe=Fp8Recipe))
-register(Precision("int4", "int4 weight-only blocked ONNX (opset-21 blocked DequantizeLinear)", ("onnx",), atol=0.2,
+register(Precision("int4", "int4 weight-only blocked ONNX (opset-21 blocked DequantizeLinear)",
+                   ("onnx", *TRT_FORMATS), atol=0.2,
                    rtol=0.2, max_rel_error=0.05, build=build_quantized_onnx, task_budget=TaskBudget(0.7, 0.986),
                    recipe=Int4Recipe))
 register(Precision("auto", "mixed int8/fp32 ONNX: most sensitive layers kept fp32 until --accuracy-budget",
-                   ("onnx",), atol=0.5, rtol=0.2, max_rel_error=0.1, build=build_quantized_onnx,
+                   ("onnx", *TRT_FORMATS), atol=0.5, rtol=0.2, max_rel_error=0.1, build=build_quantized_onnx,
                    task_budget=TaskBudget(0.3, 0.994), recipe=AutoRecipe))

@@ -34,6 +34,58 @@ def task_lines(task: Mapping[str, Any]) -> list[str]:
             f"{task['argmax_agreement']:.4f} |"]
 
 
+def tensorrt_lines(manifest: Manifest, atol: float, rtol: float) -> list[str]:
+    """The TensorRT section: the plugin graph, what each plugin receives, TensorRT-RTX's parse and build, the task
+    check of the plugin graph and the TensorRT engine (or the commands that build and compare it)."""
+    from mahia.export.engines import profile_shapes, tensorrt_commands
+
+    trt = manifest.tensorrt
+    graph = trt["graph"]
+    chains = "; ".join(f"{op}: {choice}" for op, choice in graph.items() if op not in ONNX_KEYS)
+    lines = [f"- Graph: `{graph['file']}` (opset {graph['opset']}, TensorRT plugin nodes in domain `mahia`, "
+             f"attributes plugin_namespace=\"mahia\", plugin_version=\"1\", aot=1): {chains}"]
+    quantization = trt.get("quantization")
+    if quantization:
+        fp8 = quantization.get("fp8_experts")
+        lines.append(f"- Quantization: {quantization['source']}: Q/DQ of {quantization['quantized_nodes']} "
+                     f"MatMul/Gemm nodes; {quantization['moe_expert_nodes_inside_plugins']} per-expert MatMuls of the "
+                     "portable graph run inside the MoE plugins" + (f"; FP8 expert plugins: {fp8}" if fp8 else ""))
+    lines += ["", "What each plugin receives (dtype per input; `initializer`: a weight in the graph):", "",
+              "| plugin | inputs |", "|---|---|"]
+    lines += [f"| {plugin} | {', '.join(f'{name}: {kind}' for name, kind in inputs.items())} |"
+              for plugin, inputs in trt.get("plugin_inputs", {}).items()]
+    rtx = trt.get("rtx")
+    if rtx:
+        engine = (f"; engine `{rtx['engine']}` for {', '.join(rtx['compute_capabilities'])}: "
+                  f"{rtx['engine_status']}" if rtx.get("engine") else "")
+        lines += ["", f"- TensorRT-RTX {rtx['tensorrt_rtx']} (parser-coverage check, CPU build for "
+                      f"{', '.join(rtx['compute_capabilities'])}): **{'PASSED' if rtx['ok'] else 'FAILED'}**: "
+                      f"{rtx['summary']}{engine}"]
+        lines += [f"  - {failure}" for failure in rtx["failures"]]
+    task = trt.get("task")
+    if task:
+        lines += ["", "Task check of the plugin graph (ONNX Runtime, plugin nodes run by their launch references):",
+                  ""] + task_lines(task)
+    engine = trt["engine"]
+    lines += ["", f"- TensorRT engine `{engine['file']}`: {engine['status']}"]
+    if engine["status"] != "built":
+        shapes = profile_shapes(manifest.model.config, _profile(manifest))
+        build, compare = tensorrt_commands(graph["file"], engine["file"], engine["file"].replace(".engine",
+                                                                                                ".timing.cache"),
+                                           shapes, atol, rtol)
+        lines += ["", "To build it on a machine with TensorRT >= 10.9, a GPU and mahia installed, from this directory:",
+                  "", *("    " + line for line in build.splitlines()), "",
+                  "and to compare it with the eager outputs this export saved (an AOT-plugin engine runs without "
+                  "Python plugins):", "", "    " + compare]
+    return lines
+
+
+def _profile(manifest: Manifest) -> object:
+    from mahia.export.config import ShapeProfile
+
+    return ShapeProfile(manifest.batch, manifest.seq)
+
+
 def render(manifest: Manifest, result: ParityResult, stage_records: Sequence, graph_files: Sequence[str]) -> str:
     """The report as Markdown."""
     model, precision, tol = manifest.model, manifest.precision, result.tolerances
@@ -75,6 +127,8 @@ def render(manifest: Manifest, result: ParityResult, stage_records: Sequence, gr
         lines.append(f"| {r.backend} | {r.batch} x {r.seq} | {r.output} | {r.max_abs_error:.3e} | "
                      f"{r.rel_l2_error:.3e} | {'pass' if r.passed else 'FAIL'} |")
     lines += ["", "## Task check", ""] + task_lines(manifest.task)
+    if manifest.tensorrt is not None:
+        lines += ["", "## TensorRT", ""] + tensorrt_lines(manifest, tol.atol, tol.rtol)
     lines += ["", "## Timings", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {s.name} | {s.seconds:.2f} |" for s in stage_records if s.name != "package"]
     lines += ["", "## Re-run", "", "The export:", "", "    " + shlex.join(manifest.command), ""]

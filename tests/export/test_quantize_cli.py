@@ -1,5 +1,7 @@
-"""`mahia-export --precision fp8` end to end on the shipped (trained) default model, as the README runs it but
-with fewer calibration samples and a small shape profile; and the calibration options' bad input."""
+"""`mahia-export --precision fp8 --formats onnx,trt` end to end on the shipped (trained) default model, as the README
+runs it but with fewer calibration samples, a small shape profile and 256 task-check rows: the portable fp8 graph and
+the TensorRT plugin graph (wiring parity, TensorRT-RTX parse + build, task check); and the calibration options' bad
+input."""
 
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ from tests.conftest import BIN
 
 
 def test_fp8_export_writes_tables_sensitivity_and_passes_parity(tmp_path) -> None:
-    proc = subprocess.run([str(BIN / "mahia-export"), "--precision", "fp8", "--calib-samples", "32", "--batch", "1:2:4",
-                           "--seq", "1:24:64", "--eval-rows", "256", "--out", str(tmp_path), "--json", "--quiet"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([str(BIN / "mahia-export"), "--precision", "fp8", "--formats", "onnx,trt", "--calib-samples",
+                           "32", "--batch", "1:2:4", "--seq", "1:24:64", "--eval-rows", "256", "--out", str(tmp_path),
+                           "--json", "--quiet"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     directory = Path(summary["artifact_dir"])
@@ -39,6 +41,22 @@ def test_fp8_export_writes_tables_sensitivity_and_passes_parity(tmp_path) -> Non
     _, _, scales = read_trt_cache(directory / "calib.cache")
     assert set(scales) == set(table.tensors)
     assert all(abs(scales[n] - table.tensors[n].amax / 127) <= 1e-7 * scales[n] for n in scales)
+
+    # The TensorRT graph: same calibration (transplanted Q/DQ), FP8 experts in the MoE plugins, every other plugin
+    # input float32; wiring parity at every point, TensorRT-RTX parse + build for sm_89/120, its own task check.
+    trt = manifest["tensorrt"]
+    assert manifest["graphs"]["trt"] == "model.fp8.trt.onnx" and "model.fp8.trt.onnx" in manifest["files"]
+    assert trt["quantization"]["fp8_experts"] == {"MoeUpFp8": 3, "MoeDownFp8": 3}
+    assert trt["quantization"]["quantized_nodes"] > 0
+    assert trt["plugin_inputs"]["MoeUpFp8"]["w1"] == "float8_e4m3fn initializer"
+    assert trt["plugin_inputs"]["MoeDownFp8"]["w2_scale"] == "float32 initializer"
+    assert trt["plugin_inputs"]["LongConv"] == {"x": "float32", "filt": "float32"}
+    assert trt["rtx"]["ok"] and trt["rtx"]["plugin_layers"] == 36 and trt["rtx"]["compute_capabilities"] == [
+        "SM89", "SM120"]
+    assert trt["task"]["passed"] and trt["task"]["backend"] == "onnx-plugins" and trt["task"]["rows"] == 256
+    rows = summary["parity"]["rows"]
+    assert {(r["batch"], r["seq"]) for r in rows if r["backend"] == "onnxrt-plugins" and r["passed"]} == {
+        tuple(p) for p in manifest["parity"]["points"]}
 
 
 @pytest.mark.parametrize("args, message", [
