@@ -28,12 +28,13 @@ from ray import serve  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 import mahia.runtime as runtime  # noqa: E402
+from mahia.artifact import sha256_file  # noqa: E402
 from mahia.data import load_reviews  # noqa: E402
 from mahia.data.features import FEATURES_FILE, FeatureSpec, parse_review  # noqa: E402
 from mahia.serve.app import APP_NAME, ReviewModel, ServeConfig, build_app  # noqa: E402
 from mahia.serve.classifier import predictions, text_budget  # noqa: E402
 from mahia.serve.cli import main as serve_cli  # noqa: E402
-from tests.test_serve_features import GOOD, data_records  # noqa: E402
+from tests.serve.test_serve_features import GOOD, data_records  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +51,7 @@ def artifact_with_features(source: Path, target: Path, spec: FeatureSpec) -> Pat
     path = copy / FEATURES_FILE
     path.write_text(spec.to_json())
     manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["files"][FEATURES_FILE] = {"sha256": runtime.sha256_file(path), "bytes": path.stat().st_size}
+    manifest["files"][FEATURES_FILE] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     (copy / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return copy
 
