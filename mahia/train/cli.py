@@ -53,10 +53,11 @@ def main(model: str, epochs: int, max_steps: int | None, lr: float, warmup_steps
 
     \b
     Distributed: torchrun --nproc-per-node N -m mahia.train.cli --device cuda ...
-    trains one model on N GPUs (or N CPU processes with --device cpu) with FSDP2: --batch-size is the
-    global batch, split across the processes; rank 0 writes the files; the resume point is the
-    last.dcp directory, which resumes on any number of processes and which
-    `python -m mahia.train.convert last.dcp model.safetensors` turns into a checkpoint for mahia-export.
+    trains one model on N GPUs (N CPU processes with --device cpu) with FSDP2.
+    --batch-size is the global batch, split across the processes; rank 0
+    writes the files. The resume point is the last.dcp directory: it resumes on
+    any number of processes, and `python -m mahia.train.convert last.dcp
+    model.safetensors` turns it into a checkpoint for mahia-export.
     """
     console = Console(stderr=True)
     try:
