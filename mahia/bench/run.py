@@ -157,7 +157,7 @@ def run_bench(model: MahiaX, variants: Sequence[Variant], device: torch.device, 
             log(_progress(row))
             on_row(document())
 
-    measure_all([(v, s) for v in variants if not v.compiles for s in options.shapes])
+    measure_all([(v, s) for v in variants if v.phase == 0 for s in options.shapes])
     profiled = next((v for v in variants if v.key == PROFILED[device.type] and v.module is not None), None)
     if options.profile and profiled is not None:
         for shape in options.shapes:
@@ -171,8 +171,9 @@ def run_bench(model: MahiaX, variants: Sequence[Variant], device: torch.device, 
             except Exception as exc:  # noqa: BLE001 -- reported, as a variant's failure is
                 components[shape_label(shape)] = {"status": f"failed: {type(exc).__name__}: {exc}"}
             log(_component_line(shape_label(shape), components[shape_label(shape)]))
-    # shape by shape, so that a time budget spent on compilation still leaves every compiled variant at the first shapes
-    measure_all([(v, s) for s in options.shapes for v in variants if v.compiles])
+    # shape by shape, so that a time budget spent on compilation still leaves each compiled variant at the first shapes
+    for phase in sorted({v.phase for v in variants} - {0}):
+        measure_all([(v, s) for s in options.shapes for v in variants if v.phase == phase])
     return document()
 
 

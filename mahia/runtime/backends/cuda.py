@@ -87,6 +87,14 @@ def deployable_module(model: MahiaX, precision: str, device: str | torch.device,
     return copy.deepcopy(model).to(device=device, dtype=ACTIVATION_DTYPES[precision]).eval(), []
 
 
+def raise_recompile_limit(limit: int) -> None:
+    """Let torch.compile keep at least `limit` compiled entries per function (recompile_limit, cache_size_limit
+    before torch 2.7)."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), limit))
+
+
 @dataclass
 class _Graph:
     """One captured bucket: its static inputs (written before each replay) and its static logits."""
@@ -113,8 +121,10 @@ class DeployedModel:
     def __post_init__(self) -> None:
         if self.cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, not {self.device}")
-        # Static shapes: each bucket is one fixed shape, so each compiles once, specialised (past torch._dynamo's
-        # recompile limit, 8 by default, further buckets run uncompiled, still captured).
+        # Static shapes: each bucket is one fixed shape, so each compiles once, specialised; dynamo's recompile limit
+        # (8 by default, counted per code object) is raised to let every bucket compile rather than run uncompiled.
+        if self.compile:
+            raise_recompile_limit(len(self.buckets.batch) * len(self.buckets.seq) + 8)
         self.call = torch.compile(self.module, dynamic=False) if self.compile else self.module
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None  # one pool for every bucket's graph
 
