@@ -59,7 +59,8 @@ def _rel_error(out: Tensor, ref: Tensor) -> float:
 
 def fp32_reference(model: MahiaX, feeds: Mapping[tuple[int, int], Mapping[str, Tensor]],
                    device: torch.device) -> dict[tuple[int, int], Tensor]:
-    """Logits of the eager fp32 model with the reference ops (TF32 off) at every shape: the accuracy yardstick."""
+    """Logits of the eager fp32 model with the reference ops (TF32 off) on `device` for the feeds (on `device`) of every
+    shape: the accuracy yardstick."""
     reference = model if device.type == "cpu" else copy.deepcopy(model).to(device)
     cudnn_tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False  # the short convolution; matmuls are fp32 by default
@@ -92,9 +93,9 @@ class _Runner:
         self.energy = EnergyMeter(device)
         self.peak = matmul_peak(device)
         generator = torch.Generator().manual_seed(options.seed)
-        cpu_feeds = {s: random_inputs(model.config, *s, generator, full=True) for s in options.shapes}
-        self.references = fp32_reference(model, cpu_feeds, device)
-        self.feeds = {s: {k: v.to(device) for k, v in feed.items()} for s, feed in cpu_feeds.items()}
+        self.feeds = {s: {k: v.to(device) for k, v in random_inputs(model.config, *s, generator, full=True).items()}
+                      for s in options.shapes}
+        self.references = fp32_reference(model, self.feeds, device)
 
     def over_budget(self) -> bool:
         budget = self.options.time_budget

@@ -27,7 +27,7 @@ def test_shapes_are_parsed_and_checked() -> None:
             parse_shapes(text, 512)
 
 
-@pytest.mark.parametrize("config_name, batch, seq", [("tiny", 3, 37), ("tiny", 1, 1), ("small", 2, 100)])
+@pytest.mark.parametrize("config_name, batch, seq", [("tiny", 3, 37), ("tiny", 1, 1), ("small", 1, 20)])
 def test_dense_flops_are_what_torch_counts_outside_the_custom_ops(config_name: str, batch: int, seq: int,
                                                                  generator: torch.Generator) -> None:
     model = build_model(get_config(config_name)).eval()
@@ -53,15 +53,14 @@ def test_percentiles_are_nearest_rank() -> None:
 
 def test_bench_runs_the_eager_model_on_a_cpu(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--config", "tiny", "--device", "cpu", "--variants", "eager-fp32",
-                                       "--shapes", "1x16,3x37", "--window", "0", "--out", str(tmp_path)])
+                                       "--shapes", "3x37", "--window", "0", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     document = json.loads((tmp_path / "bench.json").read_text())
     rows = document["results"]
-    assert [(r["variant"], r["batch"], r["seq"], r["status"]) for r in rows] == [
-        ("eager fp32", 1, 16, "ok"), ("eager fp32", 3, 37, "ok")]
+    assert [(r["variant"], r["batch"], r["seq"], r["status"]) for r in rows] == [("eager fp32", 3, 37, "ok")]
     assert all(r["rel_err_vs_fp32"] == 0.0 and r["p99_ms"] >= r["p50_ms"] > 0 and r["calls"] >= 10 for r in rows)
-    assert rows[1]["tokens_per_s"] == pytest.approx(3 * 37 / (rows[1]["p50_ms"] / 1e3))
-    assert rows[1]["flops"] == sum(forward_flops(get_config("tiny"), 3, 37).values())
+    assert rows[0]["tokens_per_s"] == pytest.approx(3 * 37 / (rows[0]["p50_ms"] / 1e3))
+    assert rows[0]["flops"] == sum(forward_flops(get_config("tiny"), 3, 37).values())
     assert all(r["energy_j_per_inference"] is None and r["energy"].startswith("unavailable: ") for r in rows)
     components = document["components"]["3x37"]["components"]
     assert {"embedding", "hyena", "ssd", "fourier", "meta-attention gate", "moe", "memory", "head"} <= set(components)
