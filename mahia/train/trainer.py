@@ -21,6 +21,14 @@ from mahia.model import CheckpointError, MahiaX, ModelConfig, build_model, get_c
 from mahia.model.checkpoint import read_checkpoint_metadata
 from mahia.train.baseline import run_baseline
 from mahia.train.config import TrainConfig
+from mahia.train.distributed import (
+    DataParallel,
+    launched_by_torchrun,
+    load_sharded,
+    read_sharded_metadata,
+    save_full_checkpoint,
+    save_sharded,
+)
 from mahia.train.losses import training_loss
 from mahia.train.state import (
     TRAIN_CONFIG_KEY,
@@ -33,6 +41,7 @@ from mahia.train.state import (
 
 BEST_NAME = "best.safetensors"
 LAST_NAME = "last.safetensors"
+LAST_SHARDED_NAME = "last.dcp"  # the resume point of a distributed run: a torch.distributed.checkpoint directory
 METRICS_NAME = "metrics.json"
 # Fields that may differ between a run and its resumption: they change how long or where it runs,
 # not what it computes.
@@ -51,6 +60,7 @@ class TrainResult:
     best_checkpoint: Path
     metrics: dict[str, object]
     steps: int
+    main_process: bool = True  # False on the ranks other than 0 of a distributed run (their metrics are empty)
 
 
 def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
@@ -126,13 +136,19 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = 
           console: Console | None = None, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train, validating each epoch and at the end, keeping the best checkpoint; write metrics.json.
 
-    `on_step(step, loss)` is called after every optimiser step (tests use it to interrupt a run).
+    `on_step(step, loss)` is called after every optimiser step (tests use it to interrupt a run). Under
+    torchrun the processes train one model data-parallel (mahia.train.distributed); rank 0 writes the
+    files and returns the metrics, the other ranks return empty metrics.
     """
     wall_started = time.perf_counter()
     run = _Run.start(config, Path(out_dir), console or Console(stderr=True))
     if resume is not None:
         run.resume_from(Path(resume))
     run.run_steps(on_step)
+    if run.parallel is not None:
+        run.parallel.close()  # on an error a rank raises without it, and torchrun stops the others
+        if not run.parallel.is_main:
+            return TrainResult(run.out_dir, run.best_path, {}, run.step, main_process=False)
     metrics = run.final_metrics(command)
     metrics["wall_seconds_this_run"] = round(time.perf_counter() - wall_started, 1)
     write_json_atomically(metrics, run.out_dir / METRICS_NAME)
@@ -163,22 +179,29 @@ class _Run:
     losses: list[float] = field(default_factory=list)
     samples: int = 0
     train_seconds: float = 0.0
+    parallel: DataParallel | None = None  # set under torchrun
 
     @classmethod
     def start(cls, config: TrainConfig, out_dir: Path, console: Console) -> _Run:
-        """Data, teacher, a freshly initialised model and its optimiser."""
+        """Data, teacher, a freshly initialised model (sharded under torchrun) and its optimiser."""
         out_dir.mkdir(parents=True, exist_ok=True)
         if config.threads is not None:
             torch.set_num_threads(config.threads)
-        device = _device(config.device)
+        parallel = DataParallel.start(config.device) if launched_by_torchrun() else None
+        device = parallel.device if parallel is not None else _device(config.device)
+        if parallel is not None and not parallel.is_main:
+            console = Console(quiet=True)
         model_config = get_config(config.model)
         max_len = text_budget(config, model_config.max_seq_len)
         splits = load_splits(config)
         teacher = _load_teacher(config, device, max_len)
         model = build_model(model_config, seed=config.seed).to(device).train()
+        if parallel is not None:
+            parallel.check_batches(len(splits["train"]), config.batch_size)
+            model = parallel.shard(model)
         optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95))
         return cls(config, out_dir, console, device, model_config, max_len, splits, splits["train"].content_hash(),
-                   teacher, model, optimizer)
+                   teacher, model, optimizer, parallel=parallel)
 
     @property
     def best_path(self) -> Path:
@@ -186,7 +209,7 @@ class _Run:
 
     @property
     def last_path(self) -> Path:
-        return self.out_dir / LAST_NAME
+        return self.out_dir / (LAST_NAME if self.parallel is None else LAST_SHARDED_NAME)
 
     @property
     def total_steps(self) -> int:
@@ -195,17 +218,26 @@ class _Run:
         return total if self.config.max_steps is None else min(total, self.config.max_steps)
 
     def resume_from(self, resume: Path) -> None:
-        """Weights, optimiser state and progress of a checkpoint written by an earlier run of the same setup."""
-        loaded, metadata = load_checkpoint(resume, self.model_config)
+        """Weights, optimiser state and progress of a checkpoint written by an earlier run of the same setup:
+        a last.safetensors (single-process runs) or a last.dcp directory (distributed runs, any number of ranks)."""
+        if resume.is_dir():
+            metadata = read_sharded_metadata(resume, self.model_config)
+        elif self.parallel is not None:
+            raise TrainingError(f"a distributed run resumes from a {LAST_SHARDED_NAME} directory, not from {resume}")
+        else:
+            loaded, metadata = load_checkpoint(resume, self.model_config)
         if TRAIN_CONFIG_KEY not in metadata:
             raise CheckpointError(f"checkpoint {resume} has no training config: not written by mahia-train")
         _check_resumable(self.config, TrainConfig.from_json(metadata[TRAIN_CONFIG_KEY]), resume)
         if metadata.get("data_sha256") != self.data_hash:
             raise TrainingError(f"cannot resume from {resume}: it was trained on other data "
                                 f"(data_sha256 {metadata.get('data_sha256')}, now {self.data_hash})")
-        self.model.load_state_dict(loaded.state_dict())
         progress = read_progress(metadata, str(resume))
-        load_optimizer_state(self.optimizer, resume, progress.step)
+        if resume.is_dir():
+            load_sharded(self.model, self.optimizer, resume)
+        else:
+            self.model.load_state_dict(loaded.state_dict())
+            load_optimizer_state(self.optimizer, resume, progress.step)
         self.step, self.epoch, self.batch_in_epoch = progress.step, progress.epoch, progress.batch_in_epoch
         self.best_auc = progress.best_val_roc_auc
         self.console.print(f"resuming from {resume} at step {progress.step} (epoch {progress.epoch + 1}, "
@@ -226,7 +258,7 @@ class _Run:
         columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                    TimeElapsedColumn())
         total_steps = self.total_steps
-        with Progress(*columns, console=self.console, transient=False) as bar:
+        with Progress(*columns, console=self.console, transient=False, disable=self.console.quiet) as bar:
             task = bar.add_task("", total=total_steps, completed=self.step)
             while self.step < total_steps:
                 order = np.random.default_rng([self.config.seed, self.epoch]).permutation(len(self.splits["train"]))
@@ -252,7 +284,7 @@ class _Run:
 
     def save_resume_point(self, rate: float, total_steps: int) -> None:
         """The resume checkpoint (model, optimiser, progress) every save_every steps, with a progress line."""
-        save_training_state(self.model, self.optimizer, self.last_path, self.progress(), self.metadata())
+        self.save_last(self.metadata())
         recent = np.mean(self.losses[-self.config.save_every:])
         self.console.print(f"step {self.step}/{total_steps}: loss {recent:.4f}, {rate:.1f} samples/s, "
                            f"lr {self.optimizer.param_groups[0]['lr']:.2e}")
@@ -260,6 +292,9 @@ class _Run:
     def train_step(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, total_steps: int) -> float:
         """One optimiser step on a batch; a non-finite loss stops the run naming the last good checkpoint."""
         config, device = self.config, self.device
+        global_rows = len(labels)
+        if self.parallel is not None:
+            inputs, labels = self.parallel.local_batch(inputs, labels)
         inputs = {k: v.to(device) for k, v in inputs.items()}
         labels = labels.to(device)
         for group in self.optimizer.param_groups:
@@ -270,23 +305,28 @@ class _Run:
             if self.teacher is not None:
                 with torch.no_grad():
                     teacher_logits = self.teacher(**inputs)
-        parts = training_loss(output, labels, self.model_config.effective_top_k, config.aux_loss_weight,
-                              config.z_loss_weight, teacher_logits, config.distill_temperature, config.distill_weight)
+        loss_args = (self.model_config.effective_top_k, config.aux_loss_weight, config.z_loss_weight, teacher_logits,
+                     config.distill_temperature, config.distill_weight)
+        if self.parallel is None:
+            parts = training_loss(output, labels, *loss_args)
+            backpropagated = parts.total
+        else:  # parts: the global batch's loss terms; backpropagated: this rank's share of them (see distributed.py)
+            backpropagated, parts = self.parallel.rank_loss(output, labels, global_rows, *loss_args)
         if not torch.isfinite(parts.total):
             kept = f"the last good checkpoint is {self.last_path} (step {saved_step(self.last_path)})" \
-                if self.last_path.is_file() else "no checkpoint had been written yet"
+                if self.last_path.exists() else "no checkpoint had been written yet"
             total, task_loss, balance, z = (float(t.detach()) for t in
                                             (parts.total, parts.task, parts.load_balance, parts.z_loss))
             raise TrainingError(f"loss is not finite ({total}) at step {self.step + 1} (epoch {self.epoch + 1}): "
                                 f"task {task_loss}, load balance {balance}, z {z}; stopped, {kept}. Try a lower --lr")
         self.optimizer.zero_grad(set_to_none=True)
-        parts.total.backward()
+        backpropagated.backward()
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
         self.optimizer.step()
         self.step += 1
         self.batch_in_epoch += 1
-        self.samples += len(labels)
+        self.samples += global_rows
         loss = parts.total.item()
         self.losses.append(loss)
         return loss
@@ -295,15 +335,29 @@ class _Run:
         """Validation metrics; the best checkpoint when they improve, the resume checkpoint always."""
         self.validated_step = self.step
         val = evaluate(self.model, self.splits["val"], self.max_len, self.config.eval_batch_size, self.device)
+        if self.parallel is not None:  # every rank evaluated the whole split; rank 0's metrics decide for all
+            val = self.parallel.broadcast(val)
         improved = self.best_auc is None or float(val["roc_auc"]) > self.best_auc
         if improved:
             self.best_auc, self.best_val = float(val["roc_auc"]), val
         stamp = {**self.metadata(), "val_metrics": json.dumps({k: v for k, v in val.items() if k != "expert_load"})}
         if improved:
-            save_checkpoint(self.model, self.best_path, {**stamp, **progress_metadata(self.progress())})
-        save_training_state(self.model, self.optimizer, self.last_path, self.progress(), stamp)
+            best_stamp = {**stamp, **progress_metadata(self.progress())}
+            if self.parallel is None:
+                save_checkpoint(self.model, self.best_path, best_stamp)
+            else:
+                save_full_checkpoint(self.model, self.best_path, best_stamp, self.parallel)
+        self.save_last(stamp)
         self.console.print(f"step {self.step} epoch {self.epoch + 1}: val accuracy {val['accuracy']:.4f} roc_auc "
                            f"{val['roc_auc']:.4f} f1 {val['f1']:.4f}{' (best)' if improved else ''}")
+
+    def save_last(self, metadata: dict[str, str]) -> None:
+        """The resume point: model, optimiser and progress (one process: safetensors files; distributed: DCP)."""
+        if self.parallel is None:
+            save_training_state(self.model, self.optimizer, self.last_path, self.progress(), metadata)
+        else:
+            save_sharded(self.model, self.optimizer, self.last_path, {**metadata, **progress_metadata(self.progress())},
+                         self.parallel)
 
     def final_metrics(self, command: str | None) -> dict[str, object]:
         """metrics.json: the best checkpoint's val and test metrics, the run's figures, and the baseline."""
@@ -337,6 +391,6 @@ class _Run:
 def saved_step(path: Path) -> str:
     """The step stored in a checkpoint's metadata, or '?' when it cannot be read."""
     try:
-        return read_checkpoint_metadata(path).get("step", "?")
+        return (read_sharded_metadata(path) if path.is_dir() else read_checkpoint_metadata(path)).get("step", "?")
     except CheckpointError:
         return "?"
