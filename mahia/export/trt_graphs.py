@@ -169,6 +169,9 @@ def transplant_quantization(quantized: onnx.ModelProto, float_graph: onnx.ModelP
     not moved. Returns (graph, {"nodes": moved, "experts": skipped}); raises ExportError naming a layer with no
     or several counterparts or a different weight."""
     float_nodes = {n.name: n for n in float_graph.graph.node}
+    # int4's MatMulNBitsQuantizer renames the nodes it rewrites (node_MatMul_28 -> node_MatMul_28_matmul_Q4) but
+    # keeps their outputs: a quantized node's float original is the node of the same name, else of the same output
+    float_by_output = {n.output[0]: n for n in float_graph.graph.node if n.output}
     float_tensors = _tensor_names(float_graph)
     float_inits = {i.name: i for i in float_graph.graph.initializer}
     layer_of = {q.node: q.layer for q in quantizable_nodes(float_graph, parameters=dict(parameters),
@@ -186,10 +189,10 @@ def transplant_quantization(quantized: onnx.ModelProto, float_graph: onnx.ModelP
     inserted: dict[str, list[onnx.NodeProto]] = {}
     moved = experts = 0
     for node in quantized.graph.node:
-        original = float_nodes.get(node.name)
+        original = float_nodes.get(node.name) or float_by_output.get(node.output[0] if node.output else "")
         if node.op_type not in _QUANTIZED_OPS or original is None or list(node.input) == list(original.input):
             continue
-        layer = layer_of.get(node.name)
+        layer = layer_of.get(original.name)
         if layer is None:
             raise ExportError(f"quantized node {node.name!r} has no weight of the model (not a layer)")
         if layer.endswith((".experts.w1", ".experts.w2")):
