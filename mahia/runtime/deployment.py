@@ -66,6 +66,7 @@ def load(artifact_dir: str | Path, backend: str = "onnx", allow_failed: bool = F
         return Deployment(directory, manifest, backend, spec.load_artifact(directory, manifest, options))
     if options is not None:
         raise ValueError(f"backend {backend!r} takes no options")
+    spec.require_packages()  # a missing engine says so before a missing graph (backend "tensorrt" without TensorRT)
     if spec.format not in manifest.graphs:
         usable = [repr(b.name) for b in backends().values() if b.format is None or b.format in manifest.graphs]
         raise ValueError(f"{directory} has no {spec.format} graph (formats: {', '.join(manifest.formats)}); "

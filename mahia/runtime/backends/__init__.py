@@ -31,16 +31,19 @@ class Backend:
     engine: str  # what runs the graph, as parity reports name it (Polygraphy's runner names: onnxrt, ...)
     description: str
 
-    def load(self, path: Path, inputs: InputSpec) -> Runner:
-        """The runner of the graph file at `path`; BackendUnavailableError when an engine package is missing."""
+    def require_packages(self) -> None:
+        """BackendUnavailableError naming the first engine package that is not installed."""
         for package in self.packages:
             require(package, self.name)
+
+    def load(self, path: Path, inputs: InputSpec) -> Runner:
+        """The runner of the graph file at `path`; BackendUnavailableError when an engine package is missing."""
+        self.require_packages()
         return importlib.import_module(self.module).load(path, inputs)
 
     def load_artifact(self, directory: Path, manifest: Manifest, options: Any = None) -> Runner:
         """The runner of a whole verified artifact (backends without a format); BackendUnavailableError as `load`."""
-        for package in self.packages:
-            require(package, self.name)
+        self.require_packages()
         return importlib.import_module(self.module).load_artifact(directory, manifest, options)
 
 
