@@ -59,8 +59,8 @@ def test_missing_file_and_failed_manifest_are_refused(tiny_export: dict, tmp_pat
     with pytest.raises(runtime.ArtifactIntegrityError, match="failed its parity check"):
         runtime.load(failed)
     assert runtime.load(failed, allow_failed=True).precision == "fp32"
-    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
-        runtime.load(tiny_export["dir"], backend="tensorrt")
+    with pytest.raises(ValueError, match="unknown backend 'openvino'"):
+        runtime.load(tiny_export["dir"], backend="openvino")
     with pytest.raises(runtime.ArtifactIntegrityError, match="no manifest.json"):
         runtime.load(tmp_path)
 
