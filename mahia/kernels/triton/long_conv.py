@@ -104,22 +104,22 @@ def plan(batch: int, channels: int, length: int, causal: bool, dtype: torch.dtyp
                        **({"config": dict(config)} if config else {})})
 
 
-# Toeplitz kernel against torch.fft (the reference), H200, bf16, batch 8, 768 channels, medians of do_bench
-# (benchmarks/kernel_plans_gpu.py --sections conv), fft time / Toeplitz time:
-#   L          512    1024   2048   4096   8192
-#   causal     0.71x  1.20x  2.28x  1.68x  0.98x
-#   two-sided  0.49x  0.58x  1.57x  0.94x  0.54x
-# So the kernel runs where it was faster, lo < L <= hi, and torch.fft at the other measured lengths
-# (L >= 512). Below 512 nothing was measured on the H200: the kernel stays (one launch, against
-# torch.fft's five). The issue's 3x goal needs an FFT on tensor cores (FlashFFTConv), not this choice.
-TOEPLITZ_WINDOW = {True: (512, 4096), False: (1024, 2048)}  # causal -> (lo, hi)
-SHORTEST_MEASURED = 512
+# Toeplitz kernel against torch.fft (the reference), H200, bf16, batch 8, 768 channels, fft time / Toeplitz
+# time in CUDA-graph replay (`do_bench_cudagraph`: the GPU work alone, what backend="cuda" pays), 2026-11-30,
+# `python3 benchmarks/long_conv_crossover.py` (benchmarks/RESULTS.md has the eager column too):
+#   L          128    256    512    1024   2048   4096   8192
+#   causal     9.34x  6.29x  5.06x  4.33x  2.76x  1.67x  0.98x
+#   two-sided  6.11x  4.01x  3.00x  2.48x  1.54x  0.92x  0.53x
+# So the kernel runs up to the last length where it was faster, and torch.fft beyond. Eager calls pay ~0.15 ms
+# of host time per Toeplitz launch, which makes torch.fft faster eagerly below L = 1024; eager with the Triton
+# ops is launch-bound as a whole, so the choice follows the replayed numbers. Past these lengths the way
+# forward is an FFT on tensor cores (FlashFFTConv), not this choice.
+TOEPLITZ_MAX_LENGTH = {True: 4096, False: 2048}  # causal -> longest length that runs the kernel
 
 
 def choose_algorithm(length: int, causal: bool) -> str:
     """"toeplitz" (this module's kernel, described by plan()) or "fft" (torch.fft, the reference), by length."""
-    lo, hi = TOEPLITZ_WINDOW[causal]
-    return "toeplitz" if length < SHORTEST_MEASURED or lo < length <= hi else "fft"
+    return "toeplitz" if length <= TOEPLITZ_MAX_LENGTH[causal] else "fft"
 
 
 def long_conv(x: Tensor, filt: Tensor, causal: bool, config: dict[str, int] | None = None) -> Tensor:
