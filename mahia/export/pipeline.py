@@ -38,7 +38,8 @@ from mahia.artifact import (
     sweep_stale,
 )
 from mahia.calibration.recipes import CalibrationOptions
-from mahia.data import feeds_at_points
+from mahia.data import feeds_at_points, load_reviews
+from mahia.data.features import FEATURES_FILE, FeatureSpec
 from mahia.default import LoadedModel
 from mahia.export import engines, parity, report, stages, task_check
 from mahia.export.config import ExportConfig, ShapeProfile, Tolerances
@@ -220,6 +221,9 @@ class _Run:
         result: parity.ParityResult = self.clock.run("verify", lambda: self.verify(graphs),
                                                      lambda r: (INPUTS_FILE, EAGER_FILE, PARITY_FILE))
         tasks = self.clock.run("task", lambda: self.task_check(graphs)) if self.loaded.trained else {}
+        if self.loaded.trained:  # mahia-serve encodes raw reviews with the statistics the model was trained on
+            spec = FeatureSpec.from_dataset(load_reviews()["train"])
+            self.directory.write_bytes(FEATURES_FILE, spec.to_json().encode())
         task = tasks.pop(self.task_formats()[0].name, None)
         passed = (result.passed and all(t.passed for t in (task, *tasks.values()) if t is not None)
                   and all(r["ok"] for r in rtx.values()))

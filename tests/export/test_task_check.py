@@ -10,6 +10,8 @@ import torch
 from click.testing import CliRunner
 
 from mahia import artifact
+from mahia.data import load_reviews
+from mahia.data.features import FeatureSpec
 from mahia.export import task_check
 from mahia.export.cli import main
 from mahia.export.config import DimRange, ShapeProfile, TaskBudget, TaskCheckConfig
@@ -73,6 +75,10 @@ def test_a_trained_model_export_records_its_task_check(tmp_path: Path) -> None:
     assert task["argmax_agreement"] == 1.0 and task["budget"] == {"max_accuracy_drop_pt": 0.05, "min_agreement": 0.999}
     (directory,) = (tmp_path / "out").glob("tiny-fp32-*")
     assert "## Task check" in (directory / "report.md").read_text()
+    # the server's feature statistics travel with the artifact, listed (so sha256-checked) in the manifest
+    assert "features.json" in json.loads((directory / "manifest.json").read_text())["files"]
+    assert FeatureSpec.from_json((directory / "features.json").read_text()) == \
+        FeatureSpec.from_dataset(load_reviews()["train"])
 
 
 def test_a_missed_task_budget_fails_the_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
