@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,13 +55,19 @@ class Deployment:
         return self.runner(self.check_inputs(inputs))
 
 
-def load(artifact_dir: str | Path, backend: str = "onnx", allow_failed: bool = False) -> Deployment:
-    """Verify and load an artifact directory for `backend` (a name of `mahia.runtime.backends`)."""
+def load(artifact_dir: str | Path, backend: str = "onnx", allow_failed: bool = False,
+         options: Any = None) -> Deployment:
+    """Verify and load an artifact directory for `backend` (a name of `mahia.runtime.backends`); `options` go to a
+    backend that takes them (backend "cuda": `mahia.runtime.backends.cuda.CudaOptions`)."""
     directory = Path(artifact_dir)
     spec = get_backend(backend)
     manifest = open_artifact(directory, allow_failed)
+    if spec.format is None:
+        return Deployment(directory, manifest, backend, spec.load_artifact(directory, manifest, options))
+    if options is not None:
+        raise ValueError(f"backend {backend!r} takes no options")
     if spec.format not in manifest.graphs:
-        usable = [repr(b.name) for b in backends().values() if b.format in manifest.graphs]
+        usable = [repr(b.name) for b in backends().values() if b.format is None or b.format in manifest.graphs]
         raise ValueError(f"{directory} has no {spec.format} graph (formats: {', '.join(manifest.formats)}); "
                          f"use backend={' or '.join(usable)}")
     runner = spec.load(directory / manifest.graphs[spec.format], manifest.inputs)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import mahia.runtime
+from mahia.artifact import Manifest
 from mahia.data import load_reviews
 from mahia.data.features import FEATURES_FILE, FeatureSpec, ReviewRecord
 
@@ -35,12 +36,11 @@ class Prediction:
     label: str
 
 
-def text_budget(manifest: dict) -> int:
+def text_budget(manifest: Manifest) -> int:
     """Tokens per text the model reads: what the export's task check fed it (the training budget), else the
     model's max_seq_len; at most the exported seq range's maximum."""
-    task = manifest.get("task") or {}
-    tokens = task.get("text_tokens") or manifest["model"]["config"]["max_seq_len"]
-    return int(min(tokens, manifest["dims"]["seq"]["max"]))
+    tokens = manifest.task.get("text_tokens") or manifest.model.config.max_seq_len
+    return int(min(tokens, manifest.seq.max))
 
 
 def seq_buckets(seq_min: int, seq_max: int, budget: int) -> tuple[int, ...]:
@@ -70,13 +70,13 @@ def pad_to(inputs: dict[str, torch.Tensor], length: int) -> dict[str, torch.Tens
     return {**inputs, **padded}
 
 
-def load_feature_spec(artifact_dir: Path, manifest: dict) -> tuple[FeatureSpec, str]:
+def load_feature_spec(artifact_dir: Path, manifest: Manifest) -> tuple[FeatureSpec, str]:
     """(spec, where it came from): the artifact's features.json, else fitted on the reviews data's train split.
 
     features.json is trusted only when manifest.json lists it (so its sha256 was checked with the other files).
     """
     path = Path(artifact_dir) / FEATURES_FILE
-    if FEATURES_FILE in manifest["files"]:
+    if FEATURES_FILE in manifest.files:
         return FeatureSpec.from_json(path.read_text()), FEATURES_FILE
     if path.exists():
         raise mahia.runtime.ArtifactIntegrityError(f"{path} is not listed in manifest.json (its sha256 is unknown): "
@@ -104,14 +104,13 @@ class ReviewClassifier:
         directory = Path(artifact_dir).resolve()
         deployment = mahia.runtime.load(directory, backend=backend)
         manifest = deployment.manifest
-        if manifest["model"]["config"]["num_classes"] != len(LABELS):
-            raise ValueError(f"{directory} classifies into {manifest['model']['config']['num_classes']} classes; "
+        if manifest.model.config.num_classes != len(LABELS):
+            raise ValueError(f"{directory} classifies into {manifest.model.config.num_classes} classes; "
                              f"this server answers {' / '.join(LABELS)}")
         features, source = load_feature_spec(directory, manifest)
         max_len = text_budget(manifest)
-        seq = manifest["dims"]["seq"]
         manifest_sha256 = hashlib.sha256((directory / "manifest.json").read_bytes()).hexdigest()
-        classifier = cls(deployment, features, source, max_len, seq_buckets(seq["min"], seq["max"], max_len),
+        classifier = cls(deployment, features, source, max_len, seq_buckets(manifest.seq.min, manifest.seq.max, max_len),
                          directory.name, manifest_sha256)
         classifier.warm_up()
         return classifier
@@ -119,7 +118,7 @@ class ReviewClassifier:
     @property
     def max_batch(self) -> int:
         """The largest batch the artifact was exported for."""
-        return int(self.deployment.manifest["dims"]["batch"]["max"])
+        return self.deployment.manifest.batch.max
 
     def inputs(self, records: Sequence[ReviewRecord]) -> dict[str, torch.Tensor]:
         """Model inputs of records, sequences padded to the bucket of the longest."""

@@ -65,7 +65,7 @@ def main(artifact_dir: Path, backend: str, replicas: int, max_batch_size: int | 
     config = ServeConfig(artifact_dir.resolve(), backend, replicas, max_batch_size, batch_wait_ms, max_reviews)
     try:  # refuse a tampered artifact or a batch size it cannot run before any process starts
         deployment = mahia.runtime.load(config.artifact_dir, backend=backend)
-        exported_batch_max = int(deployment.manifest["dims"]["batch"]["max"])
+        exported_batch_max = deployment.manifest.batch.max
         config.batch_size_for(exported_batch_max)
     except (mahia.runtime.ArtifactIntegrityError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None

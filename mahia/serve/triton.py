@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import mahia.runtime
+from mahia.artifact import Manifest
 from mahia.serve.classifier import seq_buckets, text_budget
 
 # numpy dtype name (as in manifest.json) -> Triton's DataType
@@ -57,22 +58,22 @@ def preferred_batch_sizes(max_batch: int) -> list[int]:
     return sorted(sizes | {max_batch})
 
 
-def model_config(name: str, manifest: dict, backend: str, queue_delay_us: int, instances: int,
+def model_config(name: str, manifest: Manifest, backend: str, queue_delay_us: int, instances: int,
                  source: str) -> str:
     """config.pbtxt text for the onnxruntime or tensorrt backend."""
-    seq, budget = manifest["dims"]["seq"], text_budget(manifest)
-    buckets = seq_buckets(seq["min"], seq["max"], budget)
-    max_batch = int(manifest["dims"]["batch"]["max"])
+    seq, budget = manifest.seq, text_budget(manifest)
+    buckets = seq_buckets(seq.min, seq.max, budget)
+    max_batch = manifest.batch.max
     kind = "KIND_GPU" if backend == "tensorrt" else "KIND_CPU"
     return (f"# Written by mahia-serve --triton-repo from {source}.\n"
-            f"# Sequences: {seq['min']}..{seq['max']} tokens exported, texts cut to {budget} tokens (the\n"
+            f"# Sequences: {seq.min}..{seq.max} tokens exported, texts cut to {budget} tokens (the\n"
             f"# training budget). Pad each request to one of {list(buckets)} tokens so that requests of\n"
             f"# one bucket batch together (Triton batches equal shapes only).\n"
             f'name: "{name}"\n'
             f'backend: "{backend}"\n'
             f"max_batch_size: {max_batch}\n"
-            + _tensors("input", manifest["inputs"])
-            + _tensors("output", manifest["outputs"])
+            + _tensors("input", manifest.inputs)
+            + _tensors("output", manifest.outputs)
             + "dynamic_batching {\n"
             f"  preferred_batch_size: [ {', '.join(str(s) for s in preferred_batch_sizes(max_batch))} ]\n"
             f"  max_queue_delay_microseconds: {queue_delay_us}\n"
@@ -80,17 +81,17 @@ def model_config(name: str, manifest: dict, backend: str, queue_delay_us: int, i
             f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]\n")
 
 
-def check_against_onnx(manifest: dict, onnx_path: Path) -> None:
+def check_against_onnx(manifest: Manifest, onnx_path: Path) -> None:
     """Raise TritonRepositoryError unless the manifest's inputs are the ONNX graph's (names, dtypes, ranks)."""
     import onnx
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
     graph_inputs = {i.name: i.type.tensor_type for i in graph.input if i.name not in initializers}
-    if set(graph_inputs) != set(manifest["inputs"]):
+    if set(graph_inputs) != set(manifest.inputs):
         raise TritonRepositoryError(f"{onnx_path.name} has inputs {sorted(graph_inputs)}, the manifest declares "
-                                    f"{sorted(manifest['inputs'])}")
-    for name, spec in manifest["inputs"].items():
+                                    f"{sorted(manifest.inputs)}")
+    for name, spec in manifest.inputs.items():
         tensor = graph_inputs[name]
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
         rank = len(tensor.shape.dim)
@@ -109,12 +110,12 @@ def write_triton_repository(artifact_dir: str | Path, out_dir: str | Path, name:
     deployment = mahia.runtime.load(artifact_dir, backend="onnx")  # sha256 of every file; ONNX graph required
     manifest = deployment.manifest
     name = name or artifact_dir.name
-    onnx_file = artifact_dir / manifest["onnx"]["file"]
+    onnx_file = artifact_dir / manifest.graph_file("onnx")
     check_against_onnx(manifest, onnx_file)
     manifest_sha256 = hashlib.sha256((artifact_dir / "manifest.json").read_bytes()).hexdigest()
     source = f"{artifact_dir.name} (manifest sha256 {manifest_sha256[:16]})"
     models = [(name, "onnxruntime", onnx_file, "model.onnx")]
-    engines = sorted(f for f in manifest["files"] if f.endswith(ENGINE_SUFFIXES))
+    engines = sorted(f for f in manifest.files if f.endswith(ENGINE_SUFFIXES))
     if engines:
         models.append((f"{name}-tensorrt", "tensorrt", artifact_dir / engines[0], "model.plan"))
     out_dir = Path(out_dir)

@@ -12,7 +12,7 @@ from rich.console import Console
 from mahia.data import DataError
 from mahia.model import CONFIGS, CheckpointError
 from mahia.train.config import TrainConfig
-from mahia.train.trainer import METRICS_NAME, TrainingError, train
+from mahia.train.trainer import LAST_NAME, LAST_SHARDED_NAME, METRICS_NAME, TrainingError, train
 
 
 @click.command(context_settings={"show_default": True})
@@ -50,15 +50,17 @@ from mahia.train.trainer import METRICS_NAME, TrainingError, train
               help="Also validate every N steps (default: at each epoch's end only).")
 @click.option("--init", "init_checkpoint", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Start from this checkpoint's weights instead of the seeded initialisation.")
-@click.option("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
+@click.option("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ... (under torchrun: cpu or cuda, "
+              "each process taking GPU LOCAL_RANK).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), default=None,
               help="Reviews parquet file (default: the pinned file in the data cache; `python -m mahia.data.fetch`).")
 @click.option("--train-rows", type=click.IntRange(min=1), default=None, help="Use only the first N training rows.")
 @click.option("--eval-rows", type=click.IntRange(min=1), default=None, help="Use only the first N val / test rows.")
 @click.option("--save-every", type=click.IntRange(min=1), default=50, help="Steps between resume checkpoints.")
-@click.option("--resume", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Continue from a last.safetensors written by mahia-train.")
+@click.option("--resume", type=click.Path(path_type=Path), default=None,
+              help="Continue from a last.safetensors or (distributed runs, any number of processes) a last.dcp "
+              "directory written by mahia-train.")
 @click.option("--no-baseline", is_flag=True, help="Skip the TF-IDF + logistic-regression baseline.")
 @click.option("--stop-after", type=click.IntRange(min=1), default=None, hidden=True,
               help="Stop after N steps, schedule unchanged, recording only the prefix (mahia.train.reproduce prefix).")
@@ -69,7 +71,16 @@ def main(model: str, epochs: int, max_steps: int | None, lr: float, warmup_steps
          init_checkpoint: str | None, device: str, threads: int | None, data_path: str | None,
          train_rows: int | None, eval_rows: int | None, save_every: int, resume: Path | None, no_baseline: bool,
          stop_after: int | None) -> None:
-    """Train MAHIA-X on the reviews data; keep the best checkpoint by validation ROC AUC."""
+    """Train MAHIA-X on the reviews data; keep the best checkpoint by validation ROC AUC.
+
+    \b
+    Distributed: torchrun --nproc-per-node N -m mahia.train.cli --device cuda ...
+    trains one model on N GPUs (N CPU processes with --device cpu) with FSDP2.
+    --batch-size is the global batch, split across the processes; rank 0
+    writes the files. The resume point is the last.dcp directory: it resumes on
+    any number of processes, and `python -m mahia.train.convert last.dcp
+    model.safetensors` turns it into a checkpoint for mahia-export.
+    """
     console = Console(stderr=True)
     try:
         config = TrainConfig(model=model, epochs=epochs, max_steps=max_steps, lr=lr, warmup_steps=warmup_steps,
@@ -85,9 +96,11 @@ def main(model: str, epochs: int, max_steps: int | None, lr: float, warmup_steps
     except (DataError, CheckpointError, TrainingError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
-        last = out / "last.safetensors"
-        hint = f"; resume with --resume {last}" if last.is_file() else ""
+        last = next((p for p in (out / LAST_NAME, out / LAST_SHARDED_NAME) if p.exists()), None)
+        hint = f"; resume with --resume {last}" if last is not None else ""
         raise click.ClickException(f"interrupted{hint}") from None
+    if not result.main_process:
+        return
     if stop_after is not None:
         console.print(f"stopped after {stop_after} steps; prefix recorded in {out / METRICS_NAME}")
         return

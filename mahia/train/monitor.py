@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 STEP_LOG_NAME = "steps.jsonl"
 CURVES_NAME = "training_curves.png"
@@ -39,35 +41,56 @@ def parameter_blocks(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 
 
 def gradient_norms(blocks: Mapping[str, Sequence[nn.Parameter]]) -> tuple[float, dict[str, float]]:
-    """(global L2 norm, per-block L2 norms) of the current gradients; parameters without a gradient count 0."""
-    per_block = {}
-    for name, parameters in blocks.items():
-        squares = [torch.linalg.vector_norm(p.grad.detach().float()) ** 2 for p in parameters if p.grad is not None]
-        per_block[name] = math.sqrt(float(torch.stack(squares).sum())) if squares else 0.0
+    """(global L2 norm, per-block L2 norms) of the current gradients; parameters without a gradient count 0.
+
+    Sharded gradients (FSDP2's DTensors in a distributed run) add their local shards' squares, summed over the
+    ranks in one all-reduce: every rank gets the norms of the whole gradient.
+    """
+    sharded = False
+    sums = []
+    for parameters in blocks.values():
+        squares = []
+        for p in parameters:
+            if p.grad is None:
+                continue
+            grad = p.grad.detach()
+            if isinstance(grad, DTensor):
+                sharded, grad = True, grad.to_local()
+            squares.append(torch.linalg.vector_norm(grad.float()) ** 2)
+        sums.append(torch.stack(squares).sum() if squares else torch.zeros(()))
+    totals = torch.stack([t.to(sums[0].device) for t in sums]) if sums else torch.zeros(0)
+    if sharded:
+        dist.all_reduce(totals)
+    per_block = {name: math.sqrt(float(t)) for name, t in zip(blocks, totals.cpu())}
     return math.sqrt(sum(v * v for v in per_block.values())), per_block
 
 
 class StepLog:
     """Append-only step log of one run directory (steps.jsonl), kept in memory as well."""
 
-    def __init__(self, out_dir: Path, keep: Iterable[dict] = ()) -> None:
+    def __init__(self, out_dir: Path, keep: Iterable[dict] = (), write: bool = True) -> None:
+        """`write` False keeps the log in memory only (the ranks other than 0 of a distributed run)."""
         self.path = out_dir / STEP_LOG_NAME
         self.records = list(keep)
-        with open(self.path, "w") as f:  # a fresh run starts it; a resume rewrites what it keeps
-            f.writelines(json.dumps(r) + "\n" for r in self.records)
+        self.write = write
+        if write:
+            with open(self.path, "w") as f:  # a fresh run starts it; a resume rewrites what it keeps
+                f.writelines(json.dumps(r) + "\n" for r in self.records)
 
     @classmethod
-    def resumed(cls, out_dir: Path, source_dir: Path, finetune_step: int) -> StepLog:
+    def resumed(cls, out_dir: Path, source_dir: Path, finetune_step: int, write: bool = True) -> StepLog:
         """The log of a run resumed from a checkpoint in `source_dir`: that run's pretraining records and its
         fine-tuning records up to `finetune_step`."""
         path = source_dir / STEP_LOG_NAME
         lines = path.read_text().splitlines() if path.is_file() else []
         keep = [r for r in map(json.loads, lines) if r["phase"] != "finetune" or r["step"] <= finetune_step]
-        return cls(out_dir, keep)
+        return cls(out_dir, keep, write)
 
     def append(self, record: dict) -> None:
         """Add one step's record (written at once, so an interrupted run keeps its log)."""
         self.records.append(record)
+        if not self.write:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 

@@ -8,6 +8,9 @@ stand before the text in those states and are fed as in fine-tuning.
 
 The mask token is the hashed id of "[mask]", a string the tokenizer never produces as one token (it splits it in
 three); like every hashed id it shares its embedding row with the few words that hash to the same id.
+
+In a distributed run every rank masks the same global batch (the same seeded generator) and keeps its rows; the
+loss is the mean over the global batch's predicted words (DataParallel.rank_masked_word_loss).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from mahia.model import MahiaX
 from mahia.model.config import FIRST_WORD_ID
 from mahia.model.mahia_x import ModelOutput
 from mahia.train.config import TrainConfig
+from mahia.train.distributed import DataParallel
 from mahia.train.errors import TrainingError
 from mahia.train.losses import moe_losses
 from mahia.train.monitor import StepLog, parameter_blocks, step_record
@@ -55,8 +59,10 @@ def mask_words(input_ids: Tensor, attention_mask: Tensor, fraction: float, vocab
     return masked, torch.where(chosen, input_ids, IGNORE)
 
 
-def masked_word_loss(model: MahiaX, inputs: dict[str, Tensor], targets: Tensor) -> tuple[Tensor, ModelOutput]:
-    """Cross-entropy of the predicted word ids at the chosen positions, and the model's output (for the MoE losses).
+def masked_word_loss(model: MahiaX, inputs: dict[str, Tensor], targets: Tensor,
+                     reduction: str = "mean") -> tuple[Tensor, ModelOutput]:
+    """Cross-entropy of the predicted word ids at the chosen positions (their mean, or with reduction "sum" their
+    sum), and the model's output (for the MoE losses).
 
     `inputs` carry the masked input_ids. The token states are captured from the model's final_norm; the text
     positions follow the tabular tokens.
@@ -72,13 +78,15 @@ def masked_word_loss(model: MahiaX, inputs: dict[str, Tensor], targets: Tensor) 
     if not bool(chosen.any()):
         return text_states.sum() * 0.0, output  # no word to predict in this batch (e.g. only empty texts)
     logits = text_states[chosen].float() @ model.embedding.text.weight.float().T
-    return F.cross_entropy(logits, targets[chosen]), output
+    return F.cross_entropy(logits, targets[chosen], reduction=reduction), output
 
 
 def pretrain(model: MahiaX, train: ReviewsDataset, config: TrainConfig, max_len: int, device: torch.device,
-             log: StepLog, after_step: Callable[[str, int, float], None], console: Console) -> dict[str, object]:
+             log: StepLog, after_step: Callable[[str, int, float], None], console: Console,
+             parallel: DataParallel | None = None) -> dict[str, object]:
     """config.pretrain_epochs of masked-word prediction (its own AdamW and warmup + cosine schedule peaking at
-    pretrain_lr, gradients clipped and logged like fine-tuning); returns metrics.json's "pretrain" summary."""
+    pretrain_lr, gradients clipped and logged like fine-tuning); returns metrics.json's "pretrain" summary.
+    With `parallel` (a distributed run) each rank computes its rows of every batch."""
     optimizer = make_optimizer(model, config)
     blocks = parameter_blocks(model)
     peak = config.pretrain_lr or config.lr
@@ -90,7 +98,7 @@ def pretrain(model: MahiaX, train: ReviewsDataset, config: TrainConfig, max_len:
     started, step = time.perf_counter(), 0
     model.train()
     with Progress(TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), console=console) as bar:
+                  TimeElapsedColumn(), console=console, disable=console.quiet) as bar:
         task = bar.add_task("", total=total)
         for epoch in range(config.pretrain_epochs):
             for rows in epoch_batches(len(train), config.batch_size, config.seed, epoch, config.length_groups,
@@ -98,16 +106,25 @@ def pretrain(model: MahiaX, train: ReviewsDataset, config: TrainConfig, max_len:
                 inputs, _ = train.batch(rows, max_len, vocab)
                 masked, targets = mask_words(inputs["input_ids"], inputs["attention_mask"], config.mask_fraction,
                                              vocab, generator)
-                inputs = {k: v.to(device) for k, v in {**inputs, "input_ids": masked}.items()}
+                inputs = {**inputs, "input_ids": masked}
+                if parallel is not None:
+                    inputs, targets = parallel.local_batch(inputs, targets)
+                inputs = {k: v.to(device) for k, v in inputs.items()}
+                targets = targets.to(device)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    mlm, output = masked_word_loss(model, inputs, targets.to(device))
-                balance, z = moe_losses(output, top_k)
-                loss = mlm + config.aux_loss_weight * balance + config.z_loss_weight * z
+                    mlm, output = masked_word_loss(model, inputs, targets, "mean" if parallel is None else "sum")
+                if parallel is None:
+                    balance, z = moe_losses(output, top_k)
+                    loss = backpropagated = mlm + config.aux_loss_weight * balance + config.z_loss_weight * z
+                else:  # the global batch's terms, and this rank's share of them to backpropagate
+                    backpropagated, (loss, mlm, balance, z) = parallel.rank_masked_word_loss(
+                        mlm, int((targets != IGNORE).sum()), output, top_k, config.aux_loss_weight,
+                        config.z_loss_weight)
                 if not torch.isfinite(loss):
                     raise TrainingError(f"pretraining loss is not finite ({float(loss)}) at step {step + 1}: "
                                         f"masked word {float(mlm)}; stopped. Try a lower --pretrain-lr")
                 lr = learning_rate(step, total, config, peak)
-                norm, per_block = apply_gradients(loss, optimizer, blocks, config.grad_clip, lr)
+                norm, per_block = apply_gradients(backpropagated, optimizer, blocks, config.grad_clip, lr)
                 step += 1
                 losses = {k: float(v.detach()) for k, v in
                           (("loss", loss), ("masked_word", mlm), ("load_balance", balance), ("z_loss", z))}

@@ -213,3 +213,18 @@ def test_long_conv_algorithm_follows_the_h200_measurements():
     for (causal, length), kernel_faster in faster.items():
         assert (long_conv.choose_algorithm(length, causal) == "toeplitz") == kernel_faster, (causal, length)
     assert long_conv.choose_algorithm(37, False) == "toeplitz", "unmeasured short lengths keep the kernel"
+
+
+def test_plans_are_built_once_per_distinct_call_and_never_for_symbolic_sizes() -> None:
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    cached_plan = plan_module.cached_plan
+    first = cached_plan(gate_combine.plan, 37, 96, torch.float32)
+    assert cached_plan(gate_combine.plan, 37, 96, torch.float32) is first
+    assert cached_plan(gate_combine.plan, 37, 96, torch.float16) is not first
+    assert cached_plan(gate_combine.plan, 38, 96, torch.float32).buffer("out").numel == 38 * 96
+    strided = {"dt": (999, 3, 1)}
+    assert cached_plan(ssd_scan.plan, 1, 5, 3, 4, 8, 16, torch.float32, None, strided) is \
+        cached_plan(ssd_scan.plan, 1, 5, 3, 4, 8, 16, torch.float32, None, dict(strided))
+    symbolic = ShapeEnv().create_unbacked_symint()
+    assert plan_module._frozen((symbolic, 3)) is None  # traced sizes: built every time, never cached

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from google.protobuf import text_format
 
 import mahia.runtime as runtime
+from mahia.artifact import sha256_file
 from mahia.serve.cli import main as serve_cli
 from mahia.serve.triton import TritonRepositoryError, preferred_batch_sizes, write_triton_repository
 
@@ -64,7 +65,7 @@ def test_engine_in_the_manifest_adds_a_tensorrt_model(tiny_export: dict, tmp_pat
     copy = Path(shutil.copytree(tiny_export["dir"], tmp_path / "artifact"))
     (copy / "model.plan").write_bytes(b"engine bytes")
     manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["files"]["model.plan"] = {"sha256": runtime.sha256_file(copy / "model.plan"), "bytes": 12}
+    manifest["files"]["model.plan"] = {"sha256": sha256_file(copy / "model.plan"), "bytes": 12}
     (copy / "manifest.json").write_text(json.dumps(manifest))
     models = write_triton_repository(copy, tmp_path / "repo", name="mahia")
     assert [m.name for m in models] == ["mahia", "mahia-tensorrt"]

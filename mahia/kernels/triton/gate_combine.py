@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from mahia.kernels.triton.plan import Buffer, KernelPlan, execute, launch, pointer, scalar
+from mahia.kernels.triton.plan import Buffer, KernelPlan, cached_plan, execute, launch, pointer, scalar
 
 NUM_BRANCHES = 3
 
@@ -81,5 +81,6 @@ def gate_combine(branches: Tensor, gate_logits: Tensor) -> Tensor:
     out = torch.empty(*lead, dim, dtype=branches.dtype, device=branches.device)
     if out.numel() == 0:
         return out
-    execute(plan(num_tokens, dim, branches.dtype), {"branches": branches, "logits": gate_logits, "out": out})
+    execute(cached_plan(plan, num_tokens, dim, branches.dtype),
+            {"branches": branches, "logits": gate_logits, "out": out})
     return out

@@ -17,7 +17,7 @@ import triton.language as tl
 from torch import Tensor
 
 from mahia.kernels.triton.launch import dot_precision
-from mahia.kernels.triton.plan import MMA_NAMES, Buffer, KernelPlan, execute, launch, pointer, scalar
+from mahia.kernels.triton.plan import MMA_NAMES, Buffer, KernelPlan, cached_plan, execute, launch, pointer, scalar
 
 
 @triton.jit
@@ -135,5 +135,5 @@ def long_conv(x: Tensor, filt: Tensor, causal: bool, config: dict[str, int] | No
     out = torch.empty_like(x)
     if out.numel() == 0:
         return out
-    execute(plan(batch, channels, length, causal, x.dtype, config), {"x": x, "filt": filt, "out": out})
+    execute(cached_plan(plan, batch, channels, length, causal, x.dtype, config), {"x": x, "filt": filt, "out": out})
     return out

@@ -22,7 +22,7 @@ import triton.language as tl
 from torch import Tensor
 
 from mahia.kernels.triton.launch import dot_precision
-from mahia.kernels.triton.plan import MMA_NAMES, Arg, Buffer, KernelPlan, execute, launch, pointer, scalar
+from mahia.kernels.triton.plan import MMA_NAMES, Arg, Buffer, KernelPlan, cached_plan, execute, launch, pointer, scalar
 
 
 @triton.jit
@@ -573,7 +573,7 @@ def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tens
         tensors.update(w1_scale=w1_scale.float().contiguous(), w2_scale=w2_scale.float().contiguous())
     if capacity_factor > 0:
         tensors["capacity_factor"] = torch.full((1,), float(capacity_factor), dtype=torch.float64, device=x.device)
-    steps = plan(num_tokens, d_model, two_h // 2, num_experts, top_k, capacity_factor, x.dtype,
+    steps = cached_plan(plan, num_tokens, d_model, two_h // 2, num_experts, top_k, capacity_factor, x.dtype,
                  w1.dtype if scaled else None, config,
                  router_logits.dtype if router_logits.dtype != x.dtype else None)
     execute(steps, tensors)

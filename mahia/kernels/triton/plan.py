@@ -24,7 +24,7 @@ scatters them back, see `execute`).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -175,6 +175,39 @@ def _launch(function: object, grid: tuple[int, int, int], args: list[object], co
     from mahia.kernels.triton.launch import traceable
 
     traceable(function)[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+
+
+_PLAIN = (int, float, bool, str, type(None), torch.dtype)
+_CACHE: dict[tuple, KernelPlan] = {}
+_CACHE_LIMIT = 4096  # distinct (op, shape, dtype) calls kept; a few kB each
+
+
+def _frozen(value: object) -> object:
+    """A hashable form of a plan argument made of plain values, dicts and tuples; None if it holds anything else
+    (a torch.SymInt while torch.compile traces: its plan must be built from the symbols every time)."""
+    if isinstance(value, _PLAIN):
+        return ("v", value)
+    if isinstance(value, tuple):
+        items = tuple(_frozen(v) for v in value)
+        return None if None in items else ("t", items)
+    if isinstance(value, Mapping):
+        items = tuple((k, _frozen(v)) for k, v in sorted(value.items()))
+        return None if any(v is None for _, v in items) else ("d", items)
+    return None
+
+
+def cached_plan(plan_fn: Callable[..., KernelPlan], *args: object, **kwargs: object) -> KernelPlan:
+    """plan_fn(*args, **kwargs), built once per distinct arguments: building a plan costs 30-240 us of Python
+    (moe_ffn's at 4,136 tokens 240 us, ssd_scan's 183 us on the 2-core CPU), which eager launches pay per call."""
+    key = _frozen((plan_fn.__module__, plan_fn.__name__, args, kwargs))
+    if key is None:
+        return plan_fn(*args, **kwargs)
+    plan = _CACHE.get(key)
+    if plan is None:
+        if len(_CACHE) >= _CACHE_LIMIT:
+            _CACHE.clear()
+        plan = _CACHE[key] = plan_fn(*args, **kwargs)
+    return plan
 
 
 def execute(plan: KernelPlan, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -19,7 +19,7 @@ import triton.language as tl
 from torch import Tensor
 
 from mahia.kernels.triton.launch import dot_precision
-from mahia.kernels.triton.plan import MMA_NAMES, Buffer, KernelPlan, execute, launch, pointer, scalar
+from mahia.kernels.triton.plan import MMA_NAMES, Buffer, KernelPlan, cached_plan, execute, launch, pointer, scalar
 
 
 @triton.jit
@@ -285,7 +285,7 @@ def ssd_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk_size:
     if y.numel() == 0:
         return y
     strides = {name: tuple(t.stride()) for name, t in (("dt", dt), ("b", b), ("c", c)) if not t.is_contiguous()}
-    steps = plan(batch, length, heads, head_dim, state, chunk_size, x.dtype, a.dtype if a.dtype != x.dtype else None,
-                 strides)
+    steps = cached_plan(plan, batch, length, heads, head_dim, state, chunk_size, x.dtype,
+                        a.dtype if a.dtype != x.dtype else None, strides)
     execute(steps, {"x": x, "dt": dt, "a": a, "b": b, "c": c, "y": y})
     return y

@@ -3,7 +3,8 @@
 A backend is a module under `mahia.runtime.backends` with `load(path, inputs) -> Runner` (base.py's
 contract) plus one `register(Backend(...))` line below; its engine is imported when a graph is loaded, so
 an engine that is not installed costs nothing until it is asked for, and then fails with one line naming
-the package (as Polygraphy's backends do).
+the package (as Polygraphy's backends do). A backend without a format ("cuda") runs the whole artifact rather
+than one graph file: its module has `load_artifact(directory, manifest, options) -> Runner` instead.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
+from mahia.artifact import Manifest
 from mahia.runtime.backends.base import BackendUnavailableError, InputSpec, Runner, require
 
 
@@ -22,8 +25,8 @@ class Backend:
     """How one kind of graph file is run."""
 
     name: str  # what `mahia.runtime.load(..., backend=...)` takes
-    format: str  # the artifact format it runs (a key of the manifest's "graphs")
-    module: str  # the module whose `load(path, inputs)` returns its Runner
+    format: str | None  # the artifact format it runs (a key of the manifest's "graphs"); None: the whole artifact
+    module: str  # the module whose `load(path, inputs)` (or `load_artifact`, without a format) returns its Runner
     packages: tuple[str, ...]  # Python packages its engine needs (checked before the module loads)
     engine: str  # what runs the graph, as parity reports name it (Polygraphy's runner names: onnxrt, ...)
     description: str
@@ -33,6 +36,12 @@ class Backend:
         for package in self.packages:
             require(package, self.name)
         return importlib.import_module(self.module).load(path, inputs)
+
+    def load_artifact(self, directory: Path, manifest: Manifest, options: Any = None) -> Runner:
+        """The runner of a whole verified artifact (backends without a format); BackendUnavailableError as `load`."""
+        for package in self.packages:
+            require(package, self.name)
+        return importlib.import_module(self.module).load_artifact(directory, manifest, options)
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -63,6 +72,9 @@ register(Backend("onnx", "onnx", "mahia.runtime.backends.onnxrt", ("onnxruntime"
                  "ONNX Runtime, CPU execution provider"))
 register(Backend("pt2", "pt2", "mahia.runtime.backends.pt2", ("torch",), "pt2",
                  "torch.export program reloaded with torch.export.load, eager on the CPU"))
+register(Backend("cuda", None, "mahia.runtime.backends.cuda", ("torch", "triton"), "cuda",
+                 "the model rebuilt from the artifact on a CUDA GPU: Triton kernels, FP8 GEMMs for fp8, CUDA graphs "
+                 "per shape bucket (CudaOptions)"))
 
 __all__ = ["Backend", "BackendUnavailableError", "InputSpec", "Runner", "backends", "get_backend", "register",
            "require"]

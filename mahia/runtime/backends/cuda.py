@@ -1,0 +1,204 @@
+"""Backend "cuda": an artifact on a CUDA GPU, every `mahia::` op on its Triton kernel, one CUDA graph per shape
+bucket, optionally torch.compile'd.
+
+How the GPU program is obtained: the eager MahiaX is rebuilt from the artifact's model source (the manifest's
+`model.source`: the embedded default, a seeded config, or a checkpoint) and must hash to the manifest's
+`weights_sha256` (after every artifact file passed its sha256 check), then cast, or for fp8 quantised, and
+moved to the GPU. Not the `.pt2`: only the fp32 and bf16 artifacts have one (fp16 and fp8 are ONNX only); it
+was traced on the CPU with CPU device constants; a `.pt2` written by one torch release is not promised to load
+in another (the export machine and the GPU machine often differ); and FP8 GEMMs are a module swap on the eager
+model but a graph rewrite on a program.
+
+    deployment = mahia.runtime.load("artifacts/small-bf16-...", backend="cuda")
+    logits = deployment.run(inputs)   # numpy float32 [batch, num_classes]
+
+bf16, fp16 and fp32 artifacts run in their dtype; fp8 artifacts run bf16 activations with FP8 GEMMs and FP8
+experts (cuda_fp8.py) scaled by the artifact's calibration.json. Every input is validated as on the other
+backends (Deployment.check_inputs), then padded to its (batch, seq) bucket (cuda_buckets.py).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mahia.artifact import ArtifactIntegrityError, Manifest
+from mahia.calibration.table import read_table_json
+from mahia.default import load_model
+from mahia.kernels import use_reference_ops
+from mahia.model import INPUT_NAMES, MahiaX, ModelSource, weights_sha256
+from mahia.runtime.backends.base import BackendUnavailableError, Runner
+from mahia.runtime.backends.cuda_buckets import Buckets, fill_padded, pad_inputs
+from mahia.runtime.backends.cuda_fp8 import activation_scales, to_fp8
+
+ACTIVATION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}
+CALIBRATION_FILE = "calibration.json"  # mahia.calibration.build.CALIBRATION_JSON, without importing the builder
+FP8_CAPABILITY = (8, 9)  # E4M3 tensor-core GEMMs: Ada (8.9) and Hopper (9.0) on
+INPUT_DTYPES = {"input_ids": torch.int64, "attention_mask": torch.int64, "numeric": torch.float32,
+                "categorical": torch.int64}
+
+
+@dataclass(frozen=True)
+class CudaOptions:
+    """How the CUDA backend runs the model."""
+
+    cuda_graphs: bool = True  # capture one CUDA graph per (batch, seq) bucket on its first batch, replay after
+    compile: bool = False  # torch.compile the module before capture: one static compile per bucket (dynamic=False)
+    device: str = "cuda"
+    checkpoint: str | None = None  # the checkpoint the artifact was exported from, when its recorded path is gone
+
+    def __post_init__(self) -> None:
+        if not torch.device(self.device).type == "cuda":
+            raise ValueError(f"CudaOptions.device must be a CUDA device ('cuda', 'cuda:1', ...), got {self.device!r}")
+
+
+def require_cuda(device: str, precision: str) -> None:
+    """BackendUnavailableError unless `device` is a usable CUDA GPU (of compute capability >= 8.9 for fp8)."""
+    if not torch.cuda.is_available():
+        built = f"torch {torch.__version__} is built without CUDA" if torch.version.cuda is None else \
+            f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU"
+        raise BackendUnavailableError(f"backend 'cuda' needs a CUDA GPU: {built}; use backend='onnx' or 'pt2' on a CPU")
+    index = torch.device(device).index or 0
+    if index >= torch.cuda.device_count():
+        raise BackendUnavailableError(f"backend 'cuda': device {device!r} does not exist "
+                                      f"({torch.cuda.device_count()} GPU(s) visible)")
+    capability = torch.cuda.get_device_capability(index)
+    if precision == "fp8" and capability < FP8_CAPABILITY:
+        raise BackendUnavailableError(f"backend 'cuda': fp8 needs compute capability >= 8.9 (FP8 tensor cores); "
+                                      f"{torch.cuda.get_device_name(index)} has {capability[0]}.{capability[1]}")
+
+
+def deployable_module(model: MahiaX, precision: str, device: str | torch.device,
+                      scales: Mapping[str, float] | None = None) -> tuple[nn.Module, list[str]]:
+    """The eager fp32 `model` as it runs deployed at `precision` on `device`: (module, paths of FP8 GEMM layers)."""
+    if precision not in ACTIVATION_DTYPES:
+        raise ValueError(f"backend 'cuda' runs {', '.join(ACTIVATION_DTYPES)} artifacts, not {precision!r}; "
+                         "deploy integer precisions with backend='onnx'")
+    if precision == "fp8":
+        if scales is None:
+            raise ValueError("fp8 needs activation scales (the artifact's calibration.json)")
+        return to_fp8(model, scales, device)
+    return copy.deepcopy(model).to(device=device, dtype=ACTIVATION_DTYPES[precision]).eval(), []
+
+
+def raise_recompile_limit(limit: int) -> None:
+    """Let torch.compile keep at least `limit` compiled entries per function (recompile_limit, cache_size_limit
+    before torch 2.7)."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), limit))
+
+
+@dataclass
+class _Graph:
+    """One captured bucket: its static inputs (written before each replay) and its static logits."""
+
+    graph: torch.cuda.CUDAGraph
+    inputs: dict[str, Tensor]
+    logits: Tensor
+
+
+@dataclass
+class DeployedModel:
+    """A deployable module plus its buckets: `forward(inputs)` pads to the bucket, runs (replaying the bucket's
+    CUDA graph when graphs are on), and returns the logits of the real rows on the module's device (with graphs,
+    a view of the graph's output that the next call overwrites)."""
+
+    module: nn.Module
+    buckets: Buckets
+    device: torch.device
+    cuda_graphs: bool = False
+    compile: bool = False
+    graphs: dict[tuple[int, int], _Graph] = field(default_factory=dict, repr=False)
+    warmup: int = 2  # runs before a capture: Triton and Inductor compile, cuFFT plans are made, on a side stream
+
+    def __post_init__(self) -> None:
+        if self.cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, not {self.device}")
+        # Static shapes: each bucket is one fixed shape, so each compiles once, specialised; dynamo's recompile limit
+        # (8 by default, counted per code object) is raised to let every bucket compile rather than run uncompiled.
+        if self.compile:
+            raise_recompile_limit(len(self.buckets.batch) * len(self.buckets.seq) + 8)
+        self.call = torch.compile(self.module, dynamic=False) if self.compile else self.module
+        self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None  # one pool for every bucket's graph
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        """Logits [B, num_classes] (module dtype, on its device) of validated inputs [B, L] (any device)."""
+        batch, seq = inputs["input_ids"].shape
+        bucket = self.buckets.bucket(batch, seq)
+        inputs = {name: inputs[name].to(self.device, INPUT_DTYPES[name], non_blocking=True) for name in INPUT_NAMES}
+        with torch.inference_mode(), use_reference_ops(False):
+            if not self.cuda_graphs:
+                return self.call(**pad_inputs(inputs, *bucket))[:batch]
+            graph = self.graphs.get(bucket) or self._capture(bucket, inputs)
+            fill_padded(graph.inputs, inputs)
+            graph.graph.replay()
+            return graph.logits[:batch]
+
+    def _capture(self, bucket: tuple[int, int], inputs: Mapping[str, Tensor]) -> _Graph:
+        static = pad_inputs(inputs, *bucket)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.call(**static)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            logits = self.call(**static)
+        self.graphs[bucket] = _Graph(graph, static, logits)
+        return self.graphs[bucket]
+
+
+class CudaRunner(Runner):
+    """The Runner of a DeployedModel: logits as float32 numpy."""
+
+    def __init__(self, deployed: DeployedModel, fp8_layers: list[str]) -> None:
+        super().__init__("cuda")
+        self.deployed = deployed
+        self.fp8_layers = fp8_layers
+
+    def __call__(self, tensors: Mapping[str, Tensor]) -> np.ndarray:
+        return self.deployed.forward(tensors).float().cpu().numpy()
+
+
+def rebuild_model(directory: Path, manifest: Manifest, checkpoint: str | None = None) -> MahiaX:
+    """The artifact's eager fp32 model from its recorded source (or `checkpoint`), checked against weights_sha256."""
+    source = ModelSource.from_checkpoint(checkpoint) if checkpoint else manifest.model.source
+    if source.path is not None and not Path(source.path).is_file():
+        raise ValueError(f"the checkpoint {source.path} is not here ({directory.name} was exported from "
+                         f"{manifest.model.source}): pass CudaOptions(checkpoint=PATH) with the same weights")
+    model = load_model(source).model
+    if weights_sha256(model) != manifest.model.weights_sha256:
+        raise ArtifactIntegrityError(f"the weights of {source} do not hash to the weights_sha256 of "
+                                     f"{directory / 'manifest.json'}: not the model this artifact was exported from")
+    return model
+
+
+def load_artifact(directory: Path, manifest: Manifest, options: CudaOptions | None = None) -> Runner:
+    """The CUDA runner of a verified artifact directory (see the module docstring)."""
+    options = options or CudaOptions()
+    if not isinstance(options, CudaOptions):
+        raise TypeError(f"backend 'cuda' takes CudaOptions, got {type(options).__name__}")
+    precision = manifest.precision.name
+    if precision not in ACTIVATION_DTYPES:
+        raise ValueError(f"backend 'cuda' runs {', '.join(ACTIVATION_DTYPES)} artifacts; {directory.name} is "
+                         f"{precision}: deploy it with backend='onnx'")
+    require_cuda(options.device, precision)
+    scales = None
+    if precision == "fp8":
+        if CALIBRATION_FILE not in manifest.files:
+            raise ArtifactIntegrityError(f"{directory.name} is fp8 but has no {CALIBRATION_FILE}: its activation "
+                                         "scales are missing")
+        scales = activation_scales(read_table_json(directory / CALIBRATION_FILE))
+    model = rebuild_model(directory, manifest, options.checkpoint)
+    module, fp8_layers = deployable_module(model, precision, options.device, scales)
+    deployed = DeployedModel(module, Buckets.from_ranges(manifest.batch, manifest.seq), torch.device(options.device),
+                             options.cuda_graphs, options.compile)
+    return CudaRunner(deployed, fp8_layers)

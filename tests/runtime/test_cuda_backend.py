@@ -1,0 +1,160 @@
+"""The CUDA backend's CPU-side logic: shape buckets and padding (exact by padding invariance), the FP8 modules'
+arithmetic, which layers go FP8, options and errors. The GPU runs are benchmarks/cuda_backend_check.py."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import mahia.runtime as runtime
+from mahia.artifact import ArtifactIntegrityError, DimRange, PrecisionRecord, read_manifest
+from mahia.calibration.table import CalibrationTable, TensorRange
+from mahia.kernels import reference
+from mahia.model import build_model, get_config, random_inputs
+from mahia.model.config import CLS_ID
+from mahia.runtime.backends.cuda import CudaOptions, DeployedModel, deployable_module, load_artifact, rebuild_model
+from mahia.runtime.backends.cuda_buckets import Buckets, pad_inputs
+from mahia.runtime.backends.cuda_fp8 import Fp8Linear, Fp8MixtureOfExperts, activation_scales, fp8_linear_layers
+from tests.conftest import relative_error
+
+
+def test_buckets_follow_the_manifest_ranges() -> None:
+    default = Buckets.from_ranges(DimRange("batch", 1, 8, 16), DimRange("seq", 1, 128, 512))
+    assert default.batch == (1, 2, 4, 8, 16)
+    assert default.seq == (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+    odd = Buckets.from_ranges(DimRange("batch", 3, 8, 24), DimRange("seq", 20, 64, 160))
+    assert odd.batch == (4, 8, 16, 24) and odd.seq == (24, 32, 48, 64, 96, 128, 160)
+    assert default.bucket(3, 37) == (4, 48) and default.bucket(1, 1) == (1, 16) and default.bucket(16, 512) == (16, 512)
+    assert odd.bucket(17, 129) == (24, 160)
+    with pytest.raises(ValueError, match="above the largest bucket 16 x 512"):
+        default.bucket(17, 10)
+    with pytest.raises(ValueError, match="seq buckets must be distinct positive sizes"):
+        Buckets((1,), (32, 16))
+
+
+def test_padding_fills_buckets_with_masked_positions_and_cls_rows(generator: torch.Generator) -> None:
+    config = get_config("tiny")
+    inputs = random_inputs(config, 3, 37, generator)
+    padded = pad_inputs(inputs, 4, 48)
+    assert padded["input_ids"].shape == (4, 48) and padded["numeric"].shape == (4, config.num_numeric)
+    assert torch.equal(padded["input_ids"][:3, :37], inputs["input_ids"])
+    assert torch.equal(padded["attention_mask"][:3, :37], inputs["attention_mask"])
+    assert not padded["attention_mask"][:, 37:].any() and not padded["input_ids"][:, 37:].any()
+    assert padded["input_ids"][3].tolist() == [CLS_ID] + [0] * 47 and padded["attention_mask"][3].sum() == 1
+    assert torch.equal(padded["numeric"][:3], inputs["numeric"]) and not padded["numeric"][3].any()
+
+
+@pytest.mark.parametrize("batch, seq", [(3, 37), (1, 5), (4, 48)])
+def test_a_padded_bucket_gives_the_unpadded_logits(batch: int, seq: int, generator: torch.Generator) -> None:
+    model = build_model(get_config("tiny"), seed=1).eval()
+    inputs = random_inputs(model.config, batch, seq, generator)
+    with torch.inference_mode():
+        want = model(**inputs)
+    module, fp8_layers = deployable_module(model, "fp32", "cpu")
+    deployed = DeployedModel(module, Buckets((4, 8), (48, 64)), torch.device("cpu"))
+    got = deployed.forward(inputs)
+    assert got.shape == want.shape and fp8_layers == []
+    assert relative_error(got, want) < 1e-5
+
+
+def test_fp8_linear_is_the_dequantised_product() -> None:
+    generator = torch.Generator().manual_seed(0)
+    linear = nn.Linear(64, 40)  # 40 outputs: padded to 48 inside
+    x = torch.randn(3, 5, 64, generator=generator)
+    scale = float(x.abs().max()) / 448
+    fp8 = Fp8Linear(linear, scale, torch.float32)
+    weight, weight_scale = reference.quantize_experts_fp8(linear.weight.detach())
+    x_q = (x / scale).clamp(-448, 448).to(torch.float8_e4m3fn).double() * scale
+    want = x_q @ reference.dequantize_experts_fp8(weight, weight_scale, torch.float64).t() + linear.bias.double()
+    got = fp8(x)
+    assert got.shape == (3, 5, 40)
+    assert relative_error(got, want) < 1e-6
+    assert relative_error(got, linear(x)) < 0.1  # and it is the layer, to E4M3 precision
+    with pytest.raises(ValueError, match="input width 40 is not a multiple of 16"):
+        Fp8Linear(nn.Linear(40, 16), 1.0, torch.float32)
+
+
+def test_fp8_experts_match_the_reference_with_dequantised_weights(generator: torch.Generator) -> None:
+    model = build_model(get_config("tiny"), seed=2).eval()
+    moe = model.blocks[0].moe
+    x = torch.randn(2, 9, model.config.d_model, generator=generator)
+    mask = torch.ones(2, 9)
+    mask[1, 6:] = 0
+    fp8 = Fp8MixtureOfExperts(moe, torch.float32)
+    got, logits = fp8(x, mask)
+    w1 = reference.dequantize_experts_fp8(fp8.w1, fp8.w1_scale, torch.float32)
+    w2 = reference.dequantize_experts_fp8(fp8.w2, fp8.w2_scale, torch.float32)
+    want = reference.moe_ffn(x.reshape(-1, x.shape[-1]), logits, mask.reshape(-1).bool(), w1, w2, moe.top_k, 0.0)
+    assert relative_error(got.reshape(-1, x.shape[-1]), want) < 1e-6
+    with torch.inference_mode():
+        assert relative_error(got, moe(x, mask)[0]) < 0.1
+
+
+def test_fp8_layers_follow_the_export_rule_and_the_whole_model_stays_close(generator: torch.Generator) -> None:
+    model = build_model(get_config("tiny"), seed=3).eval()
+    inputs = random_inputs(model.config, 3, 37, generator)
+    amax: dict[str, float] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, path=path: amax.__setitem__(path, float(a[0].abs().max())))
+             for path, m in model.named_modules() if isinstance(m, nn.Linear)]
+    with torch.inference_mode():
+        want = model(**inputs)
+    for hook in hooks:
+        hook.remove()
+    scales = {path: value / 448 for path, value in amax.items()}
+    layers = fp8_linear_layers(model, scales)
+    assert "blocks.0.attention.in_proj" in layers and "memory.query" in layers
+    assert not [p for p in layers if any(k in p for k in ("router", "gate", "fabric", "head", "filter"))]
+    module, deployed_layers = deployable_module(model, "fp8", "cpu", scales)
+    assert deployed_layers == layers
+    assert isinstance(module.blocks[1].moe, Fp8MixtureOfExperts)
+    assert module.head.weight.dtype == torch.bfloat16
+    got = DeployedModel(module, Buckets((4,), (48,)), torch.device("cpu")).forward(inputs)
+    assert relative_error(got.float(), want) < 0.1  # E4M3 activations and weights, bf16 elsewhere
+
+
+def test_activation_scales_come_from_an_fp8_table_only() -> None:
+    entry = TensorRange(amax=4.48, scale=0.01, zero_point=0, dtype="float8e4m3fn", method="max", percentile=None,
+                        samples=16, data_hash="h")
+    table = CalibrationTable("float8e4m3fn", "max", 16, "h", {}, {"memory.query:input": entry, "x/moe_ffn:x": entry})
+    assert activation_scales(table) == pytest.approx({"memory.query": 0.01})
+    with pytest.raises(ValueError, match="needs a float8e4m3fn table"):
+        activation_scales(dataclasses.replace(table, dtype="int8"))
+
+
+def test_options_and_precisions_are_checked() -> None:
+    with pytest.raises(ValueError, match="must be a CUDA device"):
+        CudaOptions(device="cpu")
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        DeployedModel(nn.Identity(), Buckets((1,), (16,)), torch.device("cpu"), cuda_graphs=True)
+    model = build_model(get_config("tiny")).eval()
+    with pytest.raises(ValueError, match="not 'int8'; deploy integer precisions with backend='onnx'"):
+        deployable_module(model, "int8", "cpu")
+    with pytest.raises(ValueError, match="fp8 needs activation scales"):
+        deployable_module(model, "fp8", "cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without a CUDA GPU")
+def test_without_cuda_the_backend_says_so(tiny_export: dict) -> None:
+    with pytest.raises(runtime.BackendUnavailableError, match="backend 'cuda' needs a CUDA GPU: torch .* "):
+        runtime.load(tiny_export["dir"], backend="cuda")
+    with pytest.raises(ValueError, match="backend 'onnx' takes no options"):
+        runtime.load(tiny_export["dir"], backend="onnx", options=CudaOptions())
+
+
+def test_the_artifact_must_be_deployable_and_its_weights_must_match(tiny_export: dict, tmp_path) -> None:
+    directory = tiny_export["dir"]
+    manifest = read_manifest(directory)
+    int8 = dataclasses.replace(manifest, precision=PrecisionRecord("int8", "int8 Q/DQ ONNX"))
+    with pytest.raises(ValueError, match="is int8: deploy it with backend='onnx'"):
+        load_artifact(directory, int8)
+    with pytest.raises(TypeError, match="takes CudaOptions, got str"):
+        load_artifact(directory, manifest, "graphs please")
+    assert rebuild_model(directory, manifest).config == get_config("tiny")  # the recorded seeded config
+    other = dataclasses.replace(manifest, model=dataclasses.replace(manifest.model, weights_sha256="0" * 64))
+    with pytest.raises(ArtifactIntegrityError, match="do not hash to the weights_sha256"):
+        rebuild_model(directory, other)
+    with pytest.raises(ValueError, match="missing.safetensors is not here .*: pass CudaOptions"):
+        rebuild_model(directory, manifest, str(tmp_path / "missing.safetensors"))
