@@ -154,7 +154,7 @@ def test_tfidf_teacher_is_cross_fitted_and_computed_once(teacher_cache: Path, mo
     assert np.array_equal(targets.row_ids, train_rows.row_ids)
     # Out-of-fold logits rank the training rows worse than the in-sample fit, which has seen them.
     assert info["train_out_of_fold"]["roc_auc"] < info["train_in_sample_roc_auc"]
-    assert 0.5 < info["train_out_of_fold"]["roc_auc"] and info["folds"] == 5
+    assert info["train_out_of_fold"]["roc_auc"] > 0.5 and info["folds"] == 5
     prob = torch.softmax(targets.logits.double(), dim=-1)[:, 1]  # the [-z/2, z/2] logits keep the probability
     z = targets.logits[:, 1] - targets.logits[:, 0]
     assert torch.allclose(prob, torch.sigmoid(z.double()), atol=1e-6)
