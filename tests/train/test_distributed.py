@@ -17,10 +17,11 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from torch.distributed.tensor import DTensor
 
-from mahia.model import CONFIGS, load_checkpoint
-from mahia.train import TrainConfig, train
+from mahia.model import CONFIGS, build_model, load_checkpoint, save_checkpoint
+from mahia.train import TrainConfig, distill, train
 from mahia.train.convert import convert
 from mahia.train.distributed import DataParallel, local_rows, read_sharded_metadata
+from mahia.train.monitor import STEP_LOG_NAME
 
 # 32 training rows in batches of 8: 4 steps an epoch, 4 rows a rank. One thread a process (2 cores).
 CONFIG = TrainConfig(model="tiny", batch_size=8, max_text_tokens=48, lr=3e-3, warmup_steps=2, save_every=2,
@@ -76,6 +77,15 @@ def two_rank_worker(rank: int, port: int, out: str) -> None:
         torch.distributed.destroy_process_group()
     if rank == 0:
         Path(out, "curves.json").write_text(json.dumps({"losses": losses, "gradient_norms": norms}))
+
+
+def pretrain_distill_worker(rank: int, port: int, out: str, config: TrainConfig, teachers: str) -> None:
+    """One of 2 ranks running `config` to its end (pretraining and distillation); rank 0 writes the step log."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    CONFIGS["tiny"] = DROPLESS_TINY
+    distill.teacher_cache_dir = lambda: Path(teachers)
+    train(config, out)
 
 
 def free_port() -> int:
@@ -137,3 +147,36 @@ def test_a_batch_smaller_than_the_world_is_refused() -> None:
     with pytest.raises(ValueError, match="4 processes need at least 4 rows in every batch, but --batch-size 8 "
                                          "over 34 training rows leaves 2"):
         parallel.check_batches(train_rows=34, batch_size=8)
+
+
+def test_two_ranks_match_one_in_pretraining_and_distillation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Masked-word pretraining (a mean over the global batch's predicted words) and KL + MSE distillation (means
+    over rows) on 2 ranks: every step's loss terms and gradient norms (global and per block) are the 1-process
+    ones."""
+    monkeypatch.setitem(CONFIGS, "tiny", DROPLESS_TINY)
+    teachers = tmp_path / "teachers"
+    monkeypatch.setattr(distill, "teacher_cache_dir", lambda: teachers)
+    teacher = save_checkpoint(build_model(DROPLESS_TINY, seed=5).eval(), tmp_path / "teacher.safetensors")
+    config = CONFIG.replace(pretrain_epochs=1, max_steps=2, teacher=str(teacher), distill_mode="kl+mse")
+    train(config, tmp_path / "one")  # first: it caches the teacher's targets for the 2 ranks
+    mp.spawn(pretrain_distill_worker, args=(free_port(), str(tmp_path / "two"), config, str(teachers)), nprocs=2)
+    one, two = ([json.loads(line) for line in (tmp_path / run / STEP_LOG_NAME).read_text().splitlines()]
+                for run in ("one", "two"))
+    assert [(r["phase"], r["step"]) for r in two] == [(r["phase"], r["step"]) for r in one] == \
+        [("pretrain", s) for s in range(1, 5)] + [("finetune", 1), ("finetune", 2)]
+    for a, b in zip(two, one):
+        terms = [k for k in ("loss", "masked_word", "task", "distill", "load_balance", "z_loss", "grad_norm") if k in b]
+        where = (b["phase"], b["step"])
+        assert {k: a[k] for k in terms} == pytest.approx({k: b[k] for k in terms}, rel=LOSS_RTOL), where
+        assert a["block_norms"] == pytest.approx(b["block_norms"], rel=LOSS_RTOL, abs=1e-9)
+    assert all(r["distill"] > 0 for r in one if r["phase"] == "finetune")
+
+
+def test_feature_matching_is_refused_in_a_distributed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Feature matching compares rows across ranks: a distributed run refuses it in one line, before any step."""
+    monkeypatch.setattr(DataParallel, "start", classmethod(lambda cls, device: DataParallel(0, 2, torch.device("cpu"),
+                                                                                               None)))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = CONFIG.replace(teacher="tfidf", distill_mode="kl+features")
+    with pytest.raises(ValueError, match="feature matching .* use kl or mse there"):
+        train(config, tmp_path)

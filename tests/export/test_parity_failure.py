@@ -1,0 +1,60 @@
+"""A failed parity says which check failed, whether the model is untrained, and the flags that pass; those flags
+do pass."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from mahia.export.cli import main
+from mahia.export.config import Tolerances
+from mahia.export.parity import ParityResult, ParityRow, failure_message
+
+
+def row(rel_l2: float, max_abs: float, polygraphy_passed: bool, budget: Tolerances, batch: int = 1) -> ParityRow:
+    return ParityRow("onnxrt", batch, 37, "logits", max_abs, max_abs / 0.5, rel_l2, 0.8, polygraphy_passed,
+                     polygraphy_passed and rel_l2 <= budget.max_rel_error)
+
+
+def test_to_pass_raises_only_the_failed_budgets_to_a_round_value_above_the_worst_error() -> None:
+    budget = Tolerances(atol=0.1, rtol=0.1, max_rel_error=0.03)
+    passing = ParityResult(budget, (row(0.01, 0.02, True, budget),))
+    assert passing.passed and passing.to_pass() == budget and "to_pass" not in passing.to_dict()
+    # rel. L2 0.0959 (tiny fp8 at 1 x 1, measured): 1.25 x 0.0959 = 0.12 -> 0.2; Polygraphy passed: atol stays.
+    over_l2 = ParityResult(budget, (row(0.0959, 0.061, True, budget), row(0.047, 0.057, True, budget, 8)))
+    assert over_l2.to_pass() == Tolerances(0.1, 0.1, 0.2)
+    assert over_l2.to_dict()["to_pass"] == {"atol": 0.1, "rtol": 0.1, "max_rel_error": 0.2}
+    # Elementwise failure too: atol rises above 1.25 x the largest absolute error (0.188 -> 0.235 -> 0.3).
+    both = ParityResult(budget, (row(0.34, 0.065, False, budget), row(0.205, 0.188, False, budget, 8)))
+    assert both.to_pass() == Tolerances(0.3, 0.1, 0.5)
+    exact = ParityResult(budget, (row(0.04, 0.01, True, budget),))  # 1.25 x 0.04 = 0.05 stays 0.05
+    assert exact.to_pass().max_rel_error == 0.05
+
+
+def test_failure_message_names_the_check_and_explains_untrained_models() -> None:
+    budget = Tolerances(atol=0.1, rtol=0.1, max_rel_error=0.03)
+    result = ParityResult(budget, (row(0.0959, 0.061, True, budget), row(0.2, 0.15, False, budget, 8)))
+    untrained = failure_message(result, trained=False, precision="fp8")
+    assert "\n" not in untrained
+    assert untrained.startswith("Parity FAILED: worst onnxrt output 'logits' at batch 8 x seq 37: rel L2 error "
+                                "2.000e-01 > 0.03; elementwise |error| 1.500e-01 over atol=0.1")
+    assert "The model is untrained (seeded weights): the fp8 budget is set on a trained model" in untrained
+    assert untrained.endswith("pass --max-rel-error 0.3 --atol 0.2.")
+    trained = failure_message(result, trained=True, precision="fp8")
+    assert "untrained" not in trained and trained.endswith("Passing would take --max-rel-error 0.3 --atol 0.2.")
+
+
+def test_the_suggested_flags_pass(tmp_path: Path) -> None:
+    # bf16 against eager fp32 cannot meet atol = rtol = 0: every row fails Polygraphy's elementwise check (and the
+    # untrained tiny model's rel. L2 error, 4.0e-2 at 2 x 16, is over bf16's 1e-2 as well).
+    base = ["--config", "tiny", "--batch", "1:2:3", "--seq", "1:16:40", "--precision", "bf16", "--rtol", "0",
+            "--quiet"]
+    failed = CliRunner().invoke(main, [*base, "--atol", "0", "--out", str(tmp_path / "a")])
+    assert failed.exit_code == 1
+    message = failed.output.strip()
+    assert message.count("\n") == 0 and "elementwise |error|" in message and "The model is untrained" in message
+    flags = re.search(r"pass (--max-rel-error \S+ --atol \S+)\. Kept for debugging", message).group(1).split()
+    passed = CliRunner().invoke(main, [*base, *flags, "--out", str(tmp_path / "b")])
+    assert passed.exit_code == 0, passed.output
