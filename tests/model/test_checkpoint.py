@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from mahia.model import CheckpointError, build_model, get_config, load_checkpoint, random_inputs, save_checkpoint
-from mahia.model.checkpoint import CONFIG_KEY
+from mahia.model.checkpoint import CONFIG_KEY, save_safetensors_atomically, text_tokens_of, weights_sha256
 
 TINY = get_config("tiny")
 
@@ -73,3 +74,52 @@ def test_config_with_the_same_name_but_another_field_is_refused(tmp_path: Path) 
     assert other.name == TINY.name and TINY.top_k == 2
     with pytest.raises(CheckpointError, match=r"does not match config 'tiny': top_k: file has 2, expected 1$"):
         load_checkpoint(path, other)
+
+
+def test_the_whole_fit_message_lists_every_problem(tmp_path: Path) -> None:
+    tensors = {k: v.clone() for k, v in build_model(TINY).state_dict().items()}
+    del tensors["head.weight"], tensors["head.bias"]
+    tensors["blocks.0.moe.w1"] = torch.zeros(1, 2, 3)
+    tensors["blocks.0.moe.w2"] = torch.zeros(3)
+    tensors["extra.bias"], tensors["extra.weight"] = torch.zeros(3), torch.zeros(3)
+    path = tmp_path / "edited.safetensors"
+    save_file(tensors, str(path), metadata={CONFIG_KEY: TINY.to_json()})
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert str(err.value) == (
+        f"checkpoint {path} does not fit the model: missing tensors: head.bias (2,), head.weight (2, 32)"
+        " | unexpected tensors: extra.bias, extra.weight"
+        " | mis-shaped tensors: blocks.0.moe.w1: file (1, 2, 3), expected (4, 128, 32); "
+        "blocks.0.moe.w2: file (3,), expected (4, 32, 64)")
+
+
+def test_save_creates_missing_folders_and_a_failed_save_leaves_the_old_file(tmp_path: Path) -> None:
+    path = save_checkpoint(build_model(TINY, seed=1), tmp_path / "runs" / "a" / "m.safetensors")
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        save_safetensors_atomically({"w": "not a tensor"}, path, {})  # type: ignore[dict-item]
+    assert path.read_bytes() == before and [p.name for p in path.parent.iterdir()] == ["m.safetensors"]
+
+
+def test_text_tokens_come_from_the_metadata_else_the_config() -> None:
+    model = build_model(TINY)
+    assert text_tokens_of(model, {"max_text_tokens": "48"}) == 48
+    assert text_tokens_of(model, {}) == text_tokens_of(model, {"max_text_tokens": ""}) == TINY.max_seq_len
+
+
+def test_weights_sha256_hashes_name_dtype_shape_and_bytes_in_name_order() -> None:
+    module = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        module.weight.copy_(torch.arange(6.0).reshape(2, 3))
+        module.bias.fill_(0.5)
+    module.register_buffer("empty", torch.zeros(0, 4, dtype=torch.int64))
+    expected = hashlib.sha256()
+    for name, tensor in (("bias", module.bias), ("empty", module.empty), ("weight", module.weight)):
+        expected.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        expected.update(tensor.detach().numpy().tobytes())
+    assert weights_sha256(module) == expected.hexdigest()
+    with torch.no_grad():
+        module.bias[1] = 0.25  # one value changed: another hash
+    assert weights_sha256(module) != expected.hexdigest()
+    model = build_model(TINY, seed=3)
+    assert weights_sha256(model) == weights_sha256(build_model(TINY, seed=3)) != weights_sha256(build_model(TINY, seed=4))
