@@ -80,7 +80,8 @@ TARGETS = (
            ("tests/artifact/test_manifest.py", RUNTIME.format("tampered_file_is_refused_by_name"),
             RUNTIME.format("missing_file_and_failed_manifest_are_refused"))),
     Target("mahia/export/parity.py",
-           ("tests/export/test_export_pipeline.py::test_parity_verdict_needs_both_polygraphy_and_the_rel_l2_budget",)),
+           ("tests/export/test_parity.py",
+            "tests/export/test_export_pipeline.py::test_parity_verdict_needs_both_polygraphy_and_the_rel_l2_budget")),
     # less the two full exports through the CLI and the .pt2 check (3 s; the runner is the runtime's pt2 backend)
     Target("mahia/export/task_check.py",
            ("tests/export/test_task_check.py", *deselect(TASK.format("a_trained_model_export_records_its_task_check"),
