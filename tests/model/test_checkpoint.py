@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from mahia.model import CheckpointError, build_model, get_config, load_checkpoint, random_inputs, save_checkpoint
+from mahia.model import checkpoint
 from mahia.model.checkpoint import CONFIG_KEY, save_safetensors_atomically, text_tokens_of, weights_sha256
 
 TINY = get_config("tiny")
@@ -96,9 +97,37 @@ def test_the_whole_fit_message_lists_every_problem(tmp_path: Path) -> None:
 def test_save_creates_missing_folders_and_a_failed_save_leaves_the_old_file(tmp_path: Path) -> None:
     path = save_checkpoint(build_model(TINY, seed=1), tmp_path / "runs" / "a" / "m.safetensors")
     before = path.read_bytes()
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="Key `w` is invalid"):  # safetensors' own error comes through
         save_safetensors_atomically({"w": "not a tensor"}, path, {})  # type: ignore[dict-item]
     assert path.read_bytes() == before and [p.name for p in path.parent.iterdir()] == ["m.safetensors"]
+
+
+def test_the_temporary_file_is_hidden_beside_the_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # beside it: os.replace is then a rename within one file system, so a reader sees the old or the new file
+    written = []
+
+    def recording_save_file(tensors, filename, metadata=None):
+        written.append(Path(filename))
+        return save_file(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(checkpoint, "save_file", recording_save_file)
+    path = save_safetensors_atomically({"w": torch.ones(2)}, tmp_path / "m.safetensors", {"k": "v"})
+    (tmp,) = written
+    assert tmp.parent == tmp_path and tmp.name.startswith(".m.safetensors.") and tmp.name.endswith(".tmp")
+    assert not tmp.exists() and path == tmp_path / "m.safetensors"
+
+
+def test_a_bad_stored_config_and_every_mismatched_field_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.safetensors"
+    save_file({"w": torch.ones(2)}, str(path), metadata={CONFIG_KEY: '{"name": "tiny", "colour": 1}'})
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert str(err.value) == f"checkpoint {path}: bad model config in metadata: model config has unknown fields: colour"
+    good = save_checkpoint(build_model(TINY), tmp_path / "tiny.safetensors")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(good, TINY.replace(top_k=1, num_experts=8))
+    assert str(err.value) == (f"checkpoint {good} does not match config 'tiny': "
+                              "num_experts: file has 4, expected 8; top_k: file has 2, expected 1")
 
 
 def test_text_tokens_come_from_the_metadata_else_the_config() -> None:
