@@ -21,7 +21,7 @@ def test_round_trip_restores_weights_config_and_metadata(tmp_path: Path, generat
     path = save_checkpoint(model, tmp_path / "m.safetensors", {"step": "12"})
     loaded, metadata = load_checkpoint(path, TINY)
     assert loaded.config == TINY and metadata["step"] == "12"
-    assert metadata["format"] == "pt"  # safetensors' convention for torch files, which its readers check
+    assert metadata["format"] == "pt"  # the safetensors convention for torch files (transformers refuses others)
     inputs = random_inputs(TINY, 2, 9, generator)
     with torch.no_grad():
         assert torch.equal(loaded(**inputs), model(**inputs))
