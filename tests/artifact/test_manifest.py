@@ -85,6 +85,7 @@ def test_each_malformed_field_is_named(tiny_export: dict) -> None:
         manifest.graph_file("tensorrt")
     no_notes = {**written, "precision": {k: v for k, v in written["precision"].items() if k != "notes"}}
     assert Manifest.from_dict(no_notes).precision.notes == {}
+    assert Manifest.from_dict({**written, "onnx": None}).to_dict()["onnx"] is None  # an artifact without ONNX
 
 
 def test_reading_and_verifying_a_directory_names_each_problem(tiny_export: dict, tmp_path: Path) -> None:
