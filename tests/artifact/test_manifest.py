@@ -95,6 +95,9 @@ def test_reading_and_verifying_a_directory_names_each_problem(tiny_export: dict,
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(ArtifactIntegrityError, match=f"^{tmp_path / 'manifest.json'} is not valid JSON: Expecting"):
         read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"schema_version": 2}')
+    with pytest.raises(ArtifactIntegrityError, match=f"^{tmp_path / 'manifest.json'} has schema_version 2; "):
+        read_manifest(tmp_path)  # a parse error names the manifest's path
     with pytest.raises(ArtifactIntegrityError, match=f"^{tmp_path / 'manifest.json'} lists no files$"):
         verify_files(tmp_path, {})
     (tmp_path / "a.bin").write_bytes(b"12345678")
