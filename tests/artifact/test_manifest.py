@@ -86,6 +86,10 @@ def test_each_malformed_field_is_named(tiny_export: dict) -> None:
     no_notes = {**written, "precision": {k: v for k, v in written["precision"].items() if k != "notes"}}
     assert Manifest.from_dict(no_notes).precision.notes == {}
     assert Manifest.from_dict({**written, "onnx": None}).to_dict()["onnx"] is None  # an artifact without ONNX
+    trained = Manifest.from_dict({**written, "model": {**written["model"], "trained": True},
+                                  "precision": {**written["precision"], "notes": {"fp32_ops": ["TopK"]}}})
+    assert trained.model.trained and trained.precision.notes == {"fp32_ops": ["TopK"]}
+    assert (trained.batch.name, trained.seq.name) == ("batch", "seq")
 
 
 def test_reading_and_verifying_a_directory_names_each_problem(tiny_export: dict, tmp_path: Path) -> None:
