@@ -246,3 +246,18 @@ def test_method_config_bounds_and_messages() -> None:
         with pytest.raises(CalibrationError) as err:
             MethodConfig(**kwargs)
         assert str(err.value) == message
+
+
+def test_each_method_collected_alone_and_the_percentile_of_one_sided_data() -> None:
+    rng = np.random.default_rng(1)
+    # one-sided: positive bulk, a negative tail; the percentile is of |x|, so the sign must not matter
+    values = np.concatenate([rng.exponential(1.0, 100_000), -rng.exponential(4.0, 2_000)]).astype(np.float32)
+    want = float(np.percentile(np.abs(values), 99.0))
+    for method in ("percentile", "mse", "entropy", "max"):
+        stats = RangeStatistics((method,))
+        stats.add("x", values)
+        amax = stats.amax("x", MethodConfig(method, percentile=99.0))
+        assert 0.0 < amax <= float(np.abs(values).max()), method
+        if method == "percentile":
+            assert amax == pytest.approx(want, rel=0.01)
+    assert stats.names() == ["x"] and stats.counts == {"x": values.size}
