@@ -49,7 +49,9 @@ def test_dim_range_parses_checks_clamps_and_prints() -> None:
                (("batch", "1:x:8"), "batch range '1:x:8': 'x' is not an integer"),
                (("batch", "8:4:2"), "batch range 8:4:2: expected min <= opt <= max"),
                (("batch", "1:9:8"), "batch range 1:9:8: expected min <= opt <= max"),
-               (("seq", "0:1:2"), "seq range 0:1:2: every value must be >= 1")]
+               (("seq", "0:1:2"), "seq range 0:1:2: every value must be >= 1"),
+               (("seq", "2:0:5"), "seq range 2:0:5: every value must be >= 1"),  # a zero anywhere is named as such
+               (("seq", "1:1:0"), "seq range 1:1:0: every value must be >= 1")]
     for (name, text), message in refused:
         with pytest.raises(ValueError) as err:
             DimRange.parse(name, text)
