@@ -112,3 +112,33 @@ def test_eager_reference_and_polygraphy_files(tmp_path: Path, generator: torch.G
     assert name == parity.EAGER_RUNNER == "eager-pytorch-fp32"
     assert [it.runner_name for it in iterations] == [name, name]
     assert all(np.array_equal(it["logits"], out["logits"]) for it, out in zip(iterations, outputs))
+
+
+class _FailingBackend:
+    """A backend whose runner raises a multi-line error, as ONNX Runtime's do."""
+
+    def __init__(self, engine: str) -> None:
+        self.engine = engine
+
+    def load(self, path: Path, inputs: dict):
+        def run(feed):
+            raise RuntimeError("while running the graph\n  at node 3\nthe cause: a shape mismatch")
+        return run
+
+
+def test_a_failed_run_names_every_graph_and_the_last_line_of_the_error(tmp_path: Path) -> None:
+    graphs = [parity.Graph(tmp_path / "a.onnx", _FailingBackend("fake-a")),
+              parity.Graph(tmp_path / "b.onnx", _FailingBackend("fake-b"))]
+    feeds = [{"x": np.ones((1, 2), np.float32)}]
+    with pytest.raises(parity.ParityRunError) as err:
+        parity.compare(graphs, SPEC, feeds, [{"logits": feeds[0]["x"]}], [(1, 2)], Tolerances(0.0, 0.1, 1.0))
+    assert str(err.value) == "running a.onnx, b.onnx on the parity inputs failed: the cause: a shape mismatch"
+
+
+def test_atol_alone_passes_an_element_whose_reference_is_zero(identity: Path) -> None:
+    feeds = [{"x": np.array([[1e-3, 2.0]], np.float32)}]
+    reference = [{"logits": np.array([[0.0, 2.0]], np.float32)}]  # relative error of the first element: infinite
+    graph = parity.Graph(identity, get_backend("onnx"))
+    within = parity.compare([graph], SPEC, feeds, reference, [(1, 2)], Tolerances(atol=1e-2, rtol=0.0, max_rel_error=1.0))
+    outside = parity.compare([graph], SPEC, feeds, reference, [(1, 2)], Tolerances(atol=1e-4, rtol=0.0, max_rel_error=1.0))
+    assert within.rows[0].polygraphy_passed and not outside.rows[0].polygraphy_passed
