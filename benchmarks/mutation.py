@@ -80,7 +80,8 @@ TARGETS = (
            ("tests/artifact/test_manifest.py", RUNTIME.format("tampered_file_is_refused_by_name"),
             RUNTIME.format("missing_file_and_failed_manifest_are_refused"))),
     Target("mahia/export/parity.py",
-           ("tests/export/test_export_pipeline.py::test_parity_verdict_needs_both_polygraphy_and_the_rel_l2_budget",)),
+           ("tests/export/test_parity.py",
+            "tests/export/test_export_pipeline.py::test_parity_verdict_needs_both_polygraphy_and_the_rel_l2_budget")),
     # less the two full exports through the CLI and the .pt2 check (3 s; the runner is the runtime's pt2 backend)
     Target("mahia/export/task_check.py",
            ("tests/export/test_task_check.py", *deselect(TASK.format("a_trained_model_export_records_its_task_check"),
@@ -91,9 +92,11 @@ TARGETS = (
     Target("mahia/calibration/statistics.py", CALIBRATION_DIRECT),
     Target("mahia/calibration/table.py", CALIBRATION_DIRECT),
     Target("mahia/train/losses.py", ("tests/train/test_train_metrics.py",)),
-    Target("mahia/train/state.py", ("tests/train/test_train.py", "-k", "optimiser or resume or nan_loss")),
+    # the direct tests; the resume runs through the training loop (a few seconds each) are left to make test
+    Target("mahia/train/state.py",
+           ("tests/train/test_state.py", "tests/train/test_train.py::test_optimiser_state_from_another_step_is_refused")),
     # the schedule; the loop itself is left to the training tests
-    Target("mahia/train/trainer.py", ("tests/train/test_train.py", "-k", "learning_rate"),
+    Target("mahia/train/trainer.py", ("tests/train/test_schedule.py", "tests/train/test_train.py", "-k", "learning_rate"),
            functions=("x_learning_rate*",)),
 )
 

@@ -229,3 +229,35 @@ def test_table_json_round_trips_and_names_missing_tensors(tmp_path) -> None:
     path.write_text("{not json")
     with pytest.raises(CalibrationError, match="not readable JSON"):
         read_table_json(path)
+
+
+def test_method_config_bounds_and_messages() -> None:
+    MethodConfig("percentile", percentile=100.0)  # the whole range is a percentile too
+    MethodConfig("percentile", percentile=0.5)
+    MethodConfig("max", num_bins=256, num_quantized_bins=128)  # exactly twice
+    refused = [(dict(method="max", grid="int4"), "unknown quantization grid 'int4'; expected int8 or fp8"),
+               (dict(method="entropy", grid="fp8"),
+                "calibration method 'entropy' is not available for fp8; expected one of max, percentile, mse"),
+               (dict(method="percentile", percentile=0.0), "percentile must be in (0, 100], got 0.0"),
+               (dict(method="percentile", percentile=100.5), "percentile must be in (0, 100], got 100.5"),
+               (dict(method="max", num_bins=255, num_quantized_bins=128),
+                "num_bins (255) must be at least twice num_quantized_bins (128)")]
+    for kwargs, message in refused:
+        with pytest.raises(CalibrationError) as err:
+            MethodConfig(**kwargs)
+        assert str(err.value) == message
+
+
+def test_each_method_collected_alone_and_the_percentile_of_one_sided_data() -> None:
+    rng = np.random.default_rng(1)
+    # one-sided: positive bulk, a negative tail; the percentile is of |x|, so the sign must not matter
+    values = np.concatenate([rng.exponential(1.0, 100_000), -rng.exponential(4.0, 2_000)]).astype(np.float32)
+    want = float(np.percentile(np.abs(values), 99.0))
+    for method in ("percentile", "mse", "entropy", "max"):
+        stats = RangeStatistics((method,))
+        stats.add("x", values)
+        amax = stats.amax("x", MethodConfig(method, percentile=99.0))
+        assert 0.0 < amax <= float(np.abs(values).max()), method
+        if method == "percentile":
+            assert amax == pytest.approx(want, rel=0.01)
+    assert stats.names() == ["x"] and stats.counts == {"x": values.size}

@@ -103,3 +103,18 @@ def test_a_missed_task_budget_fails_the_export(tmp_path: Path, monkeypatch: pyte
 def test_an_untrained_model_skips_the_task_check(tiny_export: dict) -> None:
     manifest = json.loads((tiny_export["dir"] / "manifest.json").read_text())
     assert manifest["task"] == {"skipped": "the model is untrained: its task metrics would mean nothing"}
+
+
+def test_budget_edges_both_misses_and_the_manifest_form() -> None:
+    budget = TaskBudget(0.5, 0.99)
+    edge = TaskResult("onnx", 200, 48, 0.900, 0.895, 0.99, budget)  # exactly 0.5 pt and exactly 0.99: both pass
+    assert edge.accuracy_drop_pt == pytest.approx(0.5) and edge.passed and edge.failure() == ""
+    both = TaskResult("pt2", 200, 48, 0.900, 0.880, 0.985, budget)
+    assert not both.passed
+    assert both.failure() == "accuracy drop 2.00 pt > 0.5 pt; argmax agreement 0.9850 < 0.99"
+    assert not TaskResult("onnx", 200, 48, 0.900, 0.895, 0.9899, budget).passed  # agreement alone just under
+    assert both.to_dict() == {"passed": False, "backend": "pt2", "split": "test", "rows": 200, "text_tokens": 48,
+                              "eager_accuracy": 0.9, "deployed_accuracy": 0.88,
+                              "accuracy_drop_pt": pytest.approx(2.0), "argmax_agreement": 0.985,
+                              "budget": {"max_accuracy_drop_pt": 0.5, "min_agreement": 0.99}}
+    assert TaskCheckConfig(min_agreement=0.9).budget(budget) == TaskBudget(0.5, 0.9)

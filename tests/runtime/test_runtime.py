@@ -115,3 +115,36 @@ def test_sequence_length_is_checked_against_the_exported_range(tiny_export: dict
     with pytest.raises(InputValidationError, match="input 'input_ids': seq 41 is outside the exported range 1..40 "
                                                    "of tiny-fp32-narrow"):
         deployment.check_inputs(random_inputs(deployment.config, 2, 41, generator))
+
+
+def test_a_backend_without_its_graph_or_with_options_it_does_not_take_is_refused(tiny_export: dict,
+                                                                                 tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"^backend 'onnx' takes no options$"):
+        runtime.load(tiny_export["dir"], backend="onnx", options={"device": 0})
+    onnx_only = tmp_path / "tiny-onnx-only"
+    onnx_only.mkdir()
+    manifest = json.loads((tiny_export["dir"] / "manifest.json").read_text())
+    manifest = {**manifest, "formats": ["onnx"], "graphs": {"onnx": "model.onnx"},
+                "files": {k: v for k, v in manifest["files"].items() if not k.startswith("model.pt2")}}
+    for name in manifest["files"]:
+        shutil.copy(tiny_export["dir"] / name, onnx_only / name)
+    (onnx_only / "manifest.json").write_text(json.dumps(manifest))
+    assert runtime.load(onnx_only).backend == "onnx"
+    with pytest.raises(ValueError) as err:
+        runtime.load(onnx_only, backend="pt2")
+    assert str(err.value) == f"{onnx_only} has no pt2 graph (formats: onnx); use backend='onnx' or 'cuda'"
+
+
+def test_batch_and_seq_are_checked_at_both_ends_of_the_exported_range(tiny_export: dict,
+                                                                      generator: torch.Generator) -> None:
+    manifest = dataclasses.replace(read_manifest(tiny_export["dir"]), batch=DimRange("batch", 2, 2, 4),
+                                   seq=DimRange("seq", 3, 16, 40))
+    deployment = runtime.Deployment(Path("tiny-fp32-narrow"), manifest, "onnx", runner=lambda tensors: tensors)
+    for batch, seq in ((2, 3), (4, 40)):
+        checked = deployment.run(random_inputs(deployment.config, batch, seq, generator))  # the runner gets tensors
+        assert checked["input_ids"].shape == (batch, seq) and checked["input_ids"].dtype == torch.int64
+    for (batch, seq), message in (((1, 8), "batch 1 is outside the exported range 2..4"),
+                                  ((2, 2), "seq 2 is outside the exported range 3..40")):
+        with pytest.raises(InputValidationError) as err:
+            deployment.check_inputs(random_inputs(deployment.config, batch, seq, generator))
+        assert str(err.value) == f"input 'input_ids': {message} of tiny-fp32-narrow"
