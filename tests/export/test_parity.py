@@ -87,7 +87,7 @@ def test_runner_metadata_has_dynamic_dims_as_none(identity: Path) -> None:
         assert list(meta) == ["x"] and meta["x"].dtype == np.float32 and tuple(meta["x"].shape) == (None, 2)
         out = runner.infer({"x": np.ones((2, 2), np.float32)})
         assert list(out) == ["logits"] and np.array_equal(np.asarray(out["logits"]), np.ones((2, 2)))
-        assert runner.last_inference_time() > 0
+        assert 0 < runner.last_inference_time() < 10  # seconds of this one run, not a clock reading
 
 
 def test_eager_reference_and_polygraphy_files(tmp_path: Path, generator: torch.Generator) -> None:
