@@ -148,3 +148,24 @@ def test_batch_and_seq_are_checked_at_both_ends_of_the_exported_range(tiny_expor
         with pytest.raises(InputValidationError) as err:
             deployment.check_inputs(random_inputs(deployment.config, batch, seq, generator))
         assert str(err.value) == f"input 'input_ids': {message} of tiny-fp32-narrow"
+
+
+def test_a_backend_that_loads_the_whole_artifact_gets_its_directory_manifest_and_options(
+        tiny_export: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The path of backend "cuda" (no graph format: it builds from the artifact), with a stand-in spec: no GPU here.
+    import mahia.runtime.deployment as deployment_module
+
+    calls = []
+
+    class WholeArtifact:
+        format = None
+
+        def load_artifact(self, directory, manifest, options):
+            calls.append((directory, manifest.status, options))
+            return "runner"
+
+    monkeypatch.setattr(deployment_module, "get_backend", lambda name: WholeArtifact())
+    deployment = runtime.load(tiny_export["dir"], backend="whole", options={"buckets": 2})
+    assert calls == [(tiny_export["dir"], "passed", {"buckets": 2})]
+    assert (deployment.directory, deployment.backend, deployment.runner) == (tiny_export["dir"], "whole", "runner")
+    assert deployment.manifest == read_manifest(tiny_export["dir"])
