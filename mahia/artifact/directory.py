@@ -13,7 +13,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -66,20 +66,30 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt for the duration, so cleanup runs as for Ctrl-C."""
+def sigterm_as_interrupt() -> Iterator[Callable[[], None]]:
+    """Turn SIGTERM and SIGINT into KeyboardInterrupt for the duration, so cleanup runs as for Ctrl-C. Yields a
+    check that raises KeyboardInterrupt again once a signal has come: a library that catches the first one and
+    carries on (an interrupted export once finished and exited 0) is stopped at the next check."""
+    received: list[int] = []
+
     def handler(signum: int, frame: object) -> None:
+        received.append(signum)
         raise KeyboardInterrupt(f"signal {signum}")
 
+    def check() -> None:
+        if received:
+            raise KeyboardInterrupt(f"signal {received[0]}")
+
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread: leave signals alone
-        yield
+        yield check
         return
     try:
-        yield
+        yield check
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class ArtifactDir:

@@ -155,12 +155,14 @@ class _StageClock:
     def __init__(self, notify: StageCallback | None) -> None:
         self.notify = notify or (lambda name, status, seconds: None)
         self.records: list[StageRecord] = []
+        self.check_interrupted: Callable[[], None] = lambda: None  # set while signals are turned into interrupts
 
     def run(self, name: str, fn: Callable[[], Any], products: Callable[[Any], tuple[str, ...]] = lambda r: ()) -> Any:
         """fn(), recorded as stage `name` with the files it produced."""
         self.notify(name, "start", 0.0)
         start = time.perf_counter()
         result = fn()
+        self.check_interrupted()
         seconds = time.perf_counter() - start
         self.records.append(StageRecord(name, round(seconds, 3), products(result)))
         self.notify(name, "done", seconds)
@@ -182,7 +184,7 @@ def run_export(cfg: ExportConfig, on_stage: StageCallback | None = None) -> Expo
     sweep_stale(cfg.out_dir)
     directory = ArtifactDir(cfg.out_dir / name)
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt() as clock.check_interrupted:
             return _Run(cfg, precision, formats, flavours, loaded, weights, profile, tolerances, directory, clock).run()
     except BaseException:
         directory.discard()

@@ -56,7 +56,7 @@ def test_worst_row_and_json_form() -> None:
     tolerances = Tolerances(atol=1e-3, rtol=1e-3, max_rel_error=1e-2)
 
     def row(seq: int, rel_l2: float, passed: bool) -> parity.ParityRow:
-        return parity.ParityRow("onnxrt", 1, seq, "logits", 0.1, 0.2, rel_l2, passed, passed)
+        return parity.ParityRow("onnxrt", 1, seq, "logits", 0.1, 0.2, rel_l2, 1.0, passed, passed)
 
     passing = (row(1, 5e-3, True), row(2, 8e-3, True), row(3, 1e-3, True))
     assert parity.ParityResult(tolerances, passing).worst().seq == 2  # largest error within budget
@@ -66,7 +66,8 @@ def test_worst_row_and_json_form() -> None:
     assert as_dict["passed"] is False and as_dict["worst"]["seq"] == 4
     assert as_dict["tolerances"] == {"atol": 1e-3, "rtol": 1e-3, "max_rel_error": 1e-2}
     assert as_dict["rows"][1] == {"backend": "onnxrt", "batch": 1, "seq": 2, "output": "logits", "max_abs_error": 0.1,
-                                  "max_elementwise_rel_error": 0.2, "rel_l2_error": 8e-3, "polygraphy_passed": True,
+                                  "max_elementwise_rel_error": 0.2, "rel_l2_error": 8e-3, "ref_norm": 1.0,
+                                  "polygraphy_passed": True,
                                   "passed": True}
     empty = parity.ParityResult(tolerances, ())
     assert not empty.passed and empty.to_dict() == {"passed": False, "tolerances": as_dict["tolerances"], "rows": [],
