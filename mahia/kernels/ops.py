@@ -58,11 +58,11 @@ def _use_triton(*tensors: Tensor) -> bool:
 @torch.library.triton_op("mahia::long_conv", mutates_args=())
 def long_conv(x: Tensor, filt: Tensor, causal: bool) -> Tensor:
     """FFT long convolution (causal filter [D, L] or two-sided filter [D, 2L-1]) of x [B, D, L]; on CUDA the
-    Toeplitz kernel or torch.fft by length (mahia.kernels.triton.long_conv.choose_algorithm)."""
+    Toeplitz kernel or torch.fft by length and batch (mahia.kernels.triton.long_conv.choose_algorithm)."""
     if _use_triton(x, filt):
         from mahia.kernels.triton import long_conv as kernel
 
-        if kernel.choose_algorithm(x.shape[-1], causal) == "toeplitz":
+        if kernel.choose_algorithm(x.shape[-1], causal, x.shape[0]) == "toeplitz":
             return kernel.long_conv(x, filt, causal)
     return reference.long_conv(x, filt, causal)
 

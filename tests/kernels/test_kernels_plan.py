@@ -206,13 +206,29 @@ def test_reference_switch_is_scoped_nested_and_per_thread():
 
 
 def test_long_conv_algorithm_follows_the_h200_measurements():
-    # fft / Toeplitz time on the H200 in CUDA-graph replay (long_conv.py's table): the kernel only where faster.
-    faster = {(True, 128): True, (True, 512): True, (True, 2048): True, (True, 4096): True, (True, 8192): False,
-              (False, 128): True, (False, 1024): True, (False, 2048): True, (False, 4096): False,
-              (False, 8192): False}
-    for (causal, length), kernel_faster in faster.items():
-        assert (long_conv.choose_algorithm(length, causal) == "toeplitz") == kernel_faster, (causal, length)
-    assert long_conv.choose_algorithm(37, False) == "toeplitz", "short lengths keep the kernel"
+    # fft / Toeplitz time on the H200 in CUDA-graph replay (long_conv.py's tables): the kernel only where faster.
+    faster_at_batch_8 = {(True, 128): True, (True, 512): True, (True, 2048): True, (True, 4096): True,
+                         (True, 8192): False, (False, 128): True, (False, 1024): True, (False, 2048): True,
+                         (False, 4096): False, (False, 8192): False}
+    for (causal, length), kernel_faster in faster_at_batch_8.items():
+        for batch in (8, 32):
+            assert (long_conv.choose_algorithm(length, causal, batch) == "toeplitz") == kernel_faster, \
+                (causal, length, batch)
+    faster_at_batch_1 = {(True, 133): True, (True, 512): True, (True, 1029): False, (True, 2048): False,
+                         (False, 517): True, (False, 1029): False}
+    for (causal, length), kernel_faster in faster_at_batch_1.items():
+        assert (long_conv.choose_algorithm(length, causal, 1) == "toeplitz") == kernel_faster, (causal, length)
+    assert long_conv.choose_algorithm(37, False, 1) == "toeplitz", "short lengths keep the kernel"
+    assert long_conv.choose_algorithm(2053, False, 32) == "toeplitz", "base at 2048 words: 2053 positions"
+
+
+def test_long_conv_tiles_fill_columns_with_batch_rows_first():
+    # H200 (long_conv_tiles.py): NT = 4 at batch 32, NT = 16 (or the number of blocks) at batch 1 and 8.
+    assert long_conv.choose_config(32, 2048)["NT"] == 4
+    assert long_conv.choose_config(8, 2048)["NT"] == 16
+    assert long_conv.choose_config(1, 2048)["NT"] == 16
+    assert long_conv.choose_config(8, 512)["NT"] == 8
+    assert long_conv.choose_config(32, 2048)["BLOCK_N"] == 128
 
 
 def test_plans_are_built_once_per_distinct_call_and_never_for_symbolic_sizes() -> None:

@@ -40,6 +40,34 @@ def test_long_conv_float32_tolerance(generator: torch.Generator) -> None:
     assert relative_error(out, direct_conv(x, filt, True)) < 1e-5
 
 
+def test_fft_length_is_the_smallest_7_smooth_size_from_2l() -> None:
+    from mahia.kernels.reference.long_conv import fft_length
+
+    def smooth(n: int) -> bool:
+        for prime in (2, 3, 5, 7):
+            while n % prime == 0:
+                n //= prime
+        return n == 1
+
+    for length in range(1, 2100):
+        n = fft_length(length)
+        assert n >= 2 * length and smooth(n), length
+        assert not any(smooth(m) for m in range(2 * length, n)), length
+    assert fft_length(2053) == 4116  # 2 * 2053 has the prime factor 2053
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_long_conv_any_fft_size_from_2l_is_exact(causal: bool, generator: torch.Generator) -> None:
+    # The GPU path convolves at fft_length(L), the CPU one at 2L: both equal the direct convolution.
+    from mahia.kernels.reference.long_conv import fft_conv, fft_length
+
+    x = torch.randn(3, 4, 37, generator=generator, dtype=torch.float64)
+    filt = torch.randn(4, 37 if causal else 73, generator=generator, dtype=torch.float64)
+    want = direct_conv(x, filt, causal)
+    for n in (74, fft_length(37), 128):
+        assert relative_error(fft_conv(x, filt, causal, n), want) < 1e-12, n
+
+
 def test_long_conv_rejects_wrong_filter_length() -> None:
     with pytest.raises(ValueError, match=r"filt must be \[D=3, 13\]"):
         reference.long_conv(torch.randn(1, 3, 7), torch.randn(3, 7), False)

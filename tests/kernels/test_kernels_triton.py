@@ -225,3 +225,16 @@ def test_long_conv_tile_configs_agree(gen):
     for cfg in ({"BLOCK_K": 16, "NT": 2, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1},
                 {"BLOCK_K": 32, "NT": 4, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1}):
         assert rel_error(conv_kernels.long_conv(x, filt, True, config=cfg), ref) < 2e-5, cfg
+
+
+@pytestmark_interpreted
+@pytest.mark.parametrize("causal", [True, False])
+def test_long_conv_every_nt_at_a_ragged_length(gen, causal):
+    # 133 = 128 words + 5 tabular tokens: 9 blocks of 16, so the last program of NT 2, 4, 8 and 16 holds
+    # fewer real output blocks than NT (its lag loop stops at the last real block).
+    x = randn(gen, 3, 2, 133)
+    filt = randn(gen, 2, 133 if causal else 265, scale=0.1)
+    ref = reference.long_conv(x.double(), filt.double(), causal)
+    for nt in (1, 2, 4, 8, 16):
+        cfg = conv_kernels.tile_config(3, 133, nt)
+        assert rel_error(conv_kernels.long_conv(x, filt, causal, config=cfg), ref) < 2e-5, cfg

@@ -44,7 +44,9 @@ def long_conv_kernel(x_ptr, filt_ptr, out_ptr, batch, length, filt_len, filt_shi
         lag_lo = 0
     else:
         lag_lo = t1_first - num_blocks + 1
-    lag_hi = t1_first + NT  # exclusive; source block t1 - delta must be >= 0 for some column
+    # exclusive; the last lag of the program's last real output block (columns past num_blocks are masked, and a
+    # ragged length such as 517 = 512 + 5 tabular tokens would otherwise loop over lags no column uses)
+    lag_hi = tl.minimum(t1_first + NT, num_blocks)
 
     acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
     for delta in range(lag_lo, lag_hi):
@@ -70,11 +72,20 @@ def long_conv_kernel_entry(x_ptr, filt_ptr, batch, length, filt_len, filt_shift,
 
 
 def choose_config(batch: int, length: int) -> dict[str, int]:
-    """Tile sizes by shape bucket; no autotuning at call time. The L >= 256 bucket was chosen by
-    benchmarks/kernels.py --sweep on the H100; short sequences use 16-step tiles (not tuned)."""
+    """Tile sizes by shape; no autotuning at call time. 64-step tiles from L = 256 (benchmarks/kernels.py --sweep
+    on the H100), 16-step ones below. A program's 128 columns take the batch rows first (up to 32), then output
+    blocks (NT <= 16, at least 4): in CUDA-graph replay on the H200 (benchmarks/long_conv_tiles.py, 2026-12-01;
+    bf16, 768 channels) NT = 4 is fastest at batch 32 (L = 2048 causal: 0.476 ms against 0.563 at NT = 16,
+    two-sided 0.871 against 1.076) and NT = 16 at batch 1 and 8 (2048 causal: 0.107 and 0.149 ms)."""
     block_k = 64 if length >= 256 else 16
     num_blocks = triton.cdiv(length, block_k)
-    nt = min(16, triton.next_power_of_2(num_blocks))
+    nt = min(16, triton.next_power_of_2(num_blocks), max(4, 128 // triton.next_power_of_2(batch)))
+    return tile_config(batch, length, nt)
+
+
+def tile_config(batch: int, length: int, nt: int) -> dict[str, int]:
+    """The tiles for NT output blocks per program: as many batch rows as fill 128 columns (at least 16)."""
+    block_k = 64 if length >= 256 else 16
     rows_per_program = max(1, min(triton.next_power_of_2(batch), 128 // nt))
     block_n = max(16, nt * rows_per_program)
     return {"BLOCK_K": block_k, "NT": nt, "BLOCK_N": block_n, "num_warps": 4 if block_k * block_n <= 4096 else 8,
@@ -104,22 +115,37 @@ def plan(batch: int, channels: int, length: int, causal: bool, dtype: torch.dtyp
                        **({"config": dict(config)} if config else {})})
 
 
-# Toeplitz kernel against torch.fft (the reference), H200, bf16, batch 8, 768 channels, fft time / Toeplitz
-# time in CUDA-graph replay (`do_bench_cudagraph`: the GPU work alone, what backend="cuda" pays), 2026-11-30,
-# `python3 benchmarks/long_conv_crossover.py` (benchmarks/RESULTS.md has the eager column too):
+# Toeplitz kernel against torch.fft (the reference), H200, bf16, 768 channels, fft time / Toeplitz time in
+# CUDA-graph replay (`do_bench_cudagraph`: the GPU work alone, what backend="cuda" pays), 2026-11-30 and -12-01.
+# Batch 8 (`python3 benchmarks/long_conv_crossover.py`; benchmarks/RESULTS.md has the eager column too):
 #   L          128    256    512    1024   2048   4096   8192
 #   causal     9.34x  6.29x  5.06x  4.33x  2.76x  1.67x  0.98x
 #   two-sided  6.11x  4.01x  3.00x  2.48x  1.54x  0.92x  0.53x
-# So the kernel runs up to the last length where it was faster, and torch.fft beyond. Eager calls pay ~0.15 ms
-# of host time per Toeplitz launch, which makes torch.fft faster eagerly below L = 1024; eager with the Triton
-# ops is launch-bound as a whole, so the choice follows the replayed numbers. Past these lengths the way
-# forward is an FFT on tensor cores (FlashFFTConv), not this choice.
-TOEPLITZ_MAX_LENGTH = {True: 4096, False: 2048}  # causal -> longest length that runs the kernel
+# Batch 1 fills one column in 16 of a program's tiles (`python3 benchmarks/long_conv_tiles.py`): the kernel
+# still wins at 512 and 517 (causal 0.019 against 0.036 ms, 0.027 against 0.045) and loses from about 1024 (1029
+# causal 0.090 against 0.066), so batches of 1 and 2 keep it up to 768.
+# Batch 32 at 2048 (same script): causal 3.2x, two-sided 1.8x. So the kernel runs up to the last measured length
+# where it was faster, and torch.fft beyond. Two-sided lengths just past 2048 (the model's 2053 = 2048 words + 5
+# tabular tokens) keep the kernel: its cost grows as L^2, the FFT's (at a 7-smooth size) as L log L, which
+# moves the 1.54x at 2048 to about 1.2x at 2560. Eager calls pay ~0.15 ms of host time per Toeplitz launch,
+# which makes torch.fft faster eagerly below L = 1024; eager with the Triton ops is launch-bound as a whole, so
+# the choice follows the replayed numbers. Past these lengths the way forward is an FFT on tensor cores
+# (FlashFFTConv), not this choice.
+TOEPLITZ_MAX_LENGTH = {True: 4096, False: 2560}  # causal -> longest length that runs the kernel (batch >= 3)
+TOEPLITZ_MAX_LENGTH_BATCH_1_2 = 768
 
 
-def choose_algorithm(length: int, causal: bool) -> str:
-    """"toeplitz" (this module's kernel, described by plan()) or "fft" (torch.fft, the reference), by length."""
-    return "toeplitz" if length <= TOEPLITZ_MAX_LENGTH[causal] else "fft"
+def choose_algorithm(length: int, causal: bool, batch: int) -> str:
+    """"toeplitz" (this module's kernel, described by plan()) or "fft" (torch.fft, the reference), by length and
+    batch."""
+    limit = TOEPLITZ_MAX_LENGTH_BATCH_1_2 if batch <= 2 else TOEPLITZ_MAX_LENGTH[causal]
+    return "toeplitz" if length <= limit else "fft"
+
+
+# Sequence lengths are padded to a multiple of this before the kernel runs: Triton specialises integer arguments
+# divisible by 16, and only then vectorises the loads along a row of x. At the model's odd lengths (517, 2053) the
+# unpadded kernel was 2.5-3x slower than at 512 and 2048 with the same number of tiles (long_conv_tiles.py).
+LENGTH_ALIGNMENT = 16
 
 
 def long_conv(x: Tensor, filt: Tensor, causal: bool, config: dict[str, int] | None = None) -> Tensor:
@@ -130,6 +156,14 @@ def long_conv(x: Tensor, filt: Tensor, causal: bool, config: dict[str, int] | No
     if tuple(filt.shape) != (channels, filt_len):
         raise ValueError(f"long_conv: filt has shape {tuple(filt.shape)}, expected ({channels}, {filt_len}) "
                          f"for x {tuple(x.shape)} and causal={causal}")
+    padded = triton.cdiv(length, LENGTH_ALIGNMENT) * LENGTH_ALIGNMENT
+    if padded != length and x.numel():
+        # Zeros after the sequence change no output t < L; the filter's taps are re-indexed for the padded length
+        # (two-sided: offset o sits at o + padded - 1), its new taps zero.
+        pad = padded - length
+        x = torch.nn.functional.pad(x, (0, pad))
+        filt = torch.nn.functional.pad(filt, (0, pad) if causal else (pad, pad))
+        return long_conv(x, filt, causal, config)[..., :length].contiguous()
     x = x.contiguous()
     filt = filt.contiguous()
     out = torch.empty_like(x)
