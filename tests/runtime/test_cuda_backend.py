@@ -1,8 +1,10 @@
 """The CUDA backend's CPU-side logic: shape buckets and padding (exact by padding invariance), the FP8 modules'
-arithmetic, which layers go FP8, options and errors. The GPU runs are benchmarks/cuda_backend_check.py."""
+arithmetic, which layers go FP8, the shifted Hyena short convs, options and errors. The GPU runs are
+benchmarks/cuda_backend_check.py."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -15,7 +17,15 @@ from mahia.calibration.table import CalibrationTable, TensorRange
 from mahia.kernels import reference
 from mahia.model import build_model, get_config, random_inputs
 from mahia.model.config import CLS_ID
-from mahia.runtime.backends.cuda import CudaOptions, DeployedModel, deployable_module, load_artifact, rebuild_model
+from mahia.model.meta_attention import HyenaBranch, causal_depthwise_conv
+from mahia.runtime.backends.cuda import (
+    CudaOptions,
+    DeployedModel,
+    ShiftedShortConv,
+    deployable_module,
+    load_artifact,
+    rebuild_model,
+)
 from mahia.runtime.backends.cuda_buckets import Buckets, pad_inputs
 from mahia.runtime.backends.cuda_fp8 import Fp8Linear, Fp8MixtureOfExperts, activation_scales, fp8_linear_layers
 from tests.conftest import relative_error
@@ -110,9 +120,71 @@ def test_fp8_layers_follow_the_export_rule_and_the_whole_model_stays_close(gener
     module, deployed_layers = deployable_module(model, "fp8", "cpu", scales)
     assert deployed_layers == layers
     assert isinstance(module.blocks[1].moe, Fp8MixtureOfExperts)
+    assert isinstance(module.blocks[1].attention.hyena.short_conv, ShiftedShortConv)
     assert module.head.weight.dtype == torch.bfloat16
     got = DeployedModel(module, Buckets((4,), (48,)), torch.device("cpu")).forward(inputs)
     assert relative_error(got.float(), want) < 0.1  # E4M3 activations and weights, bf16 elsewhere
+
+
+def short_conv(channels: int, width: int, bias: bool = True) -> nn.Conv1d:
+    """A Hyena short conv (as HyenaBranch builds it) with random weights and bias."""
+    conv = nn.Conv1d(channels, channels, width, groups=channels, padding=width - 1, bias=bias)
+    for parameter in conv.parameters():
+        nn.init.normal_(parameter)
+    return conv
+
+
+@pytest.mark.parametrize("width", [get_config("tiny").short_conv_width, 1, 4])
+@pytest.mark.parametrize("batch, seq", [(1, 37), (3, 37), (1, 1), (3, 1)])
+def test_shifted_short_conv_is_the_causal_conv(batch: int, seq: int, width: int, generator: torch.Generator) -> None:
+    conv = short_conv(12, width)
+    x = torch.randn(batch, 12, seq, generator=generator)
+    with torch.inference_mode():
+        want = causal_depthwise_conv(x, conv)
+        got = causal_depthwise_conv(x, ShiftedShortConv(conv))
+        unbiased = short_conv(12, width, bias=False)
+        unbiased_error = relative_error(causal_depthwise_conv(x, ShiftedShortConv(unbiased)),
+                                        causal_depthwise_conv(x, unbiased))
+    assert got.shape == want.shape == (batch, 12, seq)
+    assert relative_error(got, want) < 1e-6 and unbiased_error < 1e-6  # float32 rounding (measured: bitwise equal)
+
+
+def test_shifted_short_conv_rounds_bf16_once_as_the_conv_does(generator: torch.Generator) -> None:
+    # Relative error to the float64 conv of the same bf16 weights and inputs, measured on this CPU: 1.66e-3 for
+    # both (bitwise equal: the output's one bf16 rounding); summing the taps in bf16 instead gives 3.0e-3.
+    conv = short_conv(192, get_config("tiny").short_conv_width).to(torch.bfloat16)
+    x = torch.randn(4, 192, 256, generator=generator).to(torch.bfloat16)
+    with torch.inference_mode():
+        want = causal_depthwise_conv(x.double(), copy.deepcopy(conv).double())
+        aten = causal_depthwise_conv(x, conv)
+        got = causal_depthwise_conv(x, ShiftedShortConv(conv))
+    assert got.dtype == torch.bfloat16
+    assert relative_error(got, want) < 2e-3 and relative_error(got, want) <= 1.01 * relative_error(aten, want)
+
+
+def test_shifted_short_conv_takes_only_padded_depthwise_convs() -> None:
+    with pytest.raises(ValueError, match="takes a depthwise Conv1d of stride 1 padded by width - 1"):
+        ShiftedShortConv(nn.Conv1d(12, 12, 3, groups=12, padding=1))
+    with pytest.raises(ValueError, match="takes a depthwise Conv1d"):
+        ShiftedShortConv(nn.Conv1d(12, 12, 3, groups=4, padding=2))
+
+
+def test_every_hyena_short_conv_is_shifted_and_nothing_else(generator: torch.Generator) -> None:
+    model = build_model(get_config("tiny"), seed=4).eval()
+    module, _ = deployable_module(model, "fp32", "cpu")
+    hyena = [f"{path}.short_conv" for path, m in model.named_modules() if isinstance(m, HyenaBranch)]
+    assert len(hyena) == model.config.n_layers == 2
+    original, deployed = dict(model.named_modules()), dict(module.named_modules())
+    assert deployed.keys() == original.keys()
+    assert [path for path in original if type(deployed[path]) is not type(original[path])] == hyena
+    assert all(isinstance(deployed[path], ShiftedShortConv) for path in hyena)
+    kept = {name: value for name, value in model.state_dict().items() if not name.startswith(tuple(hyena))}
+    assert all(torch.equal(module.state_dict()[name], value) for name, value in kept.items())
+    for batch, seq in [(1, 37), (3, 37), (1, 1), (3, 1)]:
+        inputs = random_inputs(model.config, batch, seq, generator)
+        with torch.inference_mode():
+            want, got = model(**inputs), module(**inputs)
+        assert relative_error(got, want) < 1e-6  # float32 rounding (measured on this CPU: bitwise equal)
 
 
 def test_activation_scales_come_from_an_fp8_table_only() -> None:

@@ -15,6 +15,9 @@ model but a graph rewrite on a program.
 bf16, fp16 and fp32 artifacts run in their dtype; fp8 artifacts run bf16 activations with FP8 GEMMs and FP8
 experts (cuda_fp8.py) scaled by the artifact's calibration.json. Every input is validated as on the other
 backends (Deployment.check_inputs), then padded to its (batch, seq) bucket (cuda_buckets.py).
+
+Every precision runs the Hyena short convolutions as ShiftedShortConv (width shifted multiply-adds that
+torch.compile fuses into one elementwise kernel) instead of PyTorch's generic depthwise-conv kernel.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mahia.artifact import ArtifactIntegrityError, Manifest
@@ -33,6 +37,7 @@ from mahia.calibration.table import read_table_json
 from mahia.default import load_model
 from mahia.kernels import use_reference_ops
 from mahia.model import INPUT_NAMES, MahiaX, ModelSource, weights_sha256
+from mahia.model.meta_attention import HyenaBranch
 from mahia.runtime.backends.base import BackendUnavailableError, Runner
 from mahia.runtime.backends.cuda_buckets import Buckets, fill_padded, pad_inputs
 from mahia.runtime.backends.cuda_fp8 import activation_scales, to_fp8
@@ -74,17 +79,72 @@ def require_cuda(device: str, precision: str) -> None:
                                       f"{torch.cuda.get_device_name(index)} has {capability[0]}.{capability[1]}")
 
 
+class ShiftedShortConv(nn.Module):
+    """A Hyena short convolution (depthwise nn.Conv1d of width w, padded by w - 1) as w shifted multiply-adds over
+    the input padded by w - 1 on the left: y[..., t] = b + sum_j W[:, j] * x[..., t - (w - 1) + j], for t < L.
+
+    Why: on CUDA the nn.Conv1d runs as PyTorch's generic `conv_depthwise2d_forward_kernel_generic`, and
+    torch.compile leaves convolutions to that aten kernel. Measured on an H200 (bf16 base config,
+    `PYTHONPATH=$PWD python3 benchmarks/forward_kernels.py --shapes 1x128,8x512,32x2048`, 2026-12-01): 12.4 ms of
+    a 164.7 ms forward at 32 x 2048 tokens (8 calls of 1.55 ms, ~10x their memory traffic), 0.8 ms of 11.1 ms at
+    8 x 512. These multiply-adds are elementwise, so torch.compile fuses them into one kernel.
+
+    The output has the L causal positions only, not the conv's L + w - 1: the one call site,
+    `causal_depthwise_conv(x, conv)`, returns `conv(x)[..., :L]`, and of a length-L output that slice is the
+    whole tensor, so the call gives the same [B, C, L] as with the nn.Conv1d (the right padding the conv adds
+    only feeds the positions from L on, which the call drops).
+
+    bf16 and fp16 inputs are multiplied and summed in float32 and rounded once, as the aten kernel accumulates;
+    the weights are the (already cast) conv's, held in float32. Measured on the CPU (tests/runtime/
+    test_cuda_backend.py): bitwise equal to the nn.Conv1d in float32 and bf16, a relative error of 1.66e-3 to
+    the float64 conv in bf16 (the output's rounding), where summing in bf16 would give 3.0e-3. Compiled (Inductor
+    on the CPU), the pad, the w multiply-adds and the cast are one fused kernel; uncompiled, they are w + 2
+    elementwise kernels.
+    """
+
+    def __init__(self, conv: nn.Conv1d) -> None:
+        super().__init__()
+        channels, _, width = conv.weight.shape
+        if (conv.groups, conv.in_channels, conv.stride, conv.dilation, conv.padding, conv.padding_mode) != \
+                (channels, channels, (1,), (1,), (width - 1,), "zeros"):
+            raise ValueError(f"ShiftedShortConv takes a depthwise Conv1d of stride 1 padded by width - 1, got {conv}")
+        self.width = width
+        self.register_buffer("weight", conv.weight.detach().float()[:, 0].t()[:, :, None].contiguous())  # [w, C, 1]
+        bias = torch.zeros(channels, device=conv.weight.device) if conv.bias is None else conv.bias.detach().float()
+        self.register_buffer("bias", bias[:, None].clone())  # [C, 1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [B, C, L] -> the causal positions [B, C, L] of the conv's output, in x's dtype."""
+        length = x.shape[-1]
+        padded = F.pad(x, (self.width - 1, 0))
+        y = self.bias  # float32, as the weight: each addcmul below computes and returns float32
+        for j in range(self.width):
+            y = torch.addcmul(y, self.weight[j], padded[..., j:j + length])
+        return y.to(x.dtype)
+
+
+def shift_short_convs(module: nn.Module) -> None:
+    """Replace, in place, the short conv of every HyenaBranch in `module` by its ShiftedShortConv."""
+    for branch in module.modules():
+        if isinstance(branch, HyenaBranch):
+            branch.short_conv = ShiftedShortConv(branch.short_conv)
+
+
 def deployable_module(model: MahiaX, precision: str, device: str | torch.device,
                       scales: Mapping[str, float] | None = None) -> tuple[nn.Module, list[str]]:
-    """The eager fp32 `model` as it runs deployed at `precision` on `device`: (module, paths of FP8 GEMM layers)."""
+    """The eager fp32 `model` as it runs deployed at `precision` on `device`: (module, paths of FP8 GEMM layers).
+    Its Hyena short convs are ShiftedShortConv, of the cast weights."""
     if precision not in ACTIVATION_DTYPES:
         raise ValueError(f"backend 'cuda' runs {', '.join(ACTIVATION_DTYPES)} artifacts, not {precision!r}; "
                          "deploy integer precisions with backend='onnx'")
     if precision == "fp8":
         if scales is None:
             raise ValueError("fp8 needs activation scales (the artifact's calibration.json)")
-        return to_fp8(model, scales, device)
-    return copy.deepcopy(model).to(device=device, dtype=ACTIVATION_DTYPES[precision]).eval(), []
+        module, fp8_layers = to_fp8(model, scales, device)
+    else:
+        module, fp8_layers = copy.deepcopy(model).to(device=device, dtype=ACTIVATION_DTYPES[precision]).eval(), []
+    shift_short_convs(module)
+    return module, fp8_layers
 
 
 def raise_recompile_limit(limit: int) -> None:
