@@ -261,3 +261,85 @@ def test_each_method_collected_alone_and_the_percentile_of_one_sided_data() -> N
         if method == "percentile":
             assert amax == pytest.approx(want, rel=0.01)
     assert stats.names() == ["x"] and stats.counts == {"x": values.size}
+
+
+def test_statistics_default_resolution_is_the_method_default() -> None:
+    values = np.random.default_rng(5).standard_normal(50_000).astype(np.float32)
+    default, explicit = RangeStatistics(("percentile", "mse")), RangeStatistics(("percentile", "mse"), num_bins=2048)
+    for stats in (default, explicit):
+        stats.add("x", values)
+    assert MethodConfig().num_bins == 2048
+    for method in ("percentile", "mse"):
+        config = MethodConfig(method, percentile=99.0)
+        assert default.amax("x", config) == explicit.amax("x", config), method
+
+
+def test_add_accumulates_batches_of_any_shape_and_dtype() -> None:
+    stats = RangeStatistics(METHODS)
+    stats.add("x", np.array([[0.5, -4.0], [1.0, 2.0]]))  # float64, 2-D
+    stats.add("x", np.array([3.0], np.float32))  # a one-value batch counts; a smaller max keeps the running one
+    stats.add("x", np.zeros((0, 3), np.float32))  # an empty batch is ignored
+    stats.add("empty", np.zeros(0, np.float32))
+    assert stats.names() == ["x"] and stats.counts == {"x": 5}
+    assert stats.amax("x", MethodConfig("max")) == 4.0
+    # a float64 batch gives the statistics of its float32 values
+    wide, narrow = RangeStatistics(METHODS, num_bins=512), RangeStatistics(METHODS, num_bins=512)
+    values = np.random.default_rng(6).standard_normal((40, 50))
+    wide.add("x", values)
+    narrow.add("x", values.astype(np.float32).reshape(-1))
+    for method in METHODS:
+        config = MethodConfig(method, percentile=99.0)
+        assert wide.amax("x", config) == narrow.amax("x", config), method
+
+
+def test_statistics_messages_name_the_tensor_and_the_methods() -> None:
+    refused = []
+    with pytest.raises(CalibrationError) as err:
+        RangeStatistics(("max", "kl"))
+    refused.append((err, "unknown calibration method(s) ['kl']; expected some of max, percentile, entropy, mse"))
+    stats = RangeStatistics(("max", "entropy"))
+    with pytest.raises(CalibrationError) as err:
+        stats.add("y", np.array([1.0, np.nan], np.float32))
+    refused.append((err, "tensor 'y' has non-finite values on the calibration data"))
+    stats.add("x", np.ones(4, np.float32))
+    with pytest.raises(CalibrationError) as err:
+        stats.amax("x", MethodConfig("mse"))
+    refused.append((err, "method 'mse' was not collected (collected: max, entropy)"))
+    assert [str(e.value) for e, _ in refused] == [message for _, message in refused]
+    assert stats.names() == ["x"]  # the refused batch left no trace
+
+
+def test_zero_tensor_has_zero_amax_and_a_unit_maximum_is_no_shortcut() -> None:
+    stats = RangeStatistics(METHODS)
+    stats.add("zero", np.zeros(100, np.float32))
+    stats.add("unit", np.concatenate([np.full(999, 0.01), [1.0]]).astype(np.float32))
+    for method in METHODS:
+        assert stats.amax("zero", MethodConfig(method)) == 0.0, method
+    assert stats.amax("unit", MethodConfig("max")) == 1.0
+    assert stats.amax("unit", MethodConfig("percentile", percentile=99.0)) < 0.05
+
+
+def test_rounding_step_has_one_step_per_value_and_amax_on_both_grids() -> None:
+    values = np.array([0.01, 0.2, 0.5, 1.0])  # every value within every amax
+    amax = np.array([[1.0], [2.0], [4.0]])
+    for grid in ("int8", "fp8"):
+        assert _rounding_step(values, amax, grid).shape == (3, 4), grid
+    np.testing.assert_array_equal(_rounding_step(values, amax, "int8"), np.repeat(amax / 127.0, 4, axis=1))
+
+
+def test_mse_amax_is_the_best_of_512_candidates_up_to_the_top_edge() -> None:
+    # bin centres (2k + 1) / 512 fall exactly on candidates: a value at amax is rounded, not clipped
+    edges = np.arange(0, 513, 2, dtype=np.float64) / 512
+    hist, _ = np.histogram(np.abs(np.random.default_rng(1).standard_t(3, 20_000)) * 40 / 512, bins=edges)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    candidates = np.arange(1, 513) / 512  # top edge / 512 .. top edge
+
+    def error(amax: float, grid: str) -> float:
+        """The documented model, one candidate at a time: step^2 / 12 inside, (c - amax)^2 above."""
+        step = _rounding_step(np.minimum(centres, amax), np.float64(amax), grid)
+        return float(np.sum(hist * np.where(centres <= amax, step ** 2 / 12.0, (centres - amax) ** 2)))
+
+    for grid in ("int8", "fp8"):
+        best = mse_amax(hist, edges, grid)
+        assert best in candidates, grid
+        assert error(best, grid) <= min(error(a, grid) for a in candidates) * (1 + 1e-9), grid
