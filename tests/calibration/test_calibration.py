@@ -343,3 +343,109 @@ def test_mse_amax_is_the_best_of_512_candidates_up_to_the_top_edge() -> None:
         best = mse_amax(hist, edges, grid)
         assert best in candidates, grid
         assert error(best, grid) <= min(error(a, grid) for a in candidates) * (1 + 1e-9), grid
+
+
+class FixedRanges:
+    """Stand-in eager ranges: one fixed amax per tensor, whatever the method."""
+
+    def __init__(self, amax: dict[str, float]) -> None:
+        self.fixed, self.samples, self.data_hash = amax, 8, "cd" * 32
+
+    def amax(self, name: str, config: MethodConfig) -> float:
+        return self.fixed[name]
+
+    def names(self) -> list[str]:
+        return list(self.fixed)
+
+
+def test_build_table_records_each_range_with_its_provenance() -> None:
+    ranges = FixedRanges({"a:input": 2.54, "b:input": 4.48, "c:input": 3.0})
+    nodes = [QuantizableNode("mm_skip", "MatMul", "skip", "act_a", "w_s", ("b:input",), keep_float=True),
+             QuantizableNode("mm_none", "MatMul", "none", "act_n", "w_n"),  # no eager range: left out
+             QuantizableNode("mm_q", "MatMul", "q", "act_qk", "w_q", ("b:input", "a:input")),
+             QuantizableNode("mm_k", "MatMul", "k", "act_qk", "w_k", ("c:input",)),  # the same activation: max of both
+             QuantizableNode("mm_a", "MatMul", "a", "act_a", "w_a", ("a:input",))]
+    table = build_table(ranges, nodes, MethodConfig("max"))
+
+    def entry(amax: float, eager: tuple[str, ...], method: str = "max", percentile: float | None = None,
+              dtype: str = "int8") -> TensorRange:
+        scale = float(np.float32(amax / (127 if dtype == "int8" else 448)))
+        return TensorRange(amax, scale, 0, dtype, method, percentile, 8, "cd" * 32, eager)
+
+    assert (table.dtype, table.method, table.samples, table.data_hash) == ("int8", "max", 8, "cd" * 32)
+    assert table.tensors.keys() == {"act_qk", "act_a"}
+    assert table.tensors["act_qk"].amax == 4.48  # the kept-float node's larger range did not reach act_a
+    assert table.tensors["act_a"] == entry(2.54, ("a:input",))
+    assert table.layers == {"act_qk": "k", "act_a": "a"}
+    assert table.nodes == {"mm_q": "q", "mm_k": "k", "mm_a": "a"}
+    assert table.eager_tensors == {n: entry(a, (n,)) for n, a in ranges.fixed.items()}
+    assert build_table(ranges, nodes, MethodConfig("max"), include_eager=False).eager_tensors == {}
+    # the percentile is recorded for the percentile method only
+    percentile = build_table(ranges, nodes, MethodConfig("percentile", percentile=99.0, grid="fp8"))
+    assert percentile.tensors["act_a"] == entry(2.54, ("a:input",), "percentile", 99.0, "float8e4m3fn")
+    assert percentile.eager_tensors["c:input"].percentile == 99.0
+
+
+def test_build_table_refuses_an_invalid_amax_or_nothing_to_calibrate() -> None:
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(CalibrationError) as err:
+            build_table(FixedRanges({"a:input": bad}), [QuantizableNode("mm", "MatMul", "l", "act", "w", ("a:input",))],
+                        MethodConfig("max"))
+        assert str(err.value) == f"invalid amax {bad} for ('a:input',)"
+    only_float = [QuantizableNode("mm", "MatMul", "l", "act", "w", ("a:input",), keep_float=True)]
+    with pytest.raises(CalibrationError) as err:
+        build_table(FixedRanges({"a:input": 1.0}), only_float, MethodConfig("max"))
+    assert str(err.value) == "no quantizable node has an eager range: nothing to calibrate"
+
+
+def test_table_scale_and_its_error_list_the_tensors() -> None:
+    entry = TensorRange(1.5, 0.25, 0, "int8", "max", None, 8, "cd" * 32, ("m:input",))
+    table = CalibrationTable("int8", "max", 8, "cd" * 32, {"y": entry, "x": entry})
+    assert table.scale("x") == 0.25
+    with pytest.raises(CalibrationError) as err:
+        table.scale("z")
+    assert str(err.value) == "calibration table has no tensor 'z'; it has ['x', 'y']"
+
+
+def test_table_json_is_canonical_and_a_bad_file_is_refused_by_field(tmp_path) -> None:
+    entry = TensorRange(1.5, 0.25, 0, "int8", "max", None, 8, "cd" * 32, ("m:input",))
+    table = CalibrationTable("int8", "max", 8, "cd" * 32, {"y": entry, "x": entry}, {"m:input": entry}, {"x": "m"})
+    path = write_table_json(table, tmp_path / "calibration.json")
+    text = path.read_text()
+    assert text == json.dumps(json.loads(text), indent=1, sort_keys=True) + "\n"  # stable: sorted, one-space indent
+    data = json.loads(text)
+    for content, message in [("[1]", "expected schema_version 1"), (json.dumps({**data, "schema_version": 2}),
+                                                                     "expected schema_version 1"),
+                             (json.dumps({k: v for k, v in data.items() if k != "dtype"}),
+                              "missing or malformed field 'dtype'")]:
+        path.write_text(content)
+        with pytest.raises(CalibrationError) as err:
+            read_table_json(path)
+        assert str(err.value) == f"calibration table {path}: {message}"
+
+
+def test_trt_cache_reader_skips_blank_lines_and_quotes_bad_lines(tmp_path) -> None:
+    path = tmp_path / "calib.cache"
+    path.write_text("TRT-100900-EntropyCalibration2\nx: 3c000000  \n\ny: 3d000000\n")
+    assert read_trt_cache(path) == (100900, "EntropyCalibration2", {"x": 0.0078125, "y": 0.03125})
+    long = "z" * 100
+    for content, message in [("", "line 1 is not a 'TRT-<version>-<algorithm>' header: '(empty file)'"),
+                             (long + "\n", f"line 1 is not a 'TRT-<version>-<algorithm>' header: {long[:80]!r}"),
+                             (f"TRT-1-E\n{long}\n", f"line 2 is not '<tensor>: <8 hex digits>': {long[:80]!r}")]:
+        path.write_text(content)
+        with pytest.raises(CalibrationError) as err:
+            read_trt_cache(path)
+        assert str(err.value) == f"calibration cache {path}: {message}"
+    path.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(CalibrationError, match="is not readable text"):
+        read_trt_cache(path)
+
+
+def test_trt_cache_writer_refuses_bad_scales_and_names(tmp_path) -> None:
+    path = tmp_path / "calib.cache"
+    write_trt_cache({"ok": 1e-30}, path)
+    for scales, bad in [({"zero": 0.0, "ok": 1.0}, ["zero"]), ({"neg": -1.0}, ["neg"]),
+                        ({"inf": float("inf")}, ["inf"]), ({"nan": float("nan")}, ["nan"]), ({"a\nb": 1.0}, ["a\nb"])]:
+        with pytest.raises(CalibrationError) as err:
+            write_trt_cache(scales, path)
+        assert str(err.value) == f"cannot write calibration cache {path}: invalid scale or name for {bad}"
