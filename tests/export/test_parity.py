@@ -158,3 +158,23 @@ def test_small_references_and_a_shape_mismatch(identity: Path) -> None:
     wide = [{"x": np.array([[0.1, 0.2], [0.1, 0.2]], np.float32)}]
     (row,) = parity.compare([graph], SPEC, wide, reference, [(2, 2)], Tolerances(0.0, 0.5, 1.0)).rows
     assert not row.polygraphy_passed and not row.passed
+
+
+class _DoublingBackend:
+    """A working backend of another engine whose graph returns twice its input."""
+
+    engine = "doubling"
+
+    def load(self, path: Path, inputs: dict):
+        return lambda feed: 2 * feed["x"]
+
+
+def test_every_graph_is_compared_with_the_eager_reference(identity: Path) -> None:
+    # two graphs, as an export checks ONNX and .pt2: each against eager, not the second against the first
+    feeds = [{"x": np.array([[1.0, 2.0]], np.float32)}]
+    graphs = [parity.Graph(identity, get_backend("onnx")), parity.Graph(identity, _DoublingBackend())]
+    result = parity.compare(graphs, SPEC, feeds, [{"logits": feeds[0]["x"]}], [(1, 2)], Tolerances(0.0, 0.1, 0.5))
+    onnxrt, doubled = result.rows
+    assert (onnxrt.backend, onnxrt.rel_l2_error, onnxrt.polygraphy_passed, onnxrt.passed) == ("onnxrt", 0.0, True, True)
+    assert (doubled.backend, doubled.rel_l2_error, doubled.max_abs_error) == ("doubling", 1.0, 2.0)
+    assert not doubled.polygraphy_passed and not doubled.passed and result.worst() == doubled
