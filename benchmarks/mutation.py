@@ -91,7 +91,11 @@ TARGETS = (
     # the direct tests; those on the tiny model's ranges (the tiny_ranges fixture, 10 s) test ranges.py
     Target("mahia/calibration/statistics.py", CALIBRATION_DIRECT),
     Target("mahia/calibration/table.py", CALIBRATION_DIRECT),
-    Target("mahia/train/losses.py", ("tests/train/test_train_metrics.py",)),
+    # the metrics' tests and the distillation modes' direct ones (logit MSE, feature matching, the chosen terms' sum)
+    Target("mahia/train/losses.py",
+           ("tests/train/test_train_metrics.py",
+            "tests/train/test_train_features.py::test_logit_mse_and_feature_matching_losses",
+            "tests/train/test_train_features.py::test_training_loss_sums_the_chosen_distillation_terms")),
     # the direct tests; the resume runs through the training loop (a few seconds each) are left to make test
     Target("mahia/train/state.py",
            ("tests/train/test_state.py", "tests/train/test_train.py::test_optimiser_state_from_another_step_is_refused")),
