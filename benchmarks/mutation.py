@@ -80,7 +80,8 @@ TARGETS = (
            ("tests/artifact/test_manifest.py", RUNTIME.format("tampered_file_is_refused_by_name"),
             RUNTIME.format("missing_file_and_failed_manifest_are_refused"))),
     Target("mahia/export/parity.py",
-           ("tests/export/test_parity.py",
+           ("tests/export/test_parity.py", "tests/export/test_parity_failure.py",
+            "--deselect", "tests/export/test_parity_failure.py::test_the_suggested_flags_pass",  # two exports
             "tests/export/test_export_pipeline.py::test_parity_verdict_needs_both_polygraphy_and_the_rel_l2_budget")),
     # less the two full exports through the CLI and the .pt2 check (3 s; the runner is the runtime's pt2 backend)
     Target("mahia/export/task_check.py",

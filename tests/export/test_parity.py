@@ -43,7 +43,7 @@ def test_each_row_names_backend_point_and_output_with_its_three_errors(identity:
     assert (first.backend, first.batch, first.seq, first.output) == ("onnxrt", 3, 2, "logits")
     assert first.max_abs_error == pytest.approx(0.5)
     assert first.max_elementwise_rel_error == pytest.approx(0.5 / 7.5)
-    assert first.rel_l2_error == rel_l2
+    assert first.rel_l2_error == rel_l2 and first.ref_norm == np.linalg.norm(want)
     assert first.polygraphy_passed and first.passed  # 0.5 / 7.5 <= rtol 0.1 and rel. L2 <= its budget
     assert (second.batch, second.max_abs_error, second.rel_l2_error, second.passed) == (1, 0.0, 0.0, True)
     assert result.passed and result.tolerances == tolerances
