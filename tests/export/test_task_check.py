@@ -154,3 +154,10 @@ def test_eager_and_deployed_see_the_same_batches_within_the_profile(monkeypatch:
     assert result.deployed_accuracy == pytest.approx(float((labels == 0).mean()))
     eager_zero = torch.cat(eager_logits).argmax(1).eq(0).double().mean().item()
     assert result.agreement == pytest.approx(eager_zero)
+
+
+def test_a_result_at_the_margin_passes_and_names_no_miss() -> None:
+    drop = TaskResult("onnx", 200, 48, 0.900, 0.895, 0.99, TaskBudget(0.5, 0.99)).accuracy_drop_pt
+    at_margin = TaskResult("onnx", 200, 48, 0.900, 0.895, 0.99, TaskBudget(drop - 1e-9, 0.99))
+    assert at_margin.accuracy_drop_pt == at_margin.budget.max_accuracy_drop_pt + 1e-9  # exactly at the 1e-9 margin
+    assert at_margin.passed and at_margin.failure() == ""  # failure() names a miss exactly when passed is False
