@@ -24,7 +24,7 @@ def test_learning_rate_at_the_edges_of_warmup_and_decay() -> None:
     assert learning_rate(3, 16, config) == pytest.approx(2e-3, rel=1e-12)  # the last warmup step reaches lr
 
 
-def test_a_given_peak_replaces_the_configured_lr() -> None:
+def test_learning_rate_toward_a_given_peak_instead_of_the_configured_lr() -> None:
     config = TrainConfig(lr=2e-3, warmup_steps=4, min_lr_ratio=0.25)
     assert learning_rate(1, 10, config, peak=1e-2) == pytest.approx(1e-2 * 2 / 4, rel=1e-12)  # warmup toward it
     assert learning_rate(10, 10, config, peak=1e-2) == pytest.approx(1e-2 * 0.25, rel=1e-12)  # its floor
