@@ -61,7 +61,6 @@ class RangeStatistics:
         if unknown:
             raise CalibrationError(f"unknown calibration method(s) {unknown}; expected some of {', '.join(METHODS)}")
         self.methods = tuple(methods)
-        self.num_bins = num_bins
         self.abs_max: dict[str, float] = {}
         self.counts: dict[str, int] = {}
         needs_abs = any(m in ("percentile", "mse") for m in methods)
@@ -100,7 +99,6 @@ class RangeStatistics:
             return observed
         if config.method == "entropy":
             collector = self._signed
-            collector.num_quantized_bins = config.num_quantized_bins
             lo, hi = collector.get_entropy_threshold(collector.histogram_dict[name], config.num_quantized_bins)
             return min(float(max(abs(lo), abs(hi))), observed)
         if config.method == "percentile":

@@ -18,6 +18,9 @@ def test_manifest_reads_back_what_was_written(tiny_export: dict) -> None:
     assert manifest.to_dict() == written
     assert manifest.model.source.kind == "config" and manifest.model.source.seed == 0
     assert manifest.graphs == {"onnx": "model.onnx", "pt2": "model.pt2"}
+    assert manifest.tensorrt is None and "tensorrt" not in written  # no TensorRT graph: no section
+    with_trt = {**written, "tensorrt": {"parse": {"ok": True}, "engine": {"file": "model.engine", "bytes": 1024}}}
+    assert Manifest.from_dict(with_trt).to_dict() == with_trt  # the optional section reads back as written
     with pytest.raises(ArtifactIntegrityError, match="schema_version 2; this mahia reads 3: re-export"):
         Manifest.from_dict({**written, "schema_version": 2})
     broken = {**written, "model": {**written["model"], "source": "config tiny"}}

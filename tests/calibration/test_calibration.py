@@ -261,3 +261,191 @@ def test_each_method_collected_alone_and_the_percentile_of_one_sided_data() -> N
         if method == "percentile":
             assert amax == pytest.approx(want, rel=0.01)
     assert stats.names() == ["x"] and stats.counts == {"x": values.size}
+
+
+def test_statistics_default_resolution_is_the_method_default() -> None:
+    values = np.random.default_rng(5).standard_normal(50_000).astype(np.float32)
+    default, explicit = RangeStatistics(("percentile", "mse")), RangeStatistics(("percentile", "mse"), num_bins=2048)
+    for stats in (default, explicit):
+        stats.add("x", values)
+    assert MethodConfig().num_bins == 2048
+    for method in ("percentile", "mse"):
+        config = MethodConfig(method, percentile=99.0)
+        assert default.amax("x", config) == explicit.amax("x", config), method
+
+
+def test_add_accumulates_batches_of_any_shape_and_dtype() -> None:
+    stats = RangeStatistics(METHODS)
+    stats.add("x", np.array([[0.5, -4.0], [1.0, 2.0]]))  # float64, 2-D
+    stats.add("x", np.array([3.0], np.float32))  # a one-value batch counts; a smaller max keeps the running one
+    stats.add("x", np.zeros((0, 3), np.float32))  # an empty batch is ignored
+    stats.add("empty", np.zeros(0, np.float32))
+    assert stats.names() == ["x"] and stats.counts == {"x": 5}
+    assert stats.amax("x", MethodConfig("max")) == 4.0
+    # a float64 batch gives the statistics of its float32 values
+    wide, narrow = RangeStatistics(METHODS, num_bins=512), RangeStatistics(METHODS, num_bins=512)
+    values = np.random.default_rng(6).standard_normal((40, 50))
+    wide.add("x", values)
+    narrow.add("x", values.astype(np.float32).reshape(-1))
+    for method in METHODS:
+        config = MethodConfig(method, percentile=99.0)
+        assert wide.amax("x", config) == narrow.amax("x", config), method
+
+
+def test_statistics_messages_name_the_tensor_and_the_methods() -> None:
+    refused = []
+    with pytest.raises(CalibrationError) as err:
+        RangeStatistics(("max", "kl"))
+    refused.append((err, "unknown calibration method(s) ['kl']; expected some of max, percentile, entropy, mse"))
+    stats = RangeStatistics(("max", "entropy"))
+    with pytest.raises(CalibrationError) as err:
+        stats.add("y", np.array([1.0, np.nan], np.float32))
+    refused.append((err, "tensor 'y' has non-finite values on the calibration data"))
+    stats.add("x", np.ones(4, np.float32))
+    with pytest.raises(CalibrationError) as err:
+        stats.amax("x", MethodConfig("mse"))
+    refused.append((err, "method 'mse' was not collected (collected: max, entropy)"))
+    assert [str(e.value) for e, _ in refused] == [message for _, message in refused]
+    assert stats.names() == ["x"]  # the refused batch left no trace
+
+
+def test_zero_tensor_has_zero_amax_and_a_unit_maximum_is_no_shortcut() -> None:
+    stats = RangeStatistics(METHODS)
+    stats.add("zero", np.zeros(100, np.float32))
+    stats.add("unit", np.concatenate([np.full(999, 0.01), [1.0]]).astype(np.float32))
+    for method in METHODS:
+        assert stats.amax("zero", MethodConfig(method)) == 0.0, method
+    assert stats.amax("unit", MethodConfig("max")) == 1.0
+    assert stats.amax("unit", MethodConfig("percentile", percentile=99.0)) < 0.05
+
+
+def test_rounding_step_has_one_step_per_value_and_amax_on_both_grids() -> None:
+    values = np.array([0.01, 0.2, 0.5, 1.0])  # every value within every amax
+    amax = np.array([[1.0], [2.0], [4.0]])
+    for grid in ("int8", "fp8"):
+        assert _rounding_step(values, amax, grid).shape == (3, 4), grid
+    np.testing.assert_array_equal(_rounding_step(values, amax, "int8"), np.repeat(amax / 127.0, 4, axis=1))
+
+
+def test_mse_amax_is_the_best_of_512_candidates_up_to_the_top_edge() -> None:
+    # bin centres (2k + 1) / 512 fall exactly on candidates: a value at amax is rounded, not clipped
+    edges = np.arange(0, 513, 2, dtype=np.float64) / 512
+    hist, _ = np.histogram(np.abs(np.random.default_rng(1).standard_t(3, 20_000)) * 40 / 512, bins=edges)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    candidates = np.arange(1, 513) / 512  # top edge / 512 .. top edge
+
+    def error(amax: float, grid: str) -> float:
+        """The documented model, one candidate at a time: step^2 / 12 inside, (c - amax)^2 above."""
+        step = _rounding_step(np.minimum(centres, amax), np.float64(amax), grid)
+        return float(np.sum(hist * np.where(centres <= amax, step ** 2 / 12.0, (centres - amax) ** 2)))
+
+    for grid in ("int8", "fp8"):
+        best = mse_amax(hist, edges, grid)
+        assert best in candidates, grid
+        assert error(best, grid) <= min(error(a, grid) for a in candidates) * (1 + 1e-9), grid
+
+
+class FixedRanges:
+    """Stand-in eager ranges: one fixed amax per tensor, whatever the method."""
+
+    def __init__(self, amax: dict[str, float]) -> None:
+        self.fixed, self.samples, self.data_hash = amax, 8, "cd" * 32
+
+    def amax(self, name: str, config: MethodConfig) -> float:
+        return self.fixed[name]
+
+    def names(self) -> list[str]:
+        return list(self.fixed)
+
+
+def test_build_table_records_each_range_with_its_provenance() -> None:
+    ranges = FixedRanges({"a:input": 2.54, "b:input": 4.48, "c:input": 3.0})
+    nodes = [QuantizableNode("mm_skip", "MatMul", "skip", "act_a", "w_s", ("b:input",), keep_float=True),
+             QuantizableNode("mm_none", "MatMul", "none", "act_n", "w_n"),  # no eager range: left out
+             QuantizableNode("mm_q", "MatMul", "q", "act_qk", "w_q", ("b:input", "a:input")),
+             QuantizableNode("mm_k", "MatMul", "k", "act_qk", "w_k", ("c:input",)),  # the same activation: max of both
+             QuantizableNode("mm_a", "MatMul", "a", "act_a", "w_a", ("a:input",))]
+    table = build_table(ranges, nodes, MethodConfig("max"))
+
+    def entry(amax: float, eager: tuple[str, ...], method: str = "max", percentile: float | None = None,
+              dtype: str = "int8") -> TensorRange:
+        scale = float(np.float32(amax / (127 if dtype == "int8" else 448)))
+        return TensorRange(amax, scale, 0, dtype, method, percentile, 8, "cd" * 32, eager)
+
+    assert (table.dtype, table.method, table.samples, table.data_hash) == ("int8", "max", 8, "cd" * 32)
+    assert table.tensors.keys() == {"act_qk", "act_a"}
+    assert table.tensors["act_qk"].amax == 4.48  # the kept-float node's larger range did not reach act_a
+    assert table.tensors["act_a"] == entry(2.54, ("a:input",))
+    assert table.layers == {"act_qk": "k", "act_a": "a"}
+    assert table.nodes == {"mm_q": "q", "mm_k": "k", "mm_a": "a"}
+    assert table.eager_tensors == {n: entry(a, (n,)) for n, a in ranges.fixed.items()}
+    assert build_table(ranges, nodes, MethodConfig("max"), include_eager=False).eager_tensors == {}
+    # the percentile is recorded for the percentile method only
+    percentile = build_table(ranges, nodes, MethodConfig("percentile", percentile=99.0, grid="fp8"))
+    assert percentile.tensors["act_a"] == entry(2.54, ("a:input",), "percentile", 99.0, "float8e4m3fn")
+    assert percentile.eager_tensors["c:input"].percentile == 99.0
+
+
+def test_build_table_refuses_an_invalid_amax_or_nothing_to_calibrate() -> None:
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(CalibrationError) as err:
+            build_table(FixedRanges({"a:input": bad}), [QuantizableNode("mm", "MatMul", "l", "act", "w", ("a:input",))],
+                        MethodConfig("max"))
+        assert str(err.value) == f"invalid amax {bad} for ('a:input',)"
+    only_float = [QuantizableNode("mm", "MatMul", "l", "act", "w", ("a:input",), keep_float=True)]
+    with pytest.raises(CalibrationError) as err:
+        build_table(FixedRanges({"a:input": 1.0}), only_float, MethodConfig("max"))
+    assert str(err.value) == "no quantizable node has an eager range: nothing to calibrate"
+
+
+def test_table_scale_and_its_error_list_the_tensors() -> None:
+    entry = TensorRange(1.5, 0.25, 0, "int8", "max", None, 8, "cd" * 32, ("m:input",))
+    table = CalibrationTable("int8", "max", 8, "cd" * 32, {"y": entry, "x": entry})
+    assert table.scale("x") == 0.25
+    with pytest.raises(CalibrationError) as err:
+        table.scale("z")
+    assert str(err.value) == "calibration table has no tensor 'z'; it has ['x', 'y']"
+
+
+def test_table_json_is_canonical_and_a_bad_file_is_refused_by_field(tmp_path) -> None:
+    entry = TensorRange(1.5, 0.25, 0, "int8", "max", None, 8, "cd" * 32, ("m:input",))
+    table = CalibrationTable("int8", "max", 8, "cd" * 32, {"y": entry, "x": entry}, {"m:input": entry}, {"x": "m"})
+    path = write_table_json(table, tmp_path / "calibration.json")
+    text = path.read_text()
+    assert text == json.dumps(json.loads(text), indent=1, sort_keys=True) + "\n"  # stable: sorted, one-space indent
+    data = json.loads(text)
+    for content, message in [("[1]", "expected schema_version 1"), (json.dumps({**data, "schema_version": 2}),
+                                                                     "expected schema_version 1"),
+                             (json.dumps({k: v for k, v in data.items() if k != "dtype"}),
+                              "missing or malformed field 'dtype'")]:
+        path.write_text(content)
+        with pytest.raises(CalibrationError) as err:
+            read_table_json(path)
+        assert str(err.value) == f"calibration table {path}: {message}"
+
+
+def test_trt_cache_reader_skips_blank_lines_and_quotes_bad_lines(tmp_path) -> None:
+    path = tmp_path / "calib.cache"
+    path.write_text("TRT-100900-EntropyCalibration2\nx: 3c000000  \n\ny: 3d000000\n")
+    assert read_trt_cache(path) == (100900, "EntropyCalibration2", {"x": 0.0078125, "y": 0.03125})
+    long = "z" * 100
+    for content, message in [("", "line 1 is not a 'TRT-<version>-<algorithm>' header: '(empty file)'"),
+                             (long + "\n", f"line 1 is not a 'TRT-<version>-<algorithm>' header: {long[:80]!r}"),
+                             (f"TRT-1-E\n{long}\n", f"line 2 is not '<tensor>: <8 hex digits>': {long[:80]!r}")]:
+        path.write_text(content)
+        with pytest.raises(CalibrationError) as err:
+            read_trt_cache(path)
+        assert str(err.value) == f"calibration cache {path}: {message}"
+    path.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(CalibrationError, match="is not readable text"):
+        read_trt_cache(path)
+
+
+def test_trt_cache_writer_refuses_bad_scales_and_names(tmp_path) -> None:
+    path = tmp_path / "calib.cache"
+    write_trt_cache({"ok": 1e-30}, path)
+    for scales, bad in [({"zero": 0.0, "ok": 1.0}, ["zero"]), ({"neg": -1.0}, ["neg"]),
+                        ({"inf": float("inf")}, ["inf"]), ({"nan": float("nan")}, ["nan"]), ({"a\nb": 1.0}, ["a\nb"])]:
+        with pytest.raises(CalibrationError) as err:
+            write_trt_cache(scales, path)
+        assert str(err.value) == f"cannot write calibration cache {path}: invalid scale or name for {bad}"

@@ -43,7 +43,7 @@ def test_each_row_names_backend_point_and_output_with_its_three_errors(identity:
     assert (first.backend, first.batch, first.seq, first.output) == ("onnxrt", 3, 2, "logits")
     assert first.max_abs_error == pytest.approx(0.5)
     assert first.max_elementwise_rel_error == pytest.approx(0.5 / 7.5)
-    assert first.rel_l2_error == rel_l2
+    assert first.rel_l2_error == rel_l2 and first.ref_norm == np.linalg.norm(want)
     assert first.polygraphy_passed and first.passed  # 0.5 / 7.5 <= rtol 0.1 and rel. L2 <= its budget
     assert (second.batch, second.max_abs_error, second.rel_l2_error, second.passed) == (1, 0.0, 0.0, True)
     assert result.passed and result.tolerances == tolerances
@@ -158,3 +158,23 @@ def test_small_references_and_a_shape_mismatch(identity: Path) -> None:
     wide = [{"x": np.array([[0.1, 0.2], [0.1, 0.2]], np.float32)}]
     (row,) = parity.compare([graph], SPEC, wide, reference, [(2, 2)], Tolerances(0.0, 0.5, 1.0)).rows
     assert not row.polygraphy_passed and not row.passed
+
+
+class _DoublingBackend:
+    """A working backend of another engine whose graph returns twice its input."""
+
+    engine = "doubling"
+
+    def load(self, path: Path, inputs: dict):
+        return lambda feed: 2 * feed["x"]
+
+
+def test_every_graph_is_compared_with_the_eager_reference(identity: Path) -> None:
+    # two graphs, as an export checks ONNX and .pt2: each against eager, not the second against the first
+    feeds = [{"x": np.array([[1.0, 2.0]], np.float32)}]
+    graphs = [parity.Graph(identity, get_backend("onnx")), parity.Graph(identity, _DoublingBackend())]
+    result = parity.compare(graphs, SPEC, feeds, [{"logits": feeds[0]["x"]}], [(1, 2)], Tolerances(0.0, 0.1, 0.5))
+    onnxrt, doubled = result.rows
+    assert (onnxrt.backend, onnxrt.rel_l2_error, onnxrt.polygraphy_passed, onnxrt.passed) == ("onnxrt", 0.0, True, True)
+    assert (doubled.backend, doubled.rel_l2_error, doubled.max_abs_error) == ("doubling", 1.0, 2.0)
+    assert not doubled.polygraphy_passed and not doubled.passed and result.worst() == doubled

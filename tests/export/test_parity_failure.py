@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from mahia.export.cli import main
 from mahia.export.config import Tolerances
-from mahia.export.parity import ParityResult, ParityRow, failure_message
+from mahia.export.parity import ParityResult, ParityRow, _round_up, failure_message
 
 
 def row(rel_l2: float, max_abs: float, polygraphy_passed: bool, budget: Tolerances, batch: int = 1) -> ParityRow:
@@ -44,6 +44,32 @@ def test_failure_message_names_the_check_and_explains_untrained_models() -> None
     assert untrained.endswith("pass --max-rel-error 0.3 --atol 0.2.")
     trained = failure_message(result, trained=True, precision="fp8")
     assert "untrained" not in trained and trained.endswith("Passing would take --max-rel-error 0.3 --atol 0.2.")
+
+
+def test_round_up_to_one_significant_digit() -> None:
+    cases = {0.0: 0.0, 0.12: 0.2, 0.042: 0.05, 0.05: 0.05, 0.0375: 0.04, 1.0: 1.0, 3.1: 4.0, 12.0: 20.0,
+             0.00071: 0.0008}
+    assert {value: _round_up(value) for value in cases} == cases
+
+
+def test_failure_message_of_each_single_check_in_full() -> None:
+    budget = Tolerances(atol=0.1, rtol=0.1, max_rel_error=0.03)
+    over_l2 = ParityResult(budget, (row(0.0959, 0.061, True, budget),))  # Polygraphy passed: atol is not suggested
+    assert failure_message(over_l2, trained=True, precision="fp8") == (
+        "Parity FAILED: worst onnxrt output 'logits' at batch 1 x seq 37: rel L2 error 9.590e-02 > 0.03 (max abs "
+        "error 6.100e-02, logits norm 0.8). Passing would take --max-rel-error 0.2.")
+    assert failure_message(over_l2, trained=False, precision="int4") == (
+        "Parity FAILED: worst onnxrt output 'logits' at batch 1 x seq 37: rel L2 error 9.590e-02 > 0.03 (max abs "
+        "error 6.100e-02, logits norm 0.8). The model is untrained (seeded weights): the int4 budget is set on a "
+        "trained model, and untrained weights lose more in int4 (under fp8 and int4 their pooled features move "
+        "several times as much; benchmarks/RESULTS.md). To export it anyway, e.g. to measure latency before "
+        "training, pass --max-rel-error 0.2.")
+    # a rel. L2 error exactly at its budget passes that check: only the elementwise one is named
+    elementwise = ParityResult(budget, (row(0.03, 0.15, False, budget),))
+    assert failure_message(elementwise, trained=True, precision="fp8") == (
+        "Parity FAILED: worst onnxrt output 'logits' at batch 1 x seq 37: elementwise |error| 1.500e-01 over "
+        "atol=0.1 where the relative error 3.000e-01 is over rtol=0.1 (max abs error 1.500e-01, logits norm 0.8). "
+        "Passing would take --max-rel-error 0.04 --atol 0.2.")
 
 
 def test_the_suggested_flags_pass(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -118,3 +119,45 @@ def test_budget_edges_both_misses_and_the_manifest_form() -> None:
                               "accuracy_drop_pt": pytest.approx(2.0), "argmax_agreement": 0.985,
                               "budget": {"max_accuracy_drop_pt": 0.5, "min_agreement": 0.99}}
     assert TaskCheckConfig(min_agreement=0.9).budget(budget) == TaskBudget(0.5, 0.9)
+
+
+def test_eager_and_deployed_see_the_same_batches_within_the_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the deployed graph is a stub that always says class 0: its accuracy is the share of label 0
+    model = build_model(get_config("tiny"), seed=0).eval()
+    eager_feeds, eager_logits, deployed_feeds = [], [], []
+
+    def record(module: torch.nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        eager_feeds.append(dict(kwargs))
+        eager_logits.append(out.clone())
+
+    model.register_forward_hook(record, with_kwargs=True)
+
+    class AlwaysZero:
+        def load(self, graph: Path, inputs: dict):
+            def run(feed: dict[str, torch.Tensor]) -> np.ndarray:
+                deployed_feeds.append(dict(feed))
+                return np.tile(np.array([[1.0, 0.0]], np.float32), (feed["input_ids"].shape[0], 1))
+            return run
+
+    monkeypatch.setattr(task_check, "get_backend", lambda name: AlwaysZero())
+    profile = ShapeProfile(DimRange("batch", 1, 4, 8), DimRange("seq", 40, 44, 48))
+    result = check_task(model, 64, "stub", Path("unused.onnx"), profile, TaskCheckConfig(rows=30),
+                        TaskBudget(0.05, 0.999))
+    assert (result.rows, result.text_tokens, result.backend) == (30, 48, "stub")  # text tokens capped at seq max
+    assert len(deployed_feeds) == len(eager_feeds) >= 30 / 8
+    for deployed, eager in zip(deployed_feeds, eager_feeds):
+        assert deployed.keys() == eager.keys() and all(torch.equal(deployed[k], eager[k]) for k in deployed)
+        batch, seq = deployed["input_ids"].shape
+        assert batch <= 8 and 40 <= seq <= 48  # padded up to the graph's minimum, never past its maximum
+    assert any(int(f["input_ids"].ne(0).sum(1).max()) < 40 for f in deployed_feeds)  # some batch needed the padding
+    labels = load_reviews()["test"].labels[:30]
+    assert result.deployed_accuracy == pytest.approx(float((labels == 0).mean()))
+    eager_zero = torch.cat(eager_logits).argmax(1).eq(0).double().mean().item()
+    assert result.agreement == pytest.approx(eager_zero)
+
+
+def test_a_result_at_the_margin_passes_and_names_no_miss() -> None:
+    drop = TaskResult("onnx", 200, 48, 0.900, 0.895, 0.99, TaskBudget(0.5, 0.99)).accuracy_drop_pt
+    at_margin = TaskResult("onnx", 200, 48, 0.900, 0.895, 0.99, TaskBudget(drop - 1e-9, 0.99))
+    assert at_margin.accuracy_drop_pt == at_margin.budget.max_accuracy_drop_pt + 1e-9  # exactly at the 1e-9 margin
+    assert at_margin.passed and at_margin.failure() == ""  # failure() names a miss exactly when passed is False

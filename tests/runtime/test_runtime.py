@@ -133,6 +133,10 @@ def test_a_backend_without_its_graph_or_with_options_it_does_not_take_is_refused
     with pytest.raises(ValueError) as err:
         runtime.load(onnx_only, backend="pt2")
     assert str(err.value) == f"{onnx_only} has no pt2 graph (formats: onnx); use backend='onnx' or 'cuda'"
+    with pytest.raises(ValueError) as err:  # several formats, none of them this backend's
+        runtime.load(tiny_export["dir"], backend="onnx-plugins")
+    assert str(err.value) == (f"{tiny_export['dir']} has no trt graph (formats: onnx, pt2); "
+                              "use backend='onnx' or 'pt2' or 'cuda'")
 
 
 def test_batch_and_seq_are_checked_at_both_ends_of_the_exported_range(tiny_export: dict,

@@ -141,8 +141,16 @@ def test_training_loss_sums_the_chosen_distillation_terms(generator: torch.Gener
     assert float(parts.distill) == pytest.approx(float(distill_sum), rel=1e-5)
     assert float(parts.total) == pytest.approx(float(0.6 * F.cross_entropy(output.logits, labels) + 0.4 * distill_sum),
                                                rel=1e-5)
-    with pytest.raises(ValueError, match="feature matching needs"):
-        training_loss(output, labels, 2, 0.0, 0.0, teacher, modes=("features",))
+    # the defaults: "kl" alone at temperature 2, half of the task loss
+    defaults = training_loss(output, labels, 2, 0.0, 0.0, teacher)
+    assert float(defaults.distill) == pytest.approx(float(kl), rel=1e-5)
+    assert float(defaults.total) == pytest.approx(float(0.5 * F.cross_entropy(output.logits, labels) + 0.5 * kl),
+                                                  rel=1e-5)
+    for student_features, teacher_features in ((None, None), (fs, None), (None, ft)):  # either one missing
+        with pytest.raises(ValueError) as err:
+            training_loss(output, labels, 2, 0.0, 0.0, teacher, modes=("features",),
+                          student_features=student_features, teacher_features=teacher_features)
+        assert str(err.value) == "feature matching needs the student's and the teacher's features"
 
 
 def test_tfidf_teacher_is_cross_fitted_and_computed_once(teacher_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
