@@ -127,7 +127,8 @@ def plan(batch: int, channels: int, length: int, causal: bool, dtype: torch.dtyp
 # Batch 32 at 2048 (same script): causal 3.2x, two-sided 1.8x. So the kernel runs up to the last measured length
 # where it was faster, and torch.fft beyond. Two-sided lengths just past 2048 (the model's 2053 = 2048 words + 5
 # tabular tokens) keep the kernel: its cost grows as L^2, the FFT's (at a 7-smooth size) as L log L, which
-# moves the 1.54x at 2048 to about 1.2x at 2560. Eager calls pay ~0.15 ms of host time per Toeplitz launch,
+# moves the 1.54x at 2048 to about 1.2x at 2560 (an estimate from that scaling;
+# 2049-4095 was not timed). Eager calls pay ~0.15 ms of host time per Toeplitz launch,
 # which makes torch.fft faster eagerly below L = 1024; eager with the Triton ops is launch-bound as a whole, so
 # the choice follows the replayed numbers. Past these lengths the way forward is an FFT on tensor cores
 # (FlashFFTConv), not this choice.
