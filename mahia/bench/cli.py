@@ -204,7 +204,8 @@ def _variants(model: MahiaX, target: torch.device, shapes: tuple[tuple[int, int]
 
         batch = DimRange("batch", 1, 1, max(b for b, _ in shapes))
         seq = DimRange("seq", 1, 1, max(s for _, s in shapes))
-        return _select(gpu_variants(model, target, Buckets.from_ranges(batch, seq), fp8_scales), wanted, GPU_VARIANTS)
+        buckets = Buckets.from_ranges(batch, seq, model.config.num_tabular_tokens, model.config.max_seq_len)
+        return _select(gpu_variants(model, target, buckets, fp8_scales), wanted, GPU_VARIANTS)
     onnx = {m.precision.name: d for d, m in artifacts if "onnx" in m.graphs}
     if config_name:
         keys = [k for k in CPU_VARIANTS if k.startswith("onnx-") and (wanted is None or k in wanted.split(","))]

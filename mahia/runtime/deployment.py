@@ -58,18 +58,19 @@ class Deployment:
 def load(artifact_dir: str | Path, backend: str = "onnx", allow_failed: bool = False,
          options: Any = None) -> Deployment:
     """Verify and load an artifact directory for `backend` (a name of `mahia.runtime.backends`); `options` go to a
-    backend that takes them (backend "cuda": `mahia.runtime.backends.cuda.CudaOptions`)."""
+    backend that takes them (backend "cuda": `mahia.runtime.backends.cuda.CudaOptions`, backend "onnx":
+    `mahia.runtime.backends.onnxrt.OnnxRuntimeOptions`)."""
     directory = Path(artifact_dir)
     spec = get_backend(backend)
     manifest = open_artifact(directory, allow_failed)
     if spec.format is None:
         return Deployment(directory, manifest, backend, spec.load_artifact(directory, manifest, options))
-    if options is not None:
+    if options is not None and not spec.takes_options:
         raise ValueError(f"backend {backend!r} takes no options")
     spec.require_packages()  # a missing engine says so before a missing graph (backend "tensorrt" without TensorRT)
     if spec.format not in manifest.graphs:
         usable = [repr(b.name) for b in backends().values() if b.format is None or b.format in manifest.graphs]
         raise ValueError(f"{directory} has no {spec.format} graph (formats: {', '.join(manifest.formats)}); "
                          f"use backend={' or '.join(usable)}")
-    runner = spec.load(directory / manifest.graphs[spec.format], manifest.inputs)
+    runner = spec.load(directory / manifest.graphs[spec.format], manifest.inputs, options)
     return Deployment(directory, manifest, backend, runner)

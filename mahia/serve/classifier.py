@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,10 +100,11 @@ class ReviewClassifier:
     manifest_sha256: str
 
     @classmethod
-    def load(cls, artifact_dir: str | Path, backend: str = "onnx") -> ReviewClassifier:
-        """Verify and load the artifact, then one warm-up call; raises ArtifactIntegrityError for a tampered one."""
+    def load(cls, artifact_dir: str | Path, backend: str = "onnx", options: Any = None) -> ReviewClassifier:
+        """Verify and load the artifact (`options` go to the backend, as in `mahia.runtime.load`), then one
+        warm-up call; raises ArtifactIntegrityError for a tampered one."""
         directory = Path(artifact_dir).resolve()
-        deployment = mahia.runtime.load(directory, backend=backend)
+        deployment = mahia.runtime.load(directory, backend=backend, options=options)
         manifest = deployment.manifest
         if manifest.model.config.num_classes != len(LABELS):
             raise ValueError(f"{directory} classifies into {manifest.model.config.num_classes} classes; "
@@ -110,8 +112,8 @@ class ReviewClassifier:
         features, source = load_feature_spec(directory, manifest)
         max_len = text_budget(manifest)
         manifest_sha256 = hashlib.sha256((directory / "manifest.json").read_bytes()).hexdigest()
-        classifier = cls(deployment, features, source, max_len, seq_buckets(manifest.seq.min, manifest.seq.max, max_len),
-                         directory.name, manifest_sha256)
+        buckets = seq_buckets(manifest.seq.min, manifest.seq.max, max_len)
+        classifier = cls(deployment, features, source, max_len, buckets, directory.name, manifest_sha256)
         classifier.warm_up()
         return classifier
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from mahia.serve.protocol import MAX_REVIEWS
+
+if TYPE_CHECKING:  # the app module imports Ray, which a --triton-repo run never needs
+    from mahia.serve.app import ServeConfig
 
 EXAMPLES = """\b
 Examples:

@@ -26,7 +26,7 @@ from mahia.runtime.backends.cuda import (
     load_artifact,
     rebuild_model,
 )
-from mahia.runtime.backends.cuda_buckets import Buckets, pad_inputs
+from mahia.runtime.backends.cuda_buckets import SEQ_ALIGNMENT, Buckets, pad_inputs
 from mahia.runtime.backends.cuda_fp8 import Fp8Linear, Fp8MixtureOfExperts, activation_scales, fp8_linear_layers
 from tests.conftest import relative_error
 
@@ -34,15 +34,29 @@ from tests.conftest import relative_error
 def test_buckets_follow_the_manifest_ranges() -> None:
     default = Buckets.from_ranges(DimRange("batch", 1, 8, 16), DimRange("seq", 1, 128, 512))
     assert default.batch == (1, 2, 4, 8, 16)
-    assert default.seq == (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+    assert default.seq == (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)  # 24 aligned to 32
     odd = Buckets.from_ranges(DimRange("batch", 3, 8, 24), DimRange("seq", 20, 64, 160))
-    assert odd.batch == (4, 8, 16, 24) and odd.seq == (24, 32, 48, 64, 96, 128, 160)
+    assert odd.batch == (4, 8, 16, 24) and odd.seq == (32, 48, 64, 96, 128, 160)
     assert default.bucket(3, 37) == (4, 48) and default.bucket(1, 1) == (1, 16) and default.bucket(16, 512) == (16, 512)
     assert odd.bucket(17, 129) == (24, 160)
     with pytest.raises(ValueError, match="above the largest bucket 16 x 512"):
         default.bucket(17, 10)
     with pytest.raises(ValueError, match="seq buckets must be distinct positive sizes"):
         Buckets((1,), (32, 16))
+
+
+def test_seq_buckets_align_the_long_convolutions_length_within_max_seq_len() -> None:
+    from mahia.kernels.triton.long_conv import LENGTH_ALIGNMENT
+
+    assert SEQ_ALIGNMENT == LENGTH_ALIGNMENT
+    # 5 tabular tokens (the base model's): 128 words + 5 = 133 is padded to 144, 2048 + 5 to 2064
+    aligned = Buckets.from_ranges(DimRange("batch", 1, 8, 32), DimRange("seq", 1, 512, 2048), 5, 4096)
+    assert aligned.seq == (27, 43, 59, 75, 107, 139, 203, 267, 395, 523, 779, 1035, 1547, 2059)
+    assert all((size + 5) % SEQ_ALIGNMENT == 0 for size in aligned.seq)
+    assert aligned.bucket(1, 128) == (1, 139) and aligned.bucket(32, 2048) == (32, 2059)
+    # at max_seq_len the bucket stays where it was, unaligned
+    capped = Buckets.from_ranges(DimRange("batch", 1, 1, 1), DimRange("seq", 1, 64, 96), 5, 96)
+    assert capped.seq == (27, 43, 59, 75, 96)
 
 
 def test_padding_fills_buckets_with_masked_positions_and_cls_rows(generator: torch.Generator) -> None:
@@ -212,7 +226,7 @@ def test_options_and_precisions_are_checked() -> None:
 def test_without_cuda_the_backend_says_so(tiny_export: dict) -> None:
     with pytest.raises(runtime.BackendUnavailableError, match="backend 'cuda' needs a CUDA GPU: torch .* "):
         runtime.load(tiny_export["dir"], backend="cuda")
-    with pytest.raises(ValueError, match="backend 'onnx' takes no options"):
+    with pytest.raises(TypeError, match="backend 'onnx' takes OnnxRuntimeOptions, got CudaOptions"):
         runtime.load(tiny_export["dir"], backend="onnx", options=CudaOptions())
 
 

@@ -15,6 +15,7 @@ import torch
 import mahia.runtime as runtime
 from mahia.artifact import DimRange, read_manifest
 from mahia.model import InputValidationError, build_model, get_config, random_inputs
+from mahia.runtime.backends.onnxrt import OnnxRuntimeOptions
 from tests.conftest import relative_error
 
 
@@ -117,10 +118,26 @@ def test_sequence_length_is_checked_against_the_exported_range(tiny_export: dict
         deployment.check_inputs(random_inputs(deployment.config, 2, 41, generator))
 
 
+def test_onnx_runtime_threading_options_keep_the_answer(tiny_export: dict, generator: torch.Generator) -> None:
+    inputs = {k: v.numpy() for k, v in random_inputs(get_config("tiny"), 3, 37, generator).items()}
+    default = runtime.load(tiny_export["dir"], backend="onnx")
+    one_thread = runtime.load(tiny_export["dir"], backend="onnx",
+                              options=OnnxRuntimeOptions(intra_op_threads=1, spin_wait=False))
+    session = one_thread.runner.session
+    assert session.get_session_options().intra_op_num_threads == 1
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    want = default.run(inputs)
+    assert relative_error(torch.from_numpy(one_thread.run(inputs)), torch.from_numpy(want)) < 1e-6
+    with pytest.raises(ValueError, match="intra_op_threads must be >= 0 .* got -1"):
+        OnnxRuntimeOptions(intra_op_threads=-1)
+
+
 def test_a_backend_without_its_graph_or_with_options_it_does_not_take_is_refused(tiny_export: dict,
                                                                                  tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"^backend 'onnx' takes no options$"):
-        runtime.load(tiny_export["dir"], backend="onnx", options={"device": 0})
+    with pytest.raises(ValueError, match=r"^backend 'pt2' takes no options$"):
+        runtime.load(tiny_export["dir"], backend="pt2", options={"device": 0})
+    with pytest.raises(TypeError, match=r"^backend 'onnx' takes OnnxRuntimeOptions, got dict$"):
+        runtime.load(tiny_export["dir"], backend="onnx", options={"threads": 1})
     onnx_only = tmp_path / "tiny-onnx-only"
     onnx_only.mkdir()
     manifest = json.loads((tiny_export["dir"] / "manifest.json").read_text())

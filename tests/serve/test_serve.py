@@ -31,7 +31,8 @@ import mahia.runtime as runtime  # noqa: E402
 from mahia.artifact import sha256_file  # noqa: E402
 from mahia.data import load_reviews  # noqa: E402
 from mahia.data.features import FEATURES_FILE, FeatureSpec, parse_review  # noqa: E402
-from mahia.serve.app import APP_NAME, ReviewModel, ServeConfig, build_app  # noqa: E402
+from mahia.runtime.backends.onnxrt import OnnxRuntimeOptions  # noqa: E402
+from mahia.serve.app import APP_NAME, ReviewModel, ServeConfig, build_app, runtime_options  # noqa: E402
 from mahia.serve.classifier import predictions, text_budget  # noqa: E402
 from mahia.serve.cli import main as serve_cli  # noqa: E402
 from tests.serve.test_serve_features import GOOD, data_records  # noqa: E402
@@ -225,6 +226,13 @@ def metric_sum(server: Server, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name + "{"))
 
 
+def test_model_replicas_run_onnx_runtime_on_the_cpus_they_reserve() -> None:
+    assert runtime_options("onnx", 1.0) == OnnxRuntimeOptions(intra_op_threads=1, spin_wait=False)
+    assert runtime_options("onnx", 2.0) == OnnxRuntimeOptions(intra_op_threads=2, spin_wait=False)
+    assert runtime_options("onnx", 0.5) == OnnxRuntimeOptions(intra_op_threads=1, spin_wait=False)
+    assert runtime_options("pt2", 1.0) is None
+
+
 def test_tampered_artifact_never_starts(server: Server, tmp_path: Path) -> None:
     tampered = Path(shutil.copytree(server.artifact, tmp_path / "tampered"))
     data = bytearray((tampered / "model.onnx").read_bytes())
@@ -234,7 +242,7 @@ def test_tampered_artifact_never_starts(server: Server, tmp_path: Path) -> None:
     assert cli.exit_code == 1 and "model.onnx does not match its sha256" in cli.output, cli.output
     # Past the CLI's check (files changed after it), the replicas refuse too: the application fails to deploy.
     with pytest.raises(RuntimeError):  # the model alone, no CPU reserved: both CPUs serve the main application
-        serve.run(ReviewModel.options(ray_actor_options={"num_cpus": 0}).bind(str(tampered), "onnx"),
+        serve.run(ReviewModel.options(ray_actor_options={"num_cpus": 0}).bind(str(tampered), "onnx", 1.0),
                   name="tampered", route_prefix=None)
     serve.delete("tampered")
     assert server.classify([GOOD]).status_code == 200
@@ -250,7 +258,7 @@ def test_replica_killed_under_load_loses_no_request(server: Server, sample: list
         return [(i + k) % len(sample) for k in range(per_request)]
 
     def client(i: int) -> None:
-        for attempt in range(20):  # 503 (no replica answered yet) is the only answer worth retrying
+        for _attempt in range(20):  # 503 (no replica answered yet) is the only answer worth retrying
             response = server.classify([sample[j] for j in reviews(i)])
             if response.status_code != 503:
                 break

@@ -12,7 +12,6 @@ import pytest
 from click.testing import CliRunner
 from google.protobuf import text_format
 
-import mahia.runtime as runtime
 from mahia.artifact import sha256_file
 from mahia.serve.cli import main as serve_cli
 from mahia.serve.triton import TritonRepositoryError, preferred_batch_sizes, write_triton_repository

@@ -1,10 +1,11 @@
 """The backend registry: one `Backend` record per way of running an artifact's graph.
 
 A backend is a module under `mahia.runtime.backends` with `load(path, inputs) -> Runner` (base.py's
-contract) plus one `register(Backend(...))` line below; its engine is imported when a graph is loaded, so
-an engine that is not installed costs nothing until it is asked for, and then fails with one line naming
-the package (as Polygraphy's backends do). A backend without a format ("cuda") runs the whole artifact rather
-than one graph file: its module has `load_artifact(directory, manifest, options) -> Runner` instead.
+contract; `load(path, inputs, options)` too where it takes options) plus one `register(Backend(...))` line
+below; its engine is imported when a graph is loaded, so an engine that is not installed costs nothing until
+it is asked for, and then fails with one line naming the package (as Polygraphy's backends do). A backend
+without a format ("cuda") runs the whole artifact rather than one graph file: its module has
+`load_artifact(directory, manifest, options) -> Runner` instead.
 """
 
 from __future__ import annotations
@@ -30,16 +31,22 @@ class Backend:
     packages: tuple[str, ...]  # Python packages its engine needs (checked before the module loads)
     engine: str  # what runs the graph, as parity reports name it (Polygraphy's runner names: onnxrt, ...)
     description: str
+    takes_options: bool = False  # whether its loader takes `options` (its own frozen dataclass)
 
     def require_packages(self) -> None:
         """BackendUnavailableError naming the first engine package that is not installed."""
         for package in self.packages:
             require(package, self.name)
 
-    def load(self, path: Path, inputs: InputSpec) -> Runner:
-        """The runner of the graph file at `path`; BackendUnavailableError when an engine package is missing."""
+    def load(self, path: Path, inputs: InputSpec, options: Any = None) -> Runner:
+        """The runner of the graph file at `path`; BackendUnavailableError when an engine package is missing,
+        ValueError for options given to a backend that takes none."""
         self.require_packages()
-        return importlib.import_module(self.module).load(path, inputs)
+        if options is None:
+            return importlib.import_module(self.module).load(path, inputs)
+        if not self.takes_options:
+            raise ValueError(f"backend {self.name!r} takes no options")
+        return importlib.import_module(self.module).load(path, inputs, options)
 
     def load_artifact(self, directory: Path, manifest: Manifest, options: Any = None) -> Runner:
         """The runner of a whole verified artifact (backends without a format); BackendUnavailableError as `load`."""
@@ -72,7 +79,7 @@ def get_backend(name: str) -> Backend:
 
 
 register(Backend("onnx", "onnx", "mahia.runtime.backends.onnxrt", ("onnxruntime",), "onnxrt",
-                 "ONNX Runtime, CPU execution provider"))
+                 "ONNX Runtime, CPU execution provider (OnnxRuntimeOptions: threads)", takes_options=True))
 register(Backend("pt2", "pt2", "mahia.runtime.backends.pt2", ("torch",), "pt2",
                  "torch.export program reloaded with torch.export.load, eager on the CPU"))
 register(Backend("onnx-plugins", "trt", "mahia.runtime.backends.onnx_plugins",

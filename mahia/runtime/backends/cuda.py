@@ -259,6 +259,7 @@ def load_artifact(directory: Path, manifest: Manifest, options: CudaOptions | No
         scales = activation_scales(read_table_json(directory / CALIBRATION_FILE))
     model = rebuild_model(directory, manifest, options.checkpoint)
     module, fp8_layers = deployable_module(model, precision, options.device, scales)
-    deployed = DeployedModel(module, Buckets.from_ranges(manifest.batch, manifest.seq), torch.device(options.device),
-                             options.cuda_graphs, options.compile)
+    config = manifest.model.config
+    buckets = Buckets.from_ranges(manifest.batch, manifest.seq, config.num_tabular_tokens, config.max_seq_len)
+    deployed = DeployedModel(module, buckets, torch.device(options.device), options.cuda_graphs, options.compile)
     return CudaRunner(deployed, fp8_layers)

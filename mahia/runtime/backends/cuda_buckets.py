@@ -3,7 +3,11 @@ graph serves every shape inside its bucket.
 
 The buckets are derived from the manifest's dynamic ranges alone (nothing extra is recorded): batch sizes are the
 powers of two from the range's minimum, sequence lengths the powers of two and their 1.5x steps from 16 (so
-padding adds at most a third of the tokens above 16); each list ends at the range's maximum. Padding is exact:
+padding adds at most a third of the tokens above 16); each list ends at the range's maximum. Each sequence bucket
+is then raised, where the model's max_seq_len allows, until its length plus the model's tabular tokens (which join
+the words in the long convolutions) is a multiple of 16: the long-conv kernel pads other lengths to 16 itself, with
+two copies per call (`direct_copy_kernel` grew from 9.0 to 14.5 ms of a 68.6 ms forward at 32 x 2048 when that
+padding came in, benchmarks/RESULTS.md), while padding the bucket costs at most 15 tokens per row. Padding is exact:
 padded positions are masked (the model's padding invariance, a tested property) and padded rows are dropped
 from the output (each row of the model depends on its own inputs only; the MoE is dropless at inference).
 """
@@ -20,6 +24,7 @@ from mahia.artifact import DimRange
 from mahia.model.config import CLS_ID
 
 SEQ_FLOOR = 16  # shorter sequences share the 16-token bucket: the graphs are launch-bound there anyway
+SEQ_ALIGNMENT = 16  # = mahia.kernels.triton.long_conv.LENGTH_ALIGNMENT (a test checks it; importing it needs triton)
 
 
 def _grid(minimum: int, maximum: int, steps: tuple[float, ...], floor: int) -> tuple[int, ...]:
@@ -29,6 +34,12 @@ def _grid(minimum: int, maximum: int, steps: tuple[float, ...], floor: int) -> t
         sizes.update(int(base * step) for step in steps if minimum <= int(base * step) < maximum)
         base *= 2
     return tuple(sorted(sizes)) + (maximum,)
+
+
+def _align(size: int, extra_tokens: int, limit: int) -> int:
+    """The smallest length >= size with length + extra_tokens a multiple of SEQ_ALIGNMENT, or size above `limit`."""
+    aligned = -(-(size + extra_tokens) // SEQ_ALIGNMENT) * SEQ_ALIGNMENT - extra_tokens
+    return aligned if aligned <= limit else size
 
 
 @dataclass(frozen=True)
@@ -44,9 +55,14 @@ class Buckets:
                 raise ValueError(f"{name} buckets must be distinct positive sizes in increasing order, got {sizes}")
 
     @classmethod
-    def from_ranges(cls, batch: DimRange, seq: DimRange) -> Buckets:
-        """The buckets of an artifact's dynamic ranges (the manifest's `dims`)."""
-        return cls(_grid(batch.min, batch.max, (1.0,), 1), _grid(seq.min, seq.max, (1.0, 1.5), SEQ_FLOOR))
+    def from_ranges(cls, batch: DimRange, seq: DimRange, extra_tokens: int = 0, seq_limit: int | None = None
+                    ) -> Buckets:
+        """The buckets of an artifact's dynamic ranges (the manifest's `dims`); sequence buckets aligned so that
+        bucket + extra_tokens (the model's tabular tokens) is a multiple of SEQ_ALIGNMENT, never past seq_limit (the
+        model's max_seq_len; None: the range's maximum)."""
+        limit = seq.max if seq_limit is None else seq_limit
+        aligned = {_align(size, extra_tokens, limit) for size in _grid(seq.min, seq.max, (1.0, 1.5), SEQ_FLOOR)}
+        return cls(_grid(batch.min, batch.max, (1.0,), 1), tuple(sorted(aligned)))
 
     def bucket(self, batch: int, seq: int) -> tuple[int, int]:
         """The smallest (batch, seq) bucket holding a batch of this shape; ValueError above the largest."""
