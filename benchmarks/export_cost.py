@@ -31,8 +31,10 @@ def run_export(config: str, out: Path) -> dict:
     exe = Path(sys.executable).parent / "mahia-export"
     start = time.perf_counter()
     pid = os.posix_spawn(str(exe), [str(exe), "--config", config, "--out", str(out), "--json", "--quiet"], os.environ,
-                         file_actions=[(os.POSIX_SPAWN_OPEN, 1, str(out / f"{config}.json"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
-                                       (os.POSIX_SPAWN_OPEN, 2, str(out / f"{config}.err"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)])
+                         file_actions=[(os.POSIX_SPAWN_OPEN, 1, str(out / f"{config}.json"),
+                                        os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+                                       (os.POSIX_SPAWN_OPEN, 2, str(out / f"{config}.err"),
+                                        os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)])
     _, status, usage = os.wait4(pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
@@ -59,7 +61,8 @@ def measure_latency(artifact_dir: Path, config_name: str, repeats: int, threads:
     dims = deployment.manifest["dims"]
     results = {}
     for batch, seq in shapes:
-        if not (dims["batch"]["min"] <= batch <= dims["batch"]["max"] and dims["seq"]["min"] <= seq <= dims["seq"]["max"]):
+        if not (dims["batch"]["min"] <= batch <= dims["batch"]["max"]
+                and dims["seq"]["min"] <= seq <= dims["seq"]["max"]):
             results[(batch, seq)] = None
             continue
         (feed,) = feeds_at_points(deployment.config, [(batch, seq)])
@@ -127,7 +130,8 @@ def compare_optimizers(config_name: str, threads: int, repeats: int) -> list[str
             session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
             out = session.run(["logits"], feeds[0])[0]
         except Exception as exc:  # a broken graph is a result of this comparison, reported as such
-            rows.append(f"| {name} | {len(model.graph.node)} | | {seconds:.1f} | fails in ORT: {str(exc).splitlines()[0][:120]} | | | {domains} |")
+            rows.append(f"| {name} | {len(model.graph.node)} | | {seconds:.1f} | "
+                        f"fails in ORT: {str(exc).splitlines()[0][:120]} | | | {domains} |")
             continue
         err = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
         ms = [median_seconds(lambda f=f: session.run(["logits"], f), repeats) * 1e3 for f in feeds]
@@ -177,7 +181,8 @@ def main() -> None:
     print(header)
     print("|" + "---|" * (4 + 3 * len(shapes)))
     for config, export, lat in rows:
-        stages = ", ".join(f"{s['name']} {s['seconds']:.1f}" for s in export["summary"]["stages"] if s["name"] != "package")
+        stages = ", ".join(f"{s['name']} {s['seconds']:.1f}" for s in export["summary"]["stages"]
+                           if s["name"] != "package")
         cells = f"| {config} | {export['wall_s']:.1f} | {export['peak_rss_mib']:.0f} | {stages} |"
         for shape in shapes:
             m = lat[shape]

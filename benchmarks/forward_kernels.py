@@ -17,7 +17,8 @@ from mahia.model import build_model, get_config
 from mahia.model.inputs import random_inputs
 
 
-def kernel_table(model: torch.nn.Module, inputs: dict[str, torch.Tensor], calls: int = 3) -> list[tuple[str, int, float]]:
+def kernel_table(model: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                 calls: int = 3) -> list[tuple[str, int, float]]:
     """(kernel name, launches per forward, device ms per forward) of every kernel, the costliest first."""
     with torch.inference_mode():
         model(**inputs)

@@ -234,7 +234,6 @@ def roofline() -> tuple[float, float]:
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     mm_ms = bench(lambda: a @ b)
     peak = 2 * 8192 ** 3 / (mm_ms * 1e-3)
-    del src, dst, a, b
     say(f"roofline: copy 1 GiB {copy_ms:.3f} ms -> {bandwidth / 1e12:.2f} TB/s; "
         f"8192^3 bf16 matmul {mm_ms:.3f} ms -> {peak / 1e12:.0f} TFLOP/s")
     return bandwidth, peak
@@ -321,9 +320,9 @@ def bench_all(bandwidth: float, peak: float) -> list[dict]:
     timed(rows, "ssd_scan", shape, "triton (mahia::ssd_scan)", lambda: kernels.ssd_scan(*nxt(), chunk),
           io_bytes, flops, bandwidth, peak)
     ref_args = tuple(t.float() for t in make())
-    timed(rows, "ssd_scan", shape, "reference, fp32 eager", lambda: reference.ssd_scan(*ref_args, chunk),
-          io_bytes, flops, bandwidth, peak)
-    del ref_args
+    timed(rows, "ssd_scan", shape, "reference, fp32 eager",
+          lambda ref_args=ref_args: reference.ssd_scan(*ref_args, chunk), io_bytes, flops, bandwidth, peak)
+    del ref_args  # the fp32 copies are freed here, as the lambda that bound them is gone
 
     from mahia.kernels.triton import long_conv as conv_kernel
 

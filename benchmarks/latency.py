@@ -25,7 +25,8 @@ from pathlib import Path
 from common import run_seconds
 
 
-def measure(runner: str, checkpoint: Path | None, shapes: list[tuple[int, int]], threads: int, repeats: int) -> list[list[float]]:
+def measure(runner: str, checkpoint: Path | None, shapes: list[tuple[int, int]], threads: int,
+            repeats: int) -> list[list[float]]:
     """Seconds of each timed run per shape for one runner ("eager" or an artifact directory), in this process."""
     import torch
 
@@ -34,7 +35,8 @@ def measure(runner: str, checkpoint: Path | None, shapes: list[tuple[int, int]],
     from mahia.model import ModelSource
 
     torch.set_num_threads(threads)
-    loaded = stages.load_model(ModelSource.from_checkpoint(checkpoint) if checkpoint else ModelSource.embedded_default())
+    loaded = stages.load_model(ModelSource.from_checkpoint(checkpoint) if checkpoint
+                               else ModelSource.embedded_default())
     feeds = feeds_at_points(loaded.config, shapes)
     if runner == "eager":
         calls = [lambda f={k: torch.from_numpy(v) for k, v in feed.items()}: loaded.model(**f) for feed in feeds]
@@ -86,8 +88,9 @@ def main() -> None:
             runs[runner].append(json.loads(done.stdout.strip().splitlines()[-1]))
 
     names = list(labels)
-    print(f"{args.threads} threads; {args.rounds} rounds x {args.repeats} runs per shape and runner, each round a fresh "
-          f"process per runner; {platform.machine()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
+    print(f"{args.threads} threads; {args.rounds} rounds x {args.repeats} runs per shape and runner, "
+          f"each round a fresh process per runner; "
+          f"{platform.machine()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
     print("| batch x seq | " + " | ".join(f"{labels[n]} (ms)" for n in names) + " | "
           + " | ".join(f"{labels[n]} vs eager (range)" for n in names[1:]) + " |")
     print("|---" * (2 * len(names)) + "|")
@@ -97,7 +100,8 @@ def main() -> None:
         for n in names[1:]:
             ratios = [statistics.median(e[i]) / statistics.median(o[i]) for e, o in zip(runs["eager"], runs[n])]
             cells.append(f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
-        print(f"| {batch} x {seq} | " + " | ".join(f"{median[n]:.1f}" for n in names) + " | " + " | ".join(cells) + " |")
+        print(f"| {batch} x {seq} | " + " | ".join(f"{median[n]:.1f}" for n in names) + " | "
+              + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

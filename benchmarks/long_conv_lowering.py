@@ -35,11 +35,13 @@ class LongConv(torch.nn.Module):
 
 def session(lowering, causal: bool, threads: int) -> ort.InferenceSession:
     """An ORT session of one long_conv exported with `lowering`, dynamic in batch, channels and length."""
-    length, batch, channels = Dim("length", min=2, max=4096), Dim("batch", min=1, max=64), Dim("channels", min=2, max=2048)
+    length, batch, channels = (Dim("length", min=2, max=4096), Dim("batch", min=1, max=64),
+                               Dim("channels", min=2, max=2048))
     args = (torch.randn(2, 4, 17), torch.randn(4, 17 if causal else 33))
     with quiet_exporters():
         program = torch.onnx.export(LongConv(causal), args, dynamo=True, opset_version=onnx_lowering.OPSET,
-                                    optimize=True, custom_translation_table={torch.ops.mahia.long_conv.default: lowering},
+                                    optimize=True,
+                                    custom_translation_table={torch.ops.mahia.long_conv.default: lowering},
                                     dynamic_shapes=({0: batch, 1: channels, 2: length},
                                                     {0: channels, 1: length if causal else 2 * length - 1}))
     model = program.model_proto
@@ -58,7 +60,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    print("| direction | B x D x L | MatMul DFT (ms) | ONNX DFT (ms) | eager torch.fft (ms) | rel. error MatMul / DFT |")
+    print("| direction | B x D x L | MatMul DFT (ms) | ONNX DFT (ms) | eager torch.fft (ms) | "
+          "rel. error MatMul / DFT |")
     print("|---|---|---|---|---|---|")
     for causal in (True, False):
         sessions = {"matmul": session(onnx_lowering.long_conv_matmul, causal, args.threads),
@@ -73,8 +76,8 @@ def main() -> None:
                 errors[name] = float((got - want).norm() / want.norm())
                 times[name] = median_seconds(lambda: s.run(None, feed), args.repeats) * 1e3
             eager = median_seconds(lambda: reference.long_conv(x, filt, causal), args.repeats) * 1e3
-            print(f"| {'causal' if causal else 'two-sided'} | {b} x {d} x {n} | {times['matmul']:.2f} | {times['dft']:.2f} | "
-                  f"{eager:.2f} | {errors['matmul']:.1e} / {errors['dft']:.1e} |", flush=True)
+            print(f"| {'causal' if causal else 'two-sided'} | {b} x {d} x {n} | {times['matmul']:.2f} | "
+                  f"{times['dft']:.2f} | {eager:.2f} | {errors['matmul']:.1e} / {errors['dft']:.1e} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -64,10 +64,12 @@ def main() -> None:
             print(f"batch {len(rows):2d}  {name:13s} rel err {error:.2e}")
         print(f"batch {len(rows):2d}  model fp32 logits rel err {relative_error(got, expected):.2e}")
         with torch.no_grad():
-            half = model.to(torch.bfloat16)(**{k: (v.bfloat16() if v.is_floating_point() else v) for k, v in cuda_inputs.items()})
+            half = model.to(torch.bfloat16)(**{k: (v.bfloat16() if v.is_floating_point() else v)
+                                               for k, v in cuda_inputs.items()})
         model.float()
         agree = float((half.float().cpu().argmax(1) == expected.argmax(1)).float().mean())
-        print(f"batch {len(rows):2d}  model bf16 logits rel err {relative_error(half.float(), expected):.2e}, argmax agreement {agree:.3f}")
+        print(f"batch {len(rows):2d}  model bf16 logits rel err {relative_error(half.float(), expected):.2e}, "
+              f"argmax agreement {agree:.3f}")
     print(f"worst op rel err (fp32): {worst:.2e}")
 
 

@@ -99,7 +99,8 @@ TARGETS = (
             "tests/train/test_train_features.py::test_training_loss_sums_the_chosen_distillation_terms")),
     # the direct tests; the resume runs through the training loop (a few seconds each) are left to make test
     Target("mahia/train/state.py",
-           ("tests/train/test_state.py", "tests/train/test_train.py::test_optimiser_state_from_another_step_is_refused")),
+           ("tests/train/test_state.py",
+            "tests/train/test_train.py::test_optimiser_state_from_another_step_is_refused")),
     # the schedule (moved from trainer.py to optim.py); the loop itself is left to the training tests
     Target("mahia/train/optim.py", ("tests/train/test_schedule.py", "tests/train/test_train.py", "-k", "learning_rate"),
            functions=("x_learning_rate*",)),

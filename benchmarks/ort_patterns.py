@@ -31,7 +31,8 @@ def gate_batched_matmul(b: FLOAT[B, L, D, 3], w: FLOAT[B, L, 3]) -> FLOAT[B, L, 
 
 
 @script()
-def mask_where(d: FLOAT[B, HEADS, CHUNKS, CHUNK, CHUNK], m: BOOL[CHUNK, CHUNK]) -> FLOAT[B, HEADS, CHUNKS, CHUNK, CHUNK]:
+def mask_where(d: FLOAT[B, HEADS, CHUNKS, CHUNK, CHUNK],
+               m: BOOL[CHUNK, CHUNK]) -> FLOAT[B, HEADS, CHUNKS, CHUNK, CHUNK]:
     return op.Exp(op.Where(m, d, op.Constant(value_float=-float("inf"))))
 
 

@@ -20,9 +20,9 @@ import numpy as np
 import onnx
 import torch
 
+from mahia.calibration.awq import awq_scales
 from mahia.calibration.data import CalibrationDataConfig, load_calibration_data
 from mahia.calibration.onnx_names import parameter_index, quantizable_nodes
-from mahia.calibration.awq import awq_scales
 from mahia.calibration.quantize import QuantizeOptions, int4_nodes, quantize_int4, quantize_qdq
 from mahia.calibration.ranges import collect_ranges
 from mahia.calibration.sensitivity import output_error
@@ -152,8 +152,9 @@ def main() -> None:
                      "argmax_agreement": error.argmax_agreement, "accuracy": accuracy,
                      "accuracy_delta_pt": 100 * (accuracy - eager_accuracy)})
 
-    result = {"model": label, "config": config.name, "calib_samples": calibration.samples, "calib_hash": calibration.content_hash,
-              "eval_samples": evaluation.samples, "eager_accuracy": eager_accuracy, "collect_seconds": collect_seconds,
+    result = {"model": label, "config": config.name, "calib_samples": calibration.samples,
+              "calib_hash": calibration.content_hash, "eval_samples": evaluation.samples,
+              "eager_accuracy": eager_accuracy, "collect_seconds": collect_seconds,
               "threads": THREADS, "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
               "date_utc": time.strftime("%Y-%m-%d", time.gmtime()), "accuracy": rows}
     if args.json:

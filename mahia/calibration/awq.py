@@ -69,7 +69,8 @@ def blocked_int4(weight: np.ndarray, block_size: int) -> np.ndarray:
 
 def clip_weight(weight: np.ndarray, rows: np.ndarray, block_size: int,
                 ratios: Sequence[float] = CLIP_RATIOS) -> np.ndarray:
-    """Per block and column, clip the weight to ratio x its largest magnitude where that lowers the block's output error.
+    """Per block and column, clip the weight to ratio x its largest magnitude where that lowers the block's
+    output error.
 
     The block's error is ||x_block (w - Q(clip(w)))|| over the sample rows: clipping trades the rounding
     of the block's other entries against the clipped outliers (AWQ's clip search); ratio 1 is no clip.
@@ -88,7 +89,8 @@ def clip_weight(weight: np.ndarray, rows: np.ndarray, block_size: int,
         clipped = np.clip(padded, -limit, limit)
         residual = padded - blocked_int4(clipped, block_size)
         error = np.stack([np.linalg.norm(x[:, b * block_size:(b + 1) * block_size]
-                                         @ residual[b * block_size:(b + 1) * block_size], axis=0) for b in range(blocks)])
+                                         @ residual[b * block_size:(b + 1) * block_size], axis=0)
+                          for b in range(blocks)])
         better = error < best_error
         best_error[better], best_ratio[better] = error[better], ratio
     limit = np.repeat(peak * best_ratio, block_size, axis=0)
@@ -107,7 +109,8 @@ def search_scale(node: str, sample: ActivationSample, weight: np.ndarray, block_
     for alpha in grid:
         scales = magnitude ** alpha
         scales /= np.sqrt(scales.max() * scales.min())  # centred on 1: the rounding grid sees no overall shift
-        errors[alpha] = float(np.linalg.norm((x / scales) @ blocked_int4(w * scales[:, None], block_size) - want)) / norm
+        errors[alpha] = float(np.linalg.norm((x / scales) @ blocked_int4(w * scales[:, None], block_size)
+                                             - want)) / norm
         candidates[alpha] = scales
     alpha = min(errors, key=errors.get)
     scales = candidates[alpha]

@@ -58,7 +58,8 @@ def select_rows(dataset: ReviewsDataset, samples: int, seed: int) -> ReviewsData
 
 
 def load_calibration_data(model_config: ModelConfig, config: CalibrationDataConfig = CalibrationDataConfig(),
-                          data_config: DataConfig = DataConfig(), dataset: ReviewsDataset | None = None) -> CalibrationData:
+                          data_config: DataConfig = DataConfig(),
+                          dataset: ReviewsDataset | None = None) -> CalibrationData:
     """Batches of `config.samples` real rows from `config.split` of the reviews data (never random tensors)."""
     if dataset is None:
         splits = load_reviews(data_config)

@@ -106,7 +106,8 @@ def quantize_qdq(onnx_path: str | Path, table: CalibrationTable, out_path: str |
         raise CalibrationError(f"{onnx_path}: every node of the table is kept in float: nothing to quantize")
     expected = QDQ_DTYPES[options.precision]
     if table.dtype != expected:
-        raise CalibrationError(f"calibration table is for {table.dtype}, but {options.precision} needs {expected} scales")
+        raise CalibrationError(f"calibration table is for {table.dtype}, but {options.precision} needs "
+                               f"{expected} scales")
     table.check_covers(sorted({n.activation for n in nodes}))
 
     qtype = QuantType.QInt8 if options.precision == "int8" else QuantType.QFLOAT8E4M3FN
@@ -116,7 +117,8 @@ def quantize_qdq(onnx_path: str | Path, table: CalibrationTable, out_path: str |
     ranges = {}
     for node in nodes:
         entry = table.tensors[node.activation]
-        overrides[node.activation] = [{"quant_type": qtype, "scale": np.array(entry.scale, dtype=np.float32), "zero_point": zero}]
+        overrides[node.activation] = [{"quant_type": qtype, "scale": np.array(entry.scale, dtype=np.float32),
+                                       "zero_point": zero}]
         ranges[node.activation] = TensorData(lowest=np.float32(-entry.amax), highest=np.float32(entry.amax))
         axis = _weight_axis(model, node)
         if options.precision == "fp8":
@@ -295,7 +297,8 @@ def _prune(graph: onnx.GraphProto) -> None:
     outputs = {o.name for o in graph.output}
     while True:
         read = {name for node in graph.node for name in node.input} | outputs
-        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not set(n.output) & read]
+        dead = [n for n in graph.node
+                if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not set(n.output) & read]
         if not dead:
             break
         for node in dead:

@@ -3,8 +3,9 @@ of the three custom ops (MoE expert inputs and hidden activations per expert, SS
 convolution inputs) seen through a dispatch mode, so nothing has to be re-implemented to observe them.
 
 Values at padded positions are dropped (they are masked out downstream, and would only widen the
-ranges): the token mask is the one the embedding returns, which covers the tabular tokens too. Names are eager names: `<module path>:input` for module inputs, `<module path>/<op>:<arg>`
-for custom-op tensors; `mahia.calibration.onnx_names` maps them onto the ONNX graph.
+ranges): the token mask is the one the embedding returns, which covers the tabular tokens too. Names
+are eager names: `<module path>:input` for module inputs, `<module path>/<op>:<arg>` for custom-op
+tensors; `mahia.calibration.onnx_names` maps them onto the ONNX graph.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class EagerRanges:
 class _Observer(TorchDispatchMode):
     """Sees each mahia:: op call and records its inputs under the calling module's path."""
 
-    def __init__(self, record: "_Recorder") -> None:
+    def __init__(self, record: _Recorder) -> None:
         super().__init__()
         self.record = record
 

@@ -115,8 +115,8 @@ def plan_mixed(sensitivity: Sequence[LayerSensitivity], precision: str, quantize
         return MixedPlan(plan, error, budget, steps), path
     last = order[-1]
     raise CalibrationError(f"no mixed assignment meets accuracy budget {budget:.3g}: even with only the least "
-                           f"sensitive layer {last} quantized the error is {tried[len(order) - 1][0].rel_l2_error:.3g}; "
-                           f"the most limiting layers are "
+                           f"sensitive layer {last} quantized the error is "
+                           f"{tried[len(order) - 1][0].rel_l2_error:.3g}; the most limiting layers are "
                            + ", ".join(f"{r.layer} ({r.rel_l2_error:.3g} alone)" for r in sensitivity[:3]))
 
 

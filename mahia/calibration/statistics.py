@@ -65,7 +65,8 @@ class RangeStatistics:
         self.counts: dict[str, int] = {}
         needs_abs = any(m in ("percentile", "mse") for m in methods)
         # The collector's percentile argument is only read at compute time; we set it per query.
-        self._abs = HistogramCollector("percentile", True, num_bins, num_quantized_bins, 100.0, "same") if needs_abs else None
+        self._abs = HistogramCollector("percentile", True, num_bins, num_quantized_bins, 100.0, "same") \
+            if needs_abs else None
         self._signed = HistogramCollector("entropy", True, num_bins, num_quantized_bins, 100.0, "same") \
             if "entropy" in methods else None
         self._percentiles: dict[float, dict] = {}

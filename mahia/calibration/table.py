@@ -101,7 +101,8 @@ def build_table(ranges: EagerRanges, nodes: list[QuantizableNode], config: Metho
         selected[node.node] = node.layer
     if not selected:
         raise CalibrationError("no quantizable node has an eager range: nothing to calibrate")
-    eager = {n: _range(ranges.amax(n, config), dtype, config, ranges, (n,)) for n in ranges.names()} if include_eager else {}
+    eager = {n: _range(ranges.amax(n, config), dtype, config, ranges, (n,)) for n in ranges.names()} \
+        if include_eager else {}
     return CalibrationTable(dtype, config.method, ranges.samples, ranges.data_hash, tensors, eager, layers, selected)
 
 
@@ -128,7 +129,8 @@ def read_table_json(path: str | Path) -> CalibrationTable:
         raise CalibrationError(f"calibration table {path}: expected schema_version {SCHEMA_VERSION}")
     try:
         def entries(section: str) -> dict[str, TensorRange]:
-            return {k: TensorRange(**{f: (tuple(v[f]) if f == "eager" else v[f]) for f in TensorRange.__dataclass_fields__})
+            return {k: TensorRange(**{f: (tuple(v[f]) if f == "eager" else v[f])
+                                      for f in TensorRange.__dataclass_fields__})
                     for k, v in data[section].items()}
         return CalibrationTable(data["dtype"], data["method"], data["samples"], data["data_hash"],
                                 entries("tensors"), entries("eager_tensors"),
@@ -180,11 +182,13 @@ def read_trt_cache(path: str | Path) -> tuple[int, str, dict[str, float]]:
             continue
         match = _LINE.match(line.rstrip())
         if not match:
-            raise CalibrationError(f"calibration cache {path}: line {number} is not '<tensor>: <8 hex digits>': {line[:80]!r}")
+            raise CalibrationError(f"calibration cache {path}: line {number} is not '<tensor>: <8 hex digits>': "
+                                   f"{line[:80]!r}")
         name, scale = match.group(1), hex_to_scale(match.group(2))
         if name in scales:
             raise CalibrationError(f"calibration cache {path}: tensor {name!r} appears twice (line {number})")
         if not (math.isfinite(scale) and scale > 0):
-            raise CalibrationError(f"calibration cache {path}: line {number}: scale of {name!r} is {scale}, not a positive number")
+            raise CalibrationError(f"calibration cache {path}: line {number}: scale of {name!r} is {scale}, "
+                                   "not a positive number")
         scales[name] = scale
     return int(header.group(1)), header.group(2), scales

@@ -55,7 +55,8 @@ def _parse_formats(ctx: click.Context, param: click.Parameter, value: str | None
 
 @click.command(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--config", "config_name", type=click.Choice(list(CONFIGS)), default=None,
-              help="Named model size; without --checkpoint: seeded, untrained weights. Default: the embedded default model.")
+              help="Named model size; without --checkpoint: seeded, untrained weights. "
+                   "Default: the embedded default model.")
 @click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Model weights (.safetensors written by mahia); with --config it must match that config.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Weight seed for --config without --checkpoint.")
@@ -79,7 +80,8 @@ def _parse_formats(ctx: click.Context, param: click.Parameter, value: str | None
               help="Quantized precisions: the activation range method (int8, fp8, auto) or the int4 weight rounding "
                    "(rtn: round to nearest; awq: activation-aware scale and clip search). " + methods_help() + ".")
 @click.option("--accuracy-budget", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="auto: largest relative logit error on calibration samples; the most sensitive layers stay fp32 until met.")
+              help="auto: largest relative logit error on calibration samples; the most sensitive layers stay fp32 "
+                   "until met.")
 @click.option("--eval-rows", type=click.IntRange(min=2), default=None,
               help="Trained models: test-split rows of the task check (default: the whole split).")
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0), default=None,

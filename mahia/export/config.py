@@ -71,7 +71,8 @@ class TaskCheckConfig:
 
     def budget(self, default: TaskBudget) -> TaskBudget:
         """The precision's budget with this run's overrides."""
-        return TaskBudget(default.max_accuracy_drop_pt if self.max_accuracy_drop_pt is None else self.max_accuracy_drop_pt,
+        return TaskBudget(default.max_accuracy_drop_pt if self.max_accuracy_drop_pt is None
+                          else self.max_accuracy_drop_pt,
                           default.min_agreement if self.min_agreement is None else self.min_agreement)
 
 

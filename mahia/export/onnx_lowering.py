@@ -116,7 +116,8 @@ def long_conv_matmul(x, filt, causal: bool):
     # Even and odd samples of x zero-padded to even length: Split of the innermost pairs measured 1.4x faster
     # in ORT than two strided Slices (benchmarks/ort_patterns.py).
     pairs = op.Div(op.Add(length, one), two)
-    padded = op.Pad(x, op.Concat(_i64(0, 0, 0, 0, 0), op.Unsqueeze(op.Sub(op.Mul(pairs, two), length), _i64(0)), axis=0))
+    padded = op.Pad(x, op.Concat(_i64(0, 0, 0, 0, 0), op.Unsqueeze(op.Sub(op.Mul(pairs, two), length), _i64(0)),
+                                 axis=0))
     x_even, x_odd = op.Split(op.Reshape(padded, op.Concat(op.Shape(x, start=0, end=2), _i64(-1, 2), axis=0)),
                              num_outputs=2, axis=-1)
     a_re, a_im = _spectrum(op.Squeeze(x_even, _i64(-1)), op.Range(zero, op.Mul(pairs, two), two), bins, n)
@@ -179,7 +180,8 @@ def ssd_scan(x, dt, a, b, c, chunk_size: int):
     b = op.Pad(b, pads, _f32(0.0), along_time)
     c = op.Pad(c, pads, _f32(0.0), along_time)
 
-    xs = op.Reshape(op.Mul(x, op.Unsqueeze(dt, _i64(-1))), op.Concat(_i64(0, -1, chunk_size), op.Shape(x, start=2), axis=0))
+    xs = op.Reshape(op.Mul(x, op.Unsqueeze(dt, _i64(-1))),
+                    op.Concat(_i64(0, -1, chunk_size), op.Shape(x, start=2), axis=0))
     a_dt = op.Transpose(op.Reshape(op.Mul(dt, a), op.Concat(_i64(0, -1, chunk_size), op.Shape(dt, start=2), axis=0)),
                         perm=[0, 3, 1, 2])  # b h c l
     chunked = op.Concat(_i64(0, -1, chunk_size), op.Shape(b, start=2), axis=0)

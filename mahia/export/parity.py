@@ -182,7 +182,8 @@ def failure_message(result: ParityResult, trained: bool, precision: str) -> str:
         return message + f" Passing would take {flags}."
     return (message + f" The model is untrained (seeded weights): the {precision} budget is set on a trained model, "
             f"and untrained weights lose more in {precision} (under fp8 and int4 their pooled features move several "
-            "times as much; benchmarks/RESULTS.md). To export it anyway, e.g. to measure latency before training, pass " + flags + ".")
+            "times as much; benchmarks/RESULTS.md). To export it anyway, e.g. to measure latency before training, "
+            "pass " + flags + ".")
 
 
 @contextlib.contextmanager
@@ -231,5 +232,6 @@ def compare(graphs: Sequence[Graph], inputs: InputSpec, feeds: Sequence[Mapping[
                 poly_ok = bool(verdict[output])
                 rows.append(ParityRow(name, point[0], point[1], output, float(diff.max()),
                                       float((diff / np.maximum(np.abs(want), 1e-300)).max()), rel_l2,
-                                      float(np.linalg.norm(want)), poly_ok, poly_ok and rel_l2 <= tolerances.max_rel_error))
+                                      float(np.linalg.norm(want)), poly_ok,
+                                      poly_ok and rel_l2 <= tolerances.max_rel_error))
     return ParityResult(tolerances, tuple(rows))

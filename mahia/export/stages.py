@@ -46,7 +46,8 @@ def resolve_profile(config: ModelConfig, batch: DimRange, seq: DimRange | None) 
         top = min(DEFAULT_SEQ[2], config.max_seq_len)
         seq = DimRange("seq", DEFAULT_SEQ[0], min(DEFAULT_SEQ[1], top), top)
     if seq.max > config.max_seq_len:
-        raise ValueError(f"seq range {seq}: max {seq.max} exceeds max_seq_len={config.max_seq_len} of config {config.name!r}")
+        raise ValueError(f"seq range {seq}: max {seq.max} exceeds max_seq_len={config.max_seq_len} "
+                         f"of config {config.name!r}")
     return ShapeProfile(batch, seq)
 
 
@@ -80,7 +81,8 @@ def quiet_exporters() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def export_program(model: MahiaX, profile: ShapeProfile, dtype: torch.dtype = torch.float32) -> torch.export.ExportedProgram:
+def export_program(model: MahiaX, profile: ShapeProfile,
+                   dtype: torch.dtype = torch.float32) -> torch.export.ExportedProgram:
     """Stage 2: torch.export with dynamic batch and sequence; the custom ops stay single nodes.
 
     For another dtype a cast copy is exported: the model passed in stays fp32, it is the reference.

@@ -4,8 +4,15 @@ of the same signatures.
 
 `use_reference_ops()` makes CUDA tensors run the references instead of the Triton kernels (see mahia.kernels.ops)."""
 
-from mahia.kernels.ops import (gate_combine, long_conv, moe_ffn, moe_ffn_fp8, reference_ops_enabled, ssd_scan,
-                               use_reference_ops)
+from mahia.kernels.ops import (
+    gate_combine,
+    long_conv,
+    moe_ffn,
+    moe_ffn_fp8,
+    reference_ops_enabled,
+    ssd_scan,
+    use_reference_ops,
+)
 
 __all__ = ["gate_combine", "long_conv", "moe_ffn", "moe_ffn_fp8", "reference_ops_enabled", "ssd_scan",
            "use_reference_ops"]

@@ -28,7 +28,6 @@ from torch import Tensor
 
 from mahia.kernels import reference
 
-
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _REFERENCE_OPS = contextvars.ContextVar("mahia_reference_ops", default=False)
 

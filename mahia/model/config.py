@@ -90,7 +90,7 @@ class ModelConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelConfig":
+    def from_json(cls, text: str) -> ModelConfig:
         """Parse a config written by `to_json`, naming unknown or missing fields."""
         data = json.loads(text)
         if not isinstance(data, dict):
@@ -104,7 +104,7 @@ class ModelConfig:
         except TypeError as exc:
             raise ValueError(f"model config is incomplete: {exc}") from None
 
-    def replace(self, **changes: object) -> "ModelConfig":
+    def replace(self, **changes: object) -> ModelConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 

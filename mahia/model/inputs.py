@@ -76,11 +76,13 @@ def validate_inputs(config: ModelConfig, inputs: Mapping[str, Tensor]) -> None:
     if length == 0:
         raise _fail("input_ids", "sequence length 0", "at least one token")
     if length > config.max_seq_len:
-        raise _fail("input_ids", f"sequence length {length}", f"at most max_seq_len={config.max_seq_len} of config {config.name!r}")
+        raise _fail("input_ids", f"sequence length {length}",
+                    f"at most max_seq_len={config.max_seq_len} of config {config.name!r}")
     if tuple(mask.shape) != (batch, length):
         raise _fail("attention_mask", f"shape {tuple(mask.shape)}", f"the shape of input_ids {(batch, length)}")
     if tuple(numeric.shape) != (batch, config.num_numeric):
-        raise _fail("numeric", f"shape {tuple(numeric.shape)}", f"[{batch}, {config.num_numeric}] (batch, numeric features)")
+        raise _fail("numeric", f"shape {tuple(numeric.shape)}",
+                    f"[{batch}, {config.num_numeric}] (batch, numeric features)")
     if tuple(categorical.shape) != (batch, config.num_categorical):
         raise _fail("categorical", f"shape {tuple(categorical.shape)}",
                     f"[{batch}, {config.num_categorical}] (batch, categorical features)")
@@ -95,10 +97,12 @@ def validate_inputs(config: ModelConfig, inputs: Mapping[str, Tensor]) -> None:
         raise _fail("attention_mask", f"a 0 before a 1 in sample {row}", "right padding (all 1s, then all 0s)")
     if config.num_tabular_tokens == 0 and bool((as_int[:, 0] == 0).any()):
         row = int((as_int[:, 0] == 0).nonzero()[0])
-        raise _fail("attention_mask", f"no real token in sample {row}", "at least one token per sample in a text-only model")
+        raise _fail("attention_mask", f"no real token in sample {row}",
+                    "at least one token per sample in a text-only model")
     if numeric.numel() and not bool(torch.isfinite(numeric).all()):
         row, col = (int(v) for v in (~torch.isfinite(numeric)).nonzero()[0])
-        raise _fail("numeric", f"a non-finite value ({float(numeric[row, col])}) at sample {row}, feature {col}", "finite values")
+        raise _fail("numeric", f"a non-finite value ({float(numeric[row, col])}) at sample {row}, feature {col}",
+                    "finite values")
     for j, cardinality in enumerate(config.categorical_cardinalities):
         column = categorical[:, j]
         if column.min() < 0 or column.max() >= cardinality:
@@ -124,6 +128,7 @@ def random_inputs(config: ModelConfig, batch: int, length: int, generator: torch
     mask = (torch.arange(length)[None, :] < lengths[:, None]).to(torch.int64)
     ids = ids * mask
     numeric = torch.randn(batch, config.num_numeric, generator=g)
-    categorical = torch.stack([torch.randint(0, c, (batch,), generator=g) for c in config.categorical_cardinalities], dim=1) \
+    categorical = torch.stack([torch.randint(0, c, (batch,), generator=g)
+                               for c in config.categorical_cardinalities], dim=1) \
         if config.num_categorical else torch.zeros(batch, 0, dtype=torch.int64)
     return {"input_ids": ids, "attention_mask": mask, "numeric": numeric, "categorical": categorical}

@@ -111,7 +111,8 @@ def main(model: str, epochs: int, max_steps: int | None, lr: float, warmup_steps
     if "baseline" in result.metrics:
         for name, run in result.metrics["baseline"].items():
             b = run["test"]
-            console.print(f"baseline ({name}): accuracy {b['accuracy']:.4f}  roc_auc {b['roc_auc']:.4f}  f1 {b['f1']:.4f}")
+            console.print(f"baseline ({name}): accuracy {b['accuracy']:.4f}  roc_auc {b['roc_auc']:.4f}  "
+                          f"f1 {b['f1']:.4f}")
     norms = result.metrics["grad_norms"].get("finetune")
     if norms:
         console.print(f"gradient norm (before clipping to {result.metrics['grad_norms']['clip']}): median "

@@ -101,7 +101,7 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "TrainConfig":
+    def from_json(cls, text: str) -> TrainConfig:
         """Parse a config written by `to_json`, naming unknown fields."""
         data = json.loads(text)
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
@@ -109,6 +109,6 @@ class TrainConfig:
             raise ValueError(f"train config has unknown fields: {', '.join(unknown)}")
         return cls(**data)
 
-    def replace(self, **changes: object) -> "TrainConfig":
+    def replace(self, **changes: object) -> TrainConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)

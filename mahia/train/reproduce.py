@@ -48,7 +48,8 @@ def compare_metrics(shipped: dict[str, object], rerun: dict[str, object]) -> lis
     for label, old, new in pairs:
         for key, tolerance in TOLERANCE.items():
             if abs(float(old[key]) - float(new[key])) > tolerance:
-                problems.append(f"{label} test {key}: shipped {old[key]:.4f}, re-run {new[key]:.4f} (tolerance {tolerance})")
+                problems.append(f"{label} test {key}: shipped {old[key]:.4f}, re-run {new[key]:.4f} "
+                                f"(tolerance {tolerance})")
     return problems
 
 
@@ -87,7 +88,8 @@ def install(run_dir: Path) -> None:
     metrics = json.loads((run_dir / METRICS_NAME).read_text())
     model, _ = load_checkpoint(run_dir / BEST_NAME)
     if model.config.name != "small":
-        raise click.ClickException(f"the default model is the small config; {run_dir / BEST_NAME} is {model.config.name!r}")
+        raise click.ClickException(f"the default model is the small config; {run_dir / BEST_NAME} is "
+                                   f"{model.config.name!r}")
     if not metrics.get("command"):
         raise click.ClickException(f"{run_dir / METRICS_NAME} records no command: it was not made by mahia-train")
     if not metrics.get("prefix") or metrics["prefix"]["steps"] != PREFIX_STEPS:

@@ -62,7 +62,8 @@ def save_training_state(model: MahiaX, optimizer: torch.optim.Optimizer, path: P
         for key, value in values.items():
             tensors[f"state.{index}.{key}"] = torch.as_tensor(value).detach().to("cpu").contiguous()
     groups = [{k: v for k, v in group.items()} for group in state["param_groups"]]
-    save_safetensors_atomically(tensors, optimizer_path(path), {"param_groups": json.dumps(groups), "step": str(progress.step)})
+    save_safetensors_atomically(tensors, optimizer_path(path),
+                                {"param_groups": json.dumps(groups), "step": str(progress.step)})
     save_checkpoint(model, path, stamp)
 
 
@@ -74,7 +75,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, checkpoint: Path, ste
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 -- safe_open has no __iter__
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"optimiser state {path} is not a readable safetensors file: {exc}") from None
     if metadata.get("step") != str(step):

@@ -8,8 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from mahia.artifact import (ArtifactIntegrityError, DimRange, FileRecord, Manifest, open_artifact, read_manifest,
-                            sha256_file, verify_files)
+from mahia.artifact import (
+    ArtifactIntegrityError,
+    DimRange,
+    FileRecord,
+    Manifest,
+    open_artifact,
+    read_manifest,
+    sha256_file,
+    verify_files,
+)
 
 
 def test_manifest_reads_back_what_was_written(tiny_export: dict) -> None:
@@ -75,7 +83,8 @@ def test_each_malformed_field_is_named(tiny_export: dict) -> None:
     for key, data in broken:
         with pytest.raises(ArtifactIntegrityError, match=f"^where.json: field {key!r} is missing or malformed \\("):
             Manifest.from_dict(data, "where.json")
-    with pytest.raises(ArtifactIntegrityError, match="^where.json: field 'status' .*expected 'passed' or 'failed', got 'maybe'"):
+    with pytest.raises(ArtifactIntegrityError,
+                       match="^where.json: field 'status' .*expected 'passed' or 'failed', got 'maybe'"):
         Manifest.from_dict(broken[4][1], "where.json")
     with pytest.raises(ArtifactIntegrityError, match=r"formats \['onnx'\] and graphs \['onnx', 'pt2'\] differ"):
         Manifest.from_dict(broken[5][1], "where.json")

@@ -10,12 +10,19 @@ import pytest
 import torch
 
 from mahia.calibration.data import CalibrationDataConfig, CalibrationError, load_calibration_data
-from mahia.calibration.ranges import collect_ranges
 from mahia.calibration.onnx_names import QuantizableNode
-from mahia.calibration.ranges import EagerRanges
+from mahia.calibration.ranges import EagerRanges, collect_ranges
 from mahia.calibration.statistics import MethodConfig, RangeStatistics, _rounding_step, mse_amax
-from mahia.calibration.table import (CalibrationTable, TensorRange, build_table, read_table_json, read_trt_cache,
-                                     trt_cache_scales, write_table_json, write_trt_cache)
+from mahia.calibration.table import (
+    CalibrationTable,
+    TensorRange,
+    build_table,
+    read_table_json,
+    read_trt_cache,
+    trt_cache_scales,
+    write_table_json,
+    write_trt_cache,
+)
 from mahia.data import load_reviews
 from mahia.data.tokenizer import split_words, token_id
 from mahia.model import build_model, get_config
@@ -37,9 +44,12 @@ def tiny_ranges(reviews_train):
 
 
 def test_calibration_data_is_a_deterministic_real_subset(reviews_train) -> None:
-    first = load_calibration_data(get_config("tiny"), CalibrationDataConfig(samples=40, batch_size=16), dataset=reviews_train)
-    again = load_calibration_data(get_config("tiny"), CalibrationDataConfig(samples=40, batch_size=16), dataset=reviews_train)
-    other = load_calibration_data(get_config("tiny"), CalibrationDataConfig(samples=40, batch_size=16, seed=1), dataset=reviews_train)
+    first = load_calibration_data(get_config("tiny"), CalibrationDataConfig(samples=40, batch_size=16),
+                                  dataset=reviews_train)
+    again = load_calibration_data(get_config("tiny"), CalibrationDataConfig(samples=40, batch_size=16),
+                                  dataset=reviews_train)
+    other = load_calibration_data(get_config("tiny"), CalibrationDataConfig(samples=40, batch_size=16, seed=1),
+                                  dataset=reviews_train)
     assert first.samples == 40 and sum(b["input_ids"].shape[0] for b in first.batches) == 40
     assert first.content_hash == again.content_hash != other.content_hash
     assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(first.batches, again.batches))
@@ -57,15 +67,17 @@ def test_ranges_cover_module_inputs_and_custom_op_internals(tiny_ranges) -> None
     names = set(ranges.names())
     for layer in range(model.config.n_layers):
         prefix = f"blocks.{layer}"
-        assert {f"{prefix}.attention.in_proj:input", f"{prefix}.moe.router:input", f"{prefix}.attention.hyena/long_conv:x",
-                f"{prefix}.attention.fourier/long_conv:x", f"{prefix}.attention.ssd/ssd_scan:x",
-                f"{prefix}.attention.ssd/ssd_scan:dt", f"{prefix}.moe/moe_ffn:x"} <= names
+        assert {f"{prefix}.attention.in_proj:input", f"{prefix}.moe.router:input",
+                f"{prefix}.attention.hyena/long_conv:x", f"{prefix}.attention.fourier/long_conv:x",
+                f"{prefix}.attention.ssd/ssd_scan:x", f"{prefix}.attention.ssd/ssd_scan:dt",
+                f"{prefix}.moe/moe_ffn:x"} <= names
         experts = [n for n in names if n.startswith(f"{prefix}.moe/moe_ffn:expert") and n.endswith(".input")]
         assert len(experts) >= 2
         # Every real token goes to top_k >= 1 experts, so the experts' inputs together are the op's input.
         union = max(ranges.amax(n, MethodConfig("max")) for n in experts)
         assert union == ranges.amax(f"{prefix}.moe/moe_ffn:x", MethodConfig("max"))
-        assert ranges.amax(f"{prefix}.moe/moe_ffn:x", MethodConfig("max")) == ranges.amax(f"{prefix}.moe.router:input", MethodConfig("max"))
+        assert (ranges.amax(f"{prefix}.moe/moe_ffn:x", MethodConfig("max"))
+                == ranges.amax(f"{prefix}.moe.router:input", MethodConfig("max")))
     assert ranges.samples == 32 and ranges.data_hash == data.content_hash
 
 
@@ -219,7 +231,8 @@ def test_corrupt_trt_cache_is_refused_naming_the_line(tmp_path, content: str, me
 
 def test_table_json_round_trips_and_names_missing_tensors(tmp_path) -> None:
     entry = TensorRange(1.5, float(np.float32(1.5 / 127)), 0, "int8", "percentile", 99.99, 512, "ab" * 32, ("m:input",))
-    table = CalibrationTable("int8", "percentile", 512, "ab" * 32, {"x": entry}, {"m:input": entry}, {"x": "m"}, {"n": "m"})
+    table = CalibrationTable("int8", "percentile", 512, "ab" * 32, {"x": entry}, {"m:input": entry}, {"x": "m"},
+                             {"n": "m"})
     path = write_table_json(table, tmp_path / "calibration.json")
     assert read_table_json(path) == table
     fields = json.loads(path.read_text())["tensors"]["x"]

@@ -12,8 +12,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mahia.calibration.data import CalibrationError
 from mahia.calibration.quantize import QuantizeOptions, quantize_int4, quantize_qdq, restore_float
-from mahia.calibration.sensitivity import (layer_sensitivity, output_error, plan_mixed, run_onnx, sensitivity_markdown,
-                                           sensitivity_plot)
+from mahia.calibration.sensitivity import (
+    layer_sensitivity,
+    output_error,
+    plan_mixed,
+    run_onnx,
+    sensitivity_markdown,
+    sensitivity_plot,
+)
 from mahia.calibration.table import CalibrationTable, TensorRange
 
 K, H, N = 64, 96, 48
@@ -31,8 +37,10 @@ def _graph(path, rng: np.random.Generator) -> None:
          "b4": rng.standard_normal(10) * 0.1}
     inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()]
     inits.append(numpy_helper.from_array(np.array([-1, N], dtype=np.int64), "flat"))
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"), helper.make_node("Sigmoid", ["h"], ["r"], name="sigmoid"),
-             helper.make_node("MatMul", ["r", "w2"], ["a"], name="mm2"), helper.make_node("MatMul", ["x", "w3"], ["b"], name="mm3"),
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+             helper.make_node("Sigmoid", ["h"], ["r"], name="sigmoid"),
+             helper.make_node("MatMul", ["r", "w2"], ["a"], name="mm2"),
+             helper.make_node("MatMul", ["x", "w3"], ["b"], name="mm3"),
              helper.make_node("Add", ["a", "b"], ["s"], name="add"),
              helper.make_node("Reshape", ["s", "flat"], ["s2"], name="flatten"),
              helper.make_node("Gemm", ["s2", "w4", "b4"], ["y"], name="gemm", transB=1)]
@@ -121,7 +129,8 @@ def test_fp8_uses_e4m3fn_with_amax_over_448_weight_scales(float_graph, tmp_path)
     out = quantize_qdq(path, table, tmp_path / "fp8.onnx", QuantizeOptions("fp8"))
     model = onnx.load(str(out))
     inits = {i.name: i for i in model.graph.initializer}
-    types = {inits[n.input[2]].data_type for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    types = {inits[n.input[2]].data_type for n in model.graph.node
+             if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
     assert types == {TensorProto.FLOAT8E4M3FN}
     w1_dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.output[0] in
                  next(m for m in model.graph.node if m.name == "mm1").input)
@@ -157,7 +166,8 @@ def test_restoring_a_layer_to_float_equals_never_quantizing_it(float_graph, tmp_
     restored = restore_float(full, onnx.load(str(path)), {"mm2"})
     onnx.checker.check_model(restored, full_check=True)
     onnx.save(restored, str(tmp_path / "restored.onnx"))
-    direct = quantize_qdq(path, table, tmp_path / "direct.onnx", QuantizeOptions("int8", keep_float_layers=frozenset({"layer2"})))
+    direct = quantize_qdq(path, table, tmp_path / "direct.onnx",
+                          QuantizeOptions("int8", keep_float_layers=frozenset({"layer2"})))
     np.testing.assert_array_equal(run_onnx(tmp_path / "restored.onnx", feeds), run_onnx(direct, feeds))
     assert "r" not in {n.input[0] for n in restored.graph.node if n.op_type == "QuantizeLinear"}
 
@@ -168,7 +178,8 @@ def test_table_that_does_not_fit_the_graph_is_refused(float_graph, tmp_path) -> 
     alien = CalibrationTable("int8", "max", 3, "0" * 64, table.tensors, {}, {}, {**table.nodes, "mm9": "layer9"})
     with pytest.raises(CalibrationError, match="lacks.*mm9"):
         quantize_qdq(path, alien, tmp_path / "x.onnx")
-    partial = CalibrationTable("int8", "max", 3, "0" * 64, {k: v for k, v in table.tensors.items() if k != "r"}, {}, {}, table.nodes)
+    partial = CalibrationTable("int8", "max", 3, "0" * 64, {k: v for k, v in table.tensors.items() if k != "r"}, {}, {},
+                               table.nodes)
     with pytest.raises(CalibrationError, match="lacks 1 tensor.*: r"):
         quantize_qdq(path, partial, tmp_path / "x.onnx")
     with pytest.raises(CalibrationError, match="table is for int8, but fp8 needs float8e4m3fn"):
@@ -195,7 +206,8 @@ def test_mixed_plan_meets_the_budget_or_names_the_limiting_layers(float_graph, t
     kept = [layer for layer, precision in plan.precisions.items() if precision == "fp32"]
     assert kept and set(kept) == {r.layer for r in rows[: len(kept)]}
     assert "fp32" in sensitivity_markdown(rows, plan) and sensitivity_plot(rows, "t", plan)[:4] == b"\x89PNG"
-    with pytest.raises(CalibrationError, match="no mixed assignment meets accuracy budget 1e-09.*most limiting layers are layer"):
+    with pytest.raises(CalibrationError,
+                       match="no mixed assignment meets accuracy budget 1e-09.*most limiting layers are layer"):
         plan_mixed(rows, "int8", quantize, feeds, reference, 1e-9, float_error, tmp_path)
     with pytest.raises(CalibrationError, match="the float graph alone has relative error"):
         plan_mixed(rows, "int8", quantize, feeds, reference, 1e-9, output_error(reference * 1.01, reference), tmp_path)

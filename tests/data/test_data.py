@@ -41,7 +41,8 @@ def test_rating_is_not_a_feature(splits) -> None:
 
 def test_features_match_the_model_schema(splits) -> None:
     train = splits["train"]
-    assert np.allclose(train.numeric.mean(axis=0), 0, atol=1e-4) and np.allclose(train.numeric.std(axis=0), 1, atol=1e-3)
+    assert (np.allclose(train.numeric.mean(axis=0), 0, atol=1e-4)
+            and np.allclose(train.numeric.std(axis=0), 1, atol=1e-3))
     for j, cardinality in enumerate(REVIEWS_CATEGORICAL_CARDINALITIES):
         codes = np.concatenate([s.categorical[:, j] for s in splits.values()])
         assert codes.min() >= 0 and codes.max() == cardinality - 1

@@ -25,7 +25,8 @@ def test_export_passes_and_writes_every_artifact(tiny_export: dict) -> None:
     directory, summary = tiny_export["dir"], tiny_export["summary"]
     assert re.fullmatch(r"tiny-fp32-[0-9a-f]{10}", directory.name)
     assert summary["status"] == "passed" and summary["parity"]["passed"]
-    expected = {"model.onnx", "model.pt2", "inputs.json", "eager_outputs.json", "parity.json", "report.md", "manifest.json"}
+    expected = {"model.onnx", "model.pt2", "inputs.json", "eager_outputs.json", "parity.json", "report.md",
+                "manifest.json"}
     assert {p.name for p in directory.iterdir()} == expected
     assert not list(directory.parent.glob(".*")), "no temporary directory may remain"
     manifest = json.loads((directory / "manifest.json").read_text())
@@ -123,7 +124,8 @@ def test_disk_full_during_write_leaves_nothing(tmp_path: Path, monkeypatch: pyte
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(artifact_directory.os, "fsync", no_space)  # the kernel reports ENOSPC when data reaches the disk
+    # the kernel reports ENOSPC when data reaches the disk
+    monkeypatch.setattr(artifact_directory.os, "fsync", no_space)
     result = _invoke("--config", "tiny", "--formats", "pt2", "--batch", "1:2:2", "--seq", "1:8:16", "--quiet",
                      "--out", str(tmp_path))
     assert result.exit_code == 1

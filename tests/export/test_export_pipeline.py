@@ -46,7 +46,8 @@ def test_parity_verdict_needs_both_polygraphy_and_the_rel_l2_budget(tmp_path: Pa
     x = np.random.default_rng(0).uniform(1.0, 2.0, (3, 2)).astype(np.float32)
 
     def verdict(ref_factor: float, tolerances: Tolerances) -> parity.ParityRow:
-        result = parity.compare([parity.Graph(path, get_backend("onnx"))], {"x": {"dtype": "float32", "shape": ["batch", 2]}},
+        result = parity.compare([parity.Graph(path, get_backend("onnx"))],
+                                {"x": {"dtype": "float32", "shape": ["batch", 2]}},
                                 [{"x": x}], [{"logits": x * np.float32(ref_factor)}], [(3, 2)], tolerances)
         (row,) = result.rows
         assert result.passed == row.passed
@@ -139,6 +140,7 @@ def test_weights_above_the_threshold_go_to_external_data(tiny_export: dict, tmp_
     assert files == ["model.onnx", "model.onnx.data"]
     assert (directory.path / "model.onnx.data").stat().st_size >= large_tensor_bytes > 0, "weights must live outside"
     feed = {name: np.asarray(value) for name, value in load_json(str(tiny_export["dir"] / "inputs.json"))[0].items()}
-    external = ort.InferenceSession(str(directory.path / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)
+    external = ort.InferenceSession(str(directory.path / "model.onnx"),
+                                    providers=["CPUExecutionProvider"]).run(None, feed)
     inline = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, feed)
     assert np.array_equal(external[0], inline[0])

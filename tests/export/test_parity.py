@@ -31,9 +31,11 @@ def identity(tmp_path: Path) -> Path:
 
 
 def test_each_row_names_backend_point_and_output_with_its_three_errors(identity: Path) -> None:
-    feeds = [{"x": np.array([[1.0, 2.0], [4.0, -8.0], [0.5, 1.0]], np.float32)}, {"x": np.array([[3.0, 4.0]], np.float32)}]
+    feeds = [{"x": np.array([[1.0, 2.0], [4.0, -8.0], [0.5, 1.0]], np.float32)},
+             {"x": np.array([[3.0, 4.0]], np.float32)}]
     # the graph returns x; the reference is off by +0.5 in one element of the first feed and exact in the second
-    reference = [{"logits": feeds[0]["x"] + np.array([[0, 0], [0, 0.5], [0, 0]], np.float32)}, {"logits": feeds[1]["x"]}]
+    reference = [{"logits": feeds[0]["x"] + np.array([[0, 0], [0, 0.5], [0, 0]], np.float32)},
+                 {"logits": feeds[1]["x"]}]
     want = reference[0]["logits"].astype(np.float64)
     rel_l2 = 0.5 / np.linalg.norm(want)  # 0.056: the budget below is exactly this, which passes
     tolerances = Tolerances(atol=0.0, rtol=0.1, max_rel_error=rel_l2)
@@ -77,8 +79,8 @@ def test_worst_row_and_json_form() -> None:
 def test_a_graph_that_cannot_run_is_named(identity: Path) -> None:
     feeds = [{"x": np.ones((1, 3), np.float32)}]  # 3 features where the graph takes 2
     with pytest.raises(parity.ParityRunError, match=r"^running identity.onnx on the parity inputs failed: \S"):
-        parity.compare([parity.Graph(identity, get_backend("onnx"))], SPEC, feeds, [{"logits": feeds[0]["x"]}], [(1, 3)],
-                       Tolerances(atol=0.0, rtol=0.1, max_rel_error=1.0))
+        parity.compare([parity.Graph(identity, get_backend("onnx"))], SPEC, feeds, [{"logits": feeds[0]["x"]}],
+                       [(1, 3)], Tolerances(atol=0.0, rtol=0.1, max_rel_error=1.0))
 
 
 def test_runner_metadata_has_dynamic_dims_as_none(identity: Path) -> None:
@@ -140,8 +142,10 @@ def test_atol_alone_passes_an_element_whose_reference_is_zero(identity: Path) ->
     feeds = [{"x": np.array([[1e-3, 2.0]], np.float32)}]
     reference = [{"logits": np.array([[0.0, 2.0]], np.float32)}]  # relative error of the first element: infinite
     graph = parity.Graph(identity, get_backend("onnx"))
-    within = parity.compare([graph], SPEC, feeds, reference, [(1, 2)], Tolerances(atol=1e-2, rtol=0.0, max_rel_error=1.0))
-    outside = parity.compare([graph], SPEC, feeds, reference, [(1, 2)], Tolerances(atol=1e-4, rtol=0.0, max_rel_error=1.0))
+    within = parity.compare([graph], SPEC, feeds, reference, [(1, 2)],
+                            Tolerances(atol=1e-2, rtol=0.0, max_rel_error=1.0))
+    outside = parity.compare([graph], SPEC, feeds, reference, [(1, 2)],
+                             Tolerances(atol=1e-4, rtol=0.0, max_rel_error=1.0))
     assert within.rows[0].polygraphy_passed and not outside.rows[0].polygraphy_passed
 
 

@@ -27,8 +27,8 @@ def test_fp8_export_writes_tables_sensitivity_and_passes_parity(tmp_path) -> Non
     assert summary["status"] == "passed" and summary["precision"] == "fp8"
     task = summary["task"]  # the default is trained: its test-split accuracy is checked against fp8's budget
     assert task["passed"] and task["rows"] == 256 and task["budget"]["max_accuracy_drop_pt"] == 0.1
-    assert {"model.fp8.onnx", "calibration.json", "calib.cache", "sensitivity.json", "sensitivity.md", "sensitivity.png",
-            "parity.json", "manifest.json"} <= {p.name for p in directory.iterdir()}
+    assert {"model.fp8.onnx", "calibration.json", "calib.cache", "sensitivity.json", "sensitivity.md",
+            "sensitivity.png", "parity.json", "manifest.json"} <= {p.name for p in directory.iterdir()}
     assert not (directory / "model.onnx").exists()
     manifest = json.loads((directory / "manifest.json").read_text())
     assert {"model.fp8.onnx", "calibration.json", "calib.cache", "sensitivity.png"} <= set(manifest["files"])

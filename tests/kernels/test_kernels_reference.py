@@ -159,7 +159,8 @@ def test_moe_capacity_drops_overflow_in_rank_then_position_order() -> None:
 
 def test_moe_top_k_is_clamped_to_number_of_experts(generator: torch.Generator) -> None:
     x, logits, mask, w1, w2 = moe_inputs(5, 4, 8, 3, generator)
-    assert torch.equal(kernels.moe_ffn(x, logits, mask, w1, w2, 3, 0.0), kernels.moe_ffn(x, logits, mask, w1, w2, 99, 0.0))
+    assert torch.equal(kernels.moe_ffn(x, logits, mask, w1, w2, 3, 0.0),
+                       kernels.moe_ffn(x, logits, mask, w1, w2, 99, 0.0))
 
 
 @pytest.mark.parametrize("op", ["long_conv", "ssd_scan", "moe_ffn"])

@@ -9,8 +9,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mahia.model import CheckpointError, build_model, get_config, load_checkpoint, random_inputs, save_checkpoint
-from mahia.model import checkpoint
+from mahia.model import (
+    CheckpointError,
+    build_model,
+    checkpoint,
+    get_config,
+    load_checkpoint,
+    random_inputs,
+    save_checkpoint,
+)
 from mahia.model.checkpoint import CONFIG_KEY, save_safetensors_atomically, text_tokens_of, weights_sha256
 
 TINY = get_config("tiny")
@@ -152,4 +159,5 @@ def test_weights_sha256_hashes_name_dtype_shape_and_bytes_in_name_order() -> Non
         module.bias[1] = 0.25  # one value changed: another hash
     assert weights_sha256(module) != expected.hexdigest()
     model = build_model(TINY, seed=3)
-    assert weights_sha256(model) == weights_sha256(build_model(TINY, seed=3)) != weights_sha256(build_model(TINY, seed=4))
+    assert (weights_sha256(model) == weights_sha256(build_model(TINY, seed=3))
+            != weights_sha256(build_model(TINY, seed=4)))

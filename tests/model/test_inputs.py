@@ -43,10 +43,12 @@ def bad_cases(good: dict[str, torch.Tensor]) -> list[tuple[dict, str]]:
     ids_range = f"[{int(ids.min()) - 300}, {int(ids.max()) - 300}]"
     names = "inputs must be exactly input_ids, attention_mask, numeric, categorical"
     return [
-        (with_change(good, "input_ids", ids.to(torch.int32)), "input 'input_ids': got dtype torch.int32, expected torch.int64"),
+        (with_change(good, "input_ids", ids.to(torch.int32)),
+         "input 'input_ids': got dtype torch.int32, expected torch.int64"),
         (with_change(good, "attention_mask", mask.float()),
          "input 'attention_mask': got dtype torch.float32, expected torch.bool, torch.int64 or torch.int32"),
-        (with_change(good, "numeric", good["numeric"].long()), "input 'numeric': got dtype torch.int64, expected a floating dtype"),
+        (with_change(good, "numeric", good["numeric"].long()),
+         "input 'numeric': got dtype torch.int64, expected a floating dtype"),
         (with_change(good, "categorical", good["categorical"].float()),
          "input 'categorical': got dtype torch.float32, expected torch.int64"),
         (with_change(good, "input_ids", ids[0]), "input 'input_ids': got rank 1 shape (12,), expected rank 2"),
@@ -58,7 +60,8 @@ def bad_cases(good: dict[str, torch.Tensor]) -> list[tuple[dict, str]]:
          "input 'categorical': got shape (3, 2), expected [3, 3] (batch, categorical features)"),
         (with_change(good, "input_ids", ids + TINY.vocab_size),
          f"input 'input_ids': got ids in [{int(ids.min()) + 512}, {int(ids.max()) + 512}], expected ids in [0, 511]"),
-        (with_change(good, "input_ids", ids - 300), f"input 'input_ids': got ids in {ids_range}, expected ids in [0, 511]"),
+        (with_change(good, "input_ids", ids - 300),
+         f"input 'input_ids': got ids in {ids_range}, expected ids in [0, 511]"),
         (with_change(good, "categorical", bad_code),
          f"input 'categorical': got codes in [{int(bad_code[:, 2].min())}, 21] for feature 2, "
          "expected codes in [0, 20] (0 = unknown)"),
@@ -151,7 +154,8 @@ def test_a_text_only_sample_of_one_token_passes_and_one_of_none_is_named(generat
                                   "expected at least one token per sample in a text-only model")
 
 
-def test_a_mixed_batch_of_tensors_and_arrays_converts_every_array_without_copying(good: dict[str, torch.Tensor]) -> None:
+def test_a_mixed_batch_of_tensors_and_arrays_converts_every_array_without_copying(
+        good: dict[str, torch.Tensor]) -> None:
     mixed = {"input_ids": good["input_ids"], **{n: good[n].numpy() for n in ("attention_mask", "numeric")},
              "categorical": good["categorical"].tolist()}
     tensors = as_tensors(mixed)

@@ -49,7 +49,8 @@ def test_padding_content_is_ignored(tiny_model: MahiaX, generator: torch.Generat
     noisy = dict(inputs)
     padding = inputs["attention_mask"] == 0
     assert padding.any()
-    noisy["input_ids"] = torch.where(padding, torch.randint(2, 258, padding.shape, generator=generator), inputs["input_ids"])
+    noisy["input_ids"] = torch.where(padding, torch.randint(2, 258, padding.shape, generator=generator),
+                                     inputs["input_ids"])
     with torch.no_grad():
         assert relative_error(tiny_model(**noisy), tiny_model(**inputs)) < 1e-5
 

@@ -11,8 +11,14 @@ from safetensors.torch import save_file
 
 from mahia.model import CheckpointError, build_model, get_config
 from mahia.model.checkpoint import read_checkpoint_metadata
-from mahia.train.state import (TrainingProgress, load_optimizer_state, optimizer_path, progress_metadata, read_progress,
-                               save_training_state)
+from mahia.train.state import (
+    TrainingProgress,
+    load_optimizer_state,
+    optimizer_path,
+    progress_metadata,
+    read_progress,
+    save_training_state,
+)
 
 
 def test_progress_round_trips_through_string_metadata() -> None:
@@ -21,17 +27,19 @@ def test_progress_round_trips_through_string_metadata() -> None:
     assert progress_metadata(TrainingProgress(12, 1, 4, 0.1)) == {"step": "12", "epoch": "1", "batch_in_epoch": "4",
                                                                  "best_val_roc_auc": "0.1"}
     assert progress_metadata(TrainingProgress(3, 0, 3, None))["best_val_roc_auc"] == ""
-    for broken in ({"step": "1", "epoch": "0", "batch_in_epoch": "1"}, {**progress_metadata(TrainingProgress(1, 0, 1, None)),
-                                                                         "step": "one"}):
-        with pytest.raises(CheckpointError, match=r"^checkpoint m.safetensors has no training progress metadata \(.+\): "
-                                                  "it was not written by mahia-train$"):
+    for broken in ({"step": "1", "epoch": "0", "batch_in_epoch": "1"},
+                   {**progress_metadata(TrainingProgress(1, 0, 1, None)), "step": "one"}):
+        with pytest.raises(CheckpointError,
+                           match=r"^checkpoint m.safetensors has no training progress metadata \(.+\): "
+                                 "it was not written by mahia-train$"):
             read_progress(broken, "m.safetensors")
 
 
 def _trained(groups: int = 1) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     model = build_model(get_config("tiny"), seed=0)
     params = list(model.parameters())
-    param_groups = [{"params": params[:2], "lr": 1e-3}, {"params": params[2:], "lr": 5e-4, "weight_decay": 0.0}][:groups] \
+    param_groups = [{"params": params[:2], "lr": 1e-3},
+                    {"params": params[2:], "lr": 5e-4, "weight_decay": 0.0}][:groups] \
         if groups == 2 else [{"params": params, "lr": 1e-3}]
     optimizer = torch.optim.AdamW(param_groups)
     for _ in range(2):
@@ -60,7 +68,8 @@ def test_the_optimiser_state_and_its_groups_come_back_exactly(tmp_path: Path) ->
     assert saved["state"].keys() == loaded["state"].keys() and len(saved["state"]) == 2  # the head's two tensors
     for index, values in saved["state"].items():
         assert values.keys() == loaded["state"][index].keys() == {"step", "exp_avg", "exp_avg_sq"}
-        assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(loaded["state"][index][k])) for k, v in values.items())
+        assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(loaded["state"][index][k]))
+                   for k, v in values.items())
 
 
 def test_each_pair_that_does_not_belong_together_is_refused_by_name(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ from torch import Tensor
 
 def route_tokens(router_logits: Tensor, mask: Tensor, top_k: int,
                  capacity_factor: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Softmax router with renormalised top-k: (weights [T, k] fp32 (fp64 for fp64 logits), experts [T, k], keep [T, k] bool).
+    """Softmax router with renormalised top-k: (weights [T, k] fp32 (fp64 for fp64 logits), experts [T, k],
+    keep [T, k] bool).
 
     top_k is clamped to the number of experts. Tokens with mask = 0 are never routed (keep is False).
     capacity_factor <= 0 means dropless (inference). Otherwise each expert takes at most
@@ -50,7 +51,8 @@ def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tens
     if router_logits.shape != (num_tokens, num_experts) or mask.shape != (num_tokens,):
         raise ValueError(f"moe_ffn: expected router_logits [{num_tokens}, {num_experts}] and mask "
                          f"[{num_tokens}], got {tuple(router_logits.shape)} and {tuple(mask.shape)}")
-    if w1.dim() != 3 or w1.shape[2] != d_model or w1.shape[1] % 2 or w2.shape != (num_experts, d_model, w1.shape[1] // 2):
+    if (w1.dim() != 3 or w1.shape[2] != d_model or w1.shape[1] % 2
+            or w2.shape != (num_experts, d_model, w1.shape[1] // 2)):
         raise ValueError(f"moe_ffn: expected w1 [E, 2H, {d_model}] and w2 [E, {d_model}, H], "
                          f"got {tuple(w1.shape)} and {tuple(w2.shape)}")
     weights, experts, keep = route_tokens(router_logits, mask, top_k, capacity_factor)

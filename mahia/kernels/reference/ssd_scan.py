@@ -34,7 +34,8 @@ def ssd_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk_size:
         raise ValueError(f"ssd_scan: expected dt [{batch}, {length}, {heads}] and a [{heads}], "
                          f"got {tuple(dt.shape)} and {tuple(a.shape)}")
     if b.shape[:2] != (batch, length) or c.shape != b.shape:
-        raise ValueError(f"ssd_scan: expected b and c [{batch}, {length}, N], got {tuple(b.shape)} and {tuple(c.shape)}")
+        raise ValueError(f"ssd_scan: expected b and c [{batch}, {length}, N], "
+                         f"got {tuple(b.shape)} and {tuple(c.shape)}")
     if chunk_size < 1:
         raise ValueError(f"ssd_scan: chunk_size must be >= 1, got {chunk_size}")
     out_dtype = x.dtype
