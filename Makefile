@@ -23,9 +23,10 @@ $(DATA_STAMP): $(STAMP) mahia/data/cache.py
 	$(BIN)/python -m mahia.data.fetch
 	touch $(DATA_STAMP)
 
-# The layering contract (pyproject.toml, [tool.importlinter]) first: an upward import fails CI in a second.
+# The layering contract (pyproject.toml, [tool.importlinter]) and ruff first: either fails CI in a second.
 test: $(DATA_STAMP)
 	$(BIN)/lint-imports
+	$(BIN)/ruff check --quiet mahia tests benchmarks
 	$(BIN)/python -m pytest -q -n 2
 
 lint: $(STAMP)
