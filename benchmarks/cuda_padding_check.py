@@ -11,13 +11,14 @@ import argparse
 from pathlib import Path
 
 import torch
-from common import relative_error
 from cuda_backend_check import review_feeds
 
 from mahia.artifact import read_manifest
 from mahia.kernels import use_reference_ops
 from mahia.runtime.backends.cuda import deployable_module, rebuild_model
 from mahia.runtime.backends.cuda_buckets import pad_inputs
+
+from common import relative_error
 
 
 def main() -> None:
