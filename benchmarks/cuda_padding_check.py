@@ -3,6 +3,8 @@ the GPU, with the reference ops and with the Triton ops, unpadded and padded to 
 reduced-precision bf16 reductions on and off, each against the eager fp32 model on the CPU.
 
     python3 benchmarks/cuda_padding_check.py ARTIFACT_DIR [--point 3x37] [--buckets 3x37,4x43,4x48] [--data F]
+
+The point is one of the artifact's parity points, fed the same reviews as in benchmarks/cuda_backend_check.py.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def main() -> None:
     manifest = read_manifest(args.artifact)
     model = rebuild_model(args.artifact, manifest)
     point = tuple(int(v) for v in args.point.split("x"))
-    feed, = review_feeds(manifest.model.config.vocab_size, [point], args.data)
+    points = [tuple(p) for p in manifest.parity["points"]]  # the reviews cuda_backend_check.py feeds this point
+    feed = review_feeds(manifest.model.config.vocab_size, points, args.data)[points.index(point)]
     with torch.inference_mode():
         want = model(**feed)
     module, _ = deployable_module(model, "bf16", "cuda")
