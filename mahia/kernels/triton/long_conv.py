@@ -116,30 +116,31 @@ def plan(batch: int, channels: int, length: int, causal: bool, dtype: torch.dtyp
 
 
 # Toeplitz kernel against torch.fft (the reference), H200, bf16, 768 channels, fft time / Toeplitz time in
-# CUDA-graph replay (`do_bench_cudagraph`: the GPU work alone, what backend="cuda" pays), 2026-11-30 and -12-01.
-# Batch 8 (`python3 benchmarks/long_conv_crossover.py`; benchmarks/RESULTS.md has the eager column too):
-#   L          128    256    512    1024   2048   4096   8192
-#   causal     9.34x  6.29x  5.06x  4.33x  2.76x  1.67x  0.98x
-#   two-sided  6.11x  4.01x  3.00x  2.48x  1.54x  0.92x  0.53x
-# Batch 1 fills one column in 16 of a program's tiles (`python3 benchmarks/long_conv_tiles.py`): the kernel
-# still wins at 512 and 517 (causal 0.019 against 0.036 ms, 0.027 against 0.045) and loses from about 1024 (1029
-# causal 0.090 against 0.066), so batches of 1 and 2 keep it up to 768.
-# Batch 32 at 2048 (same script): causal 3.2x, two-sided 1.8x. So the kernel runs up to the last measured length
-# where it was faster, and torch.fft beyond. Two-sided lengths just past 2048 (the model's 2053 = 2048 words + 5
-# tabular tokens) keep the kernel: its cost grows as L^2, the FFT's (at a 7-smooth size) as L log L, which
-# moves the 1.54x at 2048 to about 1.2x at 2560 (an estimate from that scaling;
-# 2049-4095 was not timed). Eager calls pay ~0.15 ms of host time per Toeplitz launch,
-# which makes torch.fft faster eagerly below L = 1024; eager with the Triton ops is launch-bound as a whole, so
-# the choice follows the replayed numbers. Past these lengths the way forward is an FFT on tensor cores
-# (FlashFFTConv), not this choice.
-TOEPLITZ_MAX_LENGTH = {True: 4096, False: 2560}  # causal -> longest length that runs the kernel (batch >= 3)
-TOEPLITZ_MAX_LENGTH_BATCH_1_2 = 768
+# CUDA-graph replay (`do_bench_cudagraph`: the GPU work alone, what backend="cuda" pays), 2026-12-01 05:25 UTC
+# (`python3 benchmarks/long_conv_crossover.py --batches 1,8,32`, whole table in benchmarks/RESULTS.md):
+#   L                     128    512    1024   2048   2304   2560   3072   4096   8192
+#   batch 1    causal     5.74x  1.81x  1.43x  0.81x  0.67x  0.68x  0.72x  0.47x  0.30x
+#              two-sided  4.01x  1.05x  0.84x  0.49x  0.44x  0.43x  0.42x  0.28x  0.17x
+#   batch 8    causal     8.56x  5.05x  4.45x  2.85x  2.33x  2.56x  2.74x  1.73x  1.01x
+#              two-sided  5.89x  2.94x  2.49x  1.55x  1.46x  1.51x  1.46x  0.93x  0.54x
+#   batch 32   causal     12.4x  9.19x  5.74x  3.22x  3.70x  3.52x  2.97x  1.81x  1.04x
+#              two-sided  8.14x  5.75x  3.21x  1.79x  2.02x  1.89x  1.61x  0.98x  0.55x
+# So the kernel runs up to the last measured length where it was faster, torch.fft beyond: causal to 4096 (at 8192
+# the two tie), two-sided to 3072. A batch of 1 fills one column in 16 of a program's tiles: causal to 1024,
+# two-sided to 512 (517: 0.97x); batch 2 was not timed and takes batch 1's limits, the safe side, since the
+# kernel's share of a program grows with the batch. Ragged lengths pay the padding to LENGTH_ALIGNMENT
+# (the model's 133 at batch 1: 0.015 ms against 0.004 at 128), which is why backend "cuda" aligns its buckets.
+# Eager calls pay ~0.15 ms of host time per Toeplitz launch, which makes torch.fft faster eagerly below L = 1024;
+# eager with the Triton ops is launch-bound as a whole, so the choice follows the replayed numbers. Past these
+# lengths the way forward is an FFT on tensor cores (FlashFFTConv), not this choice.
+TOEPLITZ_MAX_LENGTH = {True: 4096, False: 3072}  # causal -> longest length that runs the kernel (batch >= 3)
+TOEPLITZ_MAX_LENGTH_BATCH_1_2 = {True: 1024, False: 512}
 
 
 def choose_algorithm(length: int, causal: bool, batch: int) -> str:
     """"toeplitz" (this module's kernel, described by plan()) or "fft" (torch.fft, the reference), by length and
     batch."""
-    limit = TOEPLITZ_MAX_LENGTH_BATCH_1_2 if batch <= 2 else TOEPLITZ_MAX_LENGTH[causal]
+    limit = (TOEPLITZ_MAX_LENGTH_BATCH_1_2 if batch <= 2 else TOEPLITZ_MAX_LENGTH)[causal]
     return "toeplitz" if length <= limit else "fft"
 
 
