@@ -1,6 +1,10 @@
 """Which kernels a forward spends its GPU time in: the eager bf16 model with the Triton ops, by kernel name.
 
     PYTHONPATH=$PWD python3 benchmarks/forward_kernels.py [--config base] [--shapes 8x512,32x2048] [--top 25]
+        [--deployed]
+
+--deployed profiles what backend="cuda" runs with CudaOptions(compile=True) instead: the deployable bf16 module
+(ShiftedShortConv) compiled with torch.compile(dynamic=False), the kernels its CUDA graph replays.
 
 mahia-bench's component table says which branch costs; this says which kernels inside it (a depthwise
 convolution, an FFT, a GEMM, an elementwise copy), the level at which a fix is chosen. Random weights (seed 0),
@@ -38,11 +42,18 @@ def main() -> None:
     parser.add_argument("--config", default="base")
     parser.add_argument("--shapes", default="8x512,32x2048")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--deployed", action="store_true", help="the compiled deployable module (backend cuda)")
     args = parser.parse_args()
     device = torch.device("cuda")
     config = get_config(args.config)
-    model = build_model(config, 0).to(device=device, dtype=torch.bfloat16).eval()
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, config {config.name}, bf16, Triton ops")
+    if args.deployed:
+        from mahia.runtime.backends.cuda import deployable_module
+
+        model = torch.compile(deployable_module(build_model(config, 0), "bf16", device)[0], dynamic=False)
+    else:
+        model = build_model(config, 0).to(device=device, dtype=torch.bfloat16).eval()
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, config {config.name}, bf16, Triton ops"
+          f"{', deployed and compiled' if args.deployed else ', eager'}")
     for shape in args.shapes.split(","):
         batch, seq = (int(v) for v in shape.split("x"))
         inputs = {k: v.to(device) for k, v in random_inputs(config, batch, seq, torch.Generator().manual_seed(0),

@@ -18,9 +18,11 @@ from mahia.kernels import reference
 from mahia.model import build_model, get_config, random_inputs
 from mahia.model.config import CLS_ID
 from mahia.model.meta_attention import HyenaBranch, causal_depthwise_conv
+from mahia.model.moe import MixtureOfExperts
 from mahia.runtime.backends.cuda import (
     CudaOptions,
     DeployedModel,
+    Float32Router,
     ShiftedShortConv,
     deployable_module,
     load_artifact,
@@ -183,15 +185,18 @@ def test_shifted_short_conv_takes_only_padded_depthwise_convs() -> None:
         ShiftedShortConv(nn.Conv1d(12, 12, 3, groups=4, padding=2))
 
 
-def test_every_hyena_short_conv_is_shifted_and_nothing_else(generator: torch.Generator) -> None:
+def test_only_the_hyena_short_convs_and_the_moe_routers_are_swapped(generator: torch.Generator) -> None:
     model = build_model(get_config("tiny"), seed=4).eval()
     module, _ = deployable_module(model, "fp32", "cpu")
     hyena = [f"{path}.short_conv" for path, m in model.named_modules() if isinstance(m, HyenaBranch)]
-    assert len(hyena) == model.config.n_layers == 2
+    routers = [f"{path}.router" for path, m in model.named_modules() if isinstance(m, MixtureOfExperts)]
+    assert len(hyena) == len(routers) == model.config.n_layers == 2
     original, deployed = dict(model.named_modules()), dict(module.named_modules())
     assert deployed.keys() == original.keys()
-    assert [path for path in original if type(deployed[path]) is not type(original[path])] == hyena
+    assert sorted(path for path in original if type(deployed[path]) is not type(original[path])) == \
+        sorted(hyena + routers)
     assert all(isinstance(deployed[path], ShiftedShortConv) for path in hyena)
+    assert all(isinstance(deployed[path], Float32Router) for path in routers)
     kept = {name: value for name, value in model.state_dict().items() if not name.startswith(tuple(hyena))}
     assert all(torch.equal(module.state_dict()[name], value) for name, value in kept.items())
     for batch, seq in [(1, 37), (3, 37), (1, 1), (3, 1)]:
@@ -199,6 +204,26 @@ def test_every_hyena_short_conv_is_shifted_and_nothing_else(generator: torch.Gen
         with torch.inference_mode():
             want, got = model(**inputs), module(**inputs)
         assert relative_error(got, want) < 1e-6  # float32 rounding (measured on this CPU: bitwise equal)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+def test_moe_routers_run_in_float32_from_the_fp32_weights(precision: str, generator: torch.Generator) -> None:
+    model = build_model(get_config("tiny"), seed=5).eval()
+    scales = {path: 0.01 for path, m in model.named_modules() if isinstance(m, nn.Linear)}
+    module, _ = deployable_module(model, precision, "cpu", scales if precision == "fp8" else None)
+    x = torch.randn(7, model.config.d_model, generator=generator)
+    for path, moe in model.named_modules():
+        if isinstance(moe, MixtureOfExperts):
+            router = module.get_submodule(path).router
+            assert torch.equal(router.weight, moe.router.weight) and router.weight.dtype == torch.float32
+            logits = router(x.bfloat16())  # a bf16 activation in, float32 logits of its exact values out
+            assert logits.dtype == torch.float32
+            assert torch.equal(logits, moe.router(x.bfloat16().float()))
+    inputs = random_inputs(model.config, 3, 37, generator)
+    with torch.inference_mode():
+        got = DeployedModel(module, Buckets((4,), (48,)), torch.device("cpu")).forward(inputs)
+        want = model(**inputs)
+    assert relative_error(got.float(), want) < (0.02 if precision == "bf16" else 0.1)
 
 
 def test_activation_scales_come_from_an_fp8_table_only() -> None:

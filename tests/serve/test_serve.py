@@ -8,6 +8,7 @@ every loop is bounded in count and time."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import random
@@ -224,6 +225,18 @@ def metric_sum(server: Server, name: str) -> float:
     """A metric summed over its series on every node's endpoint (0 if none has it yet)."""
     lines = (line for url in server.metrics_urls for line in requests.get(url, timeout=10).text.splitlines())
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name + "{"))
+
+
+def test_the_load_script_gets_every_request_answered_once_as_alone(server: Server, sample: list[dict]) -> None:
+    from benchmarks import serve_load  # the committed load test, bounded: 8 clients for 3 s
+
+    run = asyncio.run(serve_load.load(server.url, sample, concurrency=8, seconds=3))
+    answers = run["answers"]
+    assert run["issued"] > 8 and sorted(answers) == list(range(run["issued"]))
+    assert all(len(answer) == 1 and answer[0][0] == 200 for answer in answers.values())
+    want = reference_probabilities(server.artifact, sample)
+    np.testing.assert_allclose([answers[i][0][2] for i in sorted(answers)],
+                               [want[i % len(sample)] for i in sorted(answers)], rtol=0, atol=1e-6)
 
 
 def test_model_replicas_run_onnx_runtime_on_the_cpus_they_reserve() -> None:

@@ -17,7 +17,8 @@ experts (cuda_fp8.py) scaled by the artifact's calibration.json. Every input is 
 backends (Deployment.check_inputs), then padded to its (batch, seq) bucket (cuda_buckets.py).
 
 Every precision runs the Hyena short convolutions as ShiftedShortConv (width shifted multiply-adds that
-torch.compile fuses into one elementwise kernel) instead of PyTorch's generic depthwise-conv kernel.
+torch.compile fuses into one elementwise kernel) instead of PyTorch's generic depthwise-conv kernel, and the MoE
+routers in float32 (Float32Router: the top-k choice is discrete).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from mahia.default import load_model
 from mahia.kernels import use_reference_ops
 from mahia.model import INPUT_NAMES, MahiaX, ModelSource, weights_sha256
 from mahia.model.meta_attention import HyenaBranch
+from mahia.model.moe import MixtureOfExperts
 from mahia.runtime.backends.base import BackendUnavailableError, Runner
 from mahia.runtime.backends.cuda_buckets import Buckets, fill_padded, pad_inputs
 from mahia.runtime.backends.cuda_fp8 import activation_scales, to_fp8
@@ -130,10 +132,41 @@ def shift_short_convs(module: nn.Module) -> None:
             branch.short_conv = ShiftedShortConv(branch.short_conv)
 
 
+class Float32Router(nn.Module):
+    """An MoE router computed in float32 from the fp32 model's weights, whatever the activation dtype.
+
+    Why: the top-k choice is discrete, so a logit rounded to bf16 can swap a token's experts where two are
+    nearly tied, which moves that token's output by far more than rounding does. Measured on the H200 with the
+    trained default (`cd benchmarks && python3 cuda_bf16_error.py ARTIFACT --isolate blocks.0.moe --moe-steps
+    blocks.0.moe`, 2026-12-01): the first MoE, alone on the same bf16 inputs, was 2.16e-2 away from the same bf16
+    MoE on the CPU while each of its expert steps agreed within 1.4e-4 given the same router logits; the whole
+    model was 1.15e-2 from fp32 at the 3 x 37 parity point (budget 1e-2). The cost is one [T, D] x [D, E] GEMM in
+    float32 per block, E the number of experts. Both `mahia::moe_ffn` paths take float32 logits with bf16 tokens.
+    """
+
+    def __init__(self, router: nn.Linear) -> None:
+        super().__init__()
+        self.register_buffer("weight", router.weight.detach().float().clone())
+        self.register_buffer("bias", None if router.bias is None else router.bias.detach().float().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [T, D] (any float dtype) -> router logits [T, E] in float32."""
+        return F.linear(x.float(), self.weight, self.bias)
+
+
+def float32_routers(module: nn.Module, model: MahiaX) -> None:
+    """Replace, in place, the router of every MoE in `module` (the deployed copy of `model`) by a Float32Router
+    of the fp32 `model`'s router at the same path."""
+    for path, moe in model.named_modules():
+        if isinstance(moe, MixtureOfExperts):
+            deployed = module.get_submodule(path)
+            deployed.router = Float32Router(moe.router).to(deployed.router.weight.device)
+
+
 def deployable_module(model: MahiaX, precision: str, device: str | torch.device,
                       scales: Mapping[str, float] | None = None) -> tuple[nn.Module, list[str]]:
     """The eager fp32 `model` as it runs deployed at `precision` on `device`: (module, paths of FP8 GEMM layers).
-    Its Hyena short convs are ShiftedShortConv, of the cast weights."""
+    Its Hyena short convs are ShiftedShortConv, of the cast weights; its MoE routers are Float32Router."""
     if precision not in ACTIVATION_DTYPES:
         raise ValueError(f"backend 'cuda' runs {', '.join(ACTIVATION_DTYPES)} artifacts, not {precision!r}; "
                          "deploy integer precisions with backend='onnx'")
@@ -144,6 +177,7 @@ def deployable_module(model: MahiaX, precision: str, device: str | torch.device,
     else:
         module, fp8_layers = copy.deepcopy(model).to(device=device, dtype=ACTIVATION_DTYPES[precision]).eval(), []
     shift_short_convs(module)
+    float32_routers(module, model)
     return module, fp8_layers
 
 

@@ -77,7 +77,8 @@ class Fp8Linear(nn.Module):
 
 
 class Fp8MixtureOfExperts(nn.Module):
-    """MixtureOfExperts at inference with E4M3 expert weights: router in the activation dtype, `mahia::moe_ffn_fp8`."""
+    """MixtureOfExperts at inference with E4M3 expert weights and `mahia::moe_ffn_fp8`; its router in the activation
+    dtype here, in float32 once `deployable_module` has made it a Float32Router."""
 
     def __init__(self, moe: MixtureOfExperts, dtype: torch.dtype) -> None:
         super().__init__()
