@@ -10,7 +10,10 @@
    on the same bf16 inputs.
 
     python3 benchmarks/cuda_bf16_error.py ARTIFACT_DIR [--point 3x37] [--buckets 3x37,4x43,4x48] [--data F]
-        [--all-modules] [--isolate blocks.0.moe] [--moe-steps blocks.0.moe]
+        [--all-modules] [--isolate blocks.0.moe] [--moe-steps blocks.0.moe] [--bf16-routers]
+
+The deployment computes the MoE routers in float32 since commit 16a4973 (Float32Router); --bf16-routers puts the
+bf16 ones back, as in the runs that found the routing gap (benchmarks/RESULTS.md).
 
 The point is one of the artifact's parity points, fed the same reviews as in benchmarks/cuda_backend_check.py.
 """
@@ -18,6 +21,7 @@ The point is one of the artifact's parity points, fed the same reviews as in ben
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import torch
@@ -26,6 +30,7 @@ from torch import nn
 
 from mahia.artifact import read_manifest
 from mahia.kernels import use_reference_ops
+from mahia.model.moe import MixtureOfExperts
 from mahia.runtime.backends.cuda import deployable_module, rebuild_model
 from mahia.runtime.backends.cuda_buckets import pad_inputs
 
@@ -48,6 +53,14 @@ def module_outputs(module: nn.Module, feed: dict[str, torch.Tensor], device: str
     for hook in hooks:
         hook.remove()
     return outputs
+
+
+def bf16_routers(module: nn.Module, model: nn.Module) -> None:
+    """Undo the deployment's Float32Router: every MoE router of `module` the bf16 cast of `model`'s."""
+    for path, moe in model.named_modules():
+        if isinstance(moe, MixtureOfExperts):
+            deployed = module.get_submodule(path)
+            deployed.router = copy.deepcopy(moe.router).to(deployed.router.weight.device, torch.bfloat16)
 
 
 def module_inputs(module: nn.Module, path: str, feed: dict[str, torch.Tensor]) -> tuple:
@@ -98,18 +111,15 @@ def moe_steps(cpu_module: nn.Module, gpu_module: nn.Module, path: str, feed: dic
             token, _ = torch.nonzero((experts == e) & keep, as_tuple=True)
             if token.numel() == 0:
                 continue
-            steps = {}
-            for name, moe, dev in (("cpu", cpu_moe, "cpu"), ("gpu", gpu_moe, device)):
-                h = x[token].to(dev) @ moe.w1[e].t()
-                gate, up = h.chunk(2, dim=-1)
-                a = torch.nn.functional.silu(gate) * up
-                steps[name] = (h, a, a @ moe.w2[e].t())
-            # each step on the CPU's inputs to that step, so a difference is that step's own
+            h = x[token] @ cpu_moe.w1[e].t()
+            gate, up = h.chunk(2, dim=-1)
+            a = torch.nn.functional.silu(gate) * up
+            on_cpu = (h, a, a @ cpu_moe.w2[e].t())
+            # each step on the GPU from the CPU's inputs to that step, so a difference is that step's own
             h_gpu = (x[token].to(device) @ gpu_moe.w1[e].t()).cpu()
-            gate, up = steps["cpu"][0].chunk(2, dim=-1)
             a_gpu = (torch.nn.functional.silu(gate.to(device)) * up.to(device)).cpu()
-            o_gpu = (steps["cpu"][1].to(device) @ gpu_moe.w2[e].t()).cpu()
-            for key, got, want in zip(worst, (h_gpu, a_gpu, o_gpu), steps["cpu"]):
+            o_gpu = (a.to(device) @ gpu_moe.w2[e].t()).cpu()
+            for key, got, want in zip(worst, (h_gpu, a_gpu, o_gpu), on_cpu):
                 worst[key] = max(worst[key], relative_error(got, want))
     print(f"\n{path} step by step, GPU against CPU on the same bf16 inputs to each step (worst expert): "
           + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
@@ -125,6 +135,8 @@ def main() -> None:
     parser.add_argument("--all-modules", action="store_true")
     parser.add_argument("--isolate", action="append", default=[], help="a module path (repeatable)")
     parser.add_argument("--moe-steps", action="append", default=[], help="an MoE module path (repeatable)")
+    parser.add_argument("--bf16-routers", action="store_true", help="routers in bf16 as before commit 16a4973 "
+                        "(the deployment's Float32Router replaced by the bf16 cast of the fp32 router)")
     args = parser.parse_args()
     manifest = read_manifest(args.artifact)
     model = rebuild_model(args.artifact, manifest)
@@ -134,6 +146,10 @@ def main() -> None:
     with torch.inference_mode():
         want = model(**feed)
     module, _ = deployable_module(model, "bf16", "cuda")
+    cpu_module = deployable_module(model, "bf16", "cpu")[0]
+    if args.bf16_routers:
+        for deployed in (module, cpu_module):
+            bf16_routers(deployed, model)
     cuda_feed = {name: tensor.cuda() for name, tensor in feed.items()}
     print(f"{args.artifact.name} at {args.point}: eager fp32 logits {want.tolist()}")
     matmul = torch.backends.cuda.matmul
@@ -147,7 +163,6 @@ def main() -> None:
                       f"{'on ' if reduced else 'off'}, bucket {bucket[0]} x {bucket[1]}: rel L2 "
                       f"{relative_error(got, want):.2e}  {[[round(v, 4) for v in row] for row in got.tolist()]}")
     matmul.allow_bf16_reduced_precision_reduction = True
-    cpu_module = deployable_module(model, "bf16", "cpu")[0]
     fp32 = module_outputs(model, feed, "cpu")
     cpu = module_outputs(cpu_module, feed, "cpu")
     gpu = module_outputs(module, feed, "cuda")

@@ -6,8 +6,8 @@ bf16, 768 channels (the `base` config's width), causal and two-sided filters. Fo
 Toeplitz kernel (padded to 16 inside, as the op runs it), torch.fft at the reference's FFT size (7-smooth >= 2L on
 the GPU), and `mahia.kernels.ops.long_conv`, which calls one of them by `choose_algorithm`; the ratio the issue's
 goal reads is torch.fft / op. Eager times (`triton.testing.do_bench`) include each launch's host cost; graph times
-(`do_bench_cudagraph`) are the GPU work alone, what a CUDA-graph deployment pays. Every kernel output is checked
-against float64. `mahia.kernels.triton.long_conv.choose_algorithm` is set from these numbers.
+(`do_bench_cudagraph`) are the GPU work alone, what a CUDA-graph deployment pays. Every kernel output's rel.
+error against float64 is reported. `mahia.kernels.triton.long_conv.choose_algorithm` is set from these numbers.
 """
 
 from __future__ import annotations

@@ -59,14 +59,15 @@ def reference(artifact: Path, records: list[dict]) -> np.ndarray:
 
 
 def model_alone(artifact: Path, records: list[dict], batch: int) -> dict:
-    """Reviews/s of the server's own classifier in this process, no Serve: one review at a time, and batches of
-    `batch` (median of 5 rounds each, after a warm-up round)."""
+    """Reviews/s of the server's own classifier in this process, no Serve, with a model replica's engine threads:
+    one review at a time, and batches of `batch` (median of 5 rounds each, after a warm-up round)."""
     import statistics
 
     from mahia.data.features import parse_review
+    from mahia.serve.app import runtime_options
     from mahia.serve.classifier import ReviewClassifier
 
-    classifier = ReviewClassifier.load(artifact)
+    classifier = ReviewClassifier.load(artifact, "onnx", runtime_options("onnx", 1.0))
     parsed = [parse_review(r) for r in records]
     chunks = [parsed[i:i + batch] for i in range(0, len(parsed) - batch + 1, batch)] or [parsed[:batch]]
 

@@ -65,8 +65,6 @@ def load(artifact_dir: str | Path, backend: str = "onnx", allow_failed: bool = F
     manifest = open_artifact(directory, allow_failed)
     if spec.format is None:
         return Deployment(directory, manifest, backend, spec.load_artifact(directory, manifest, options))
-    if options is not None and not spec.takes_options:
-        raise ValueError(f"backend {backend!r} takes no options")
     spec.require_packages()  # a missing engine says so before a missing graph (backend "tensorrt" without TensorRT)
     if spec.format not in manifest.graphs:
         usable = [repr(b.name) for b in backends().values() if b.format is None or b.format in manifest.graphs]

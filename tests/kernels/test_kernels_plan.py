@@ -218,6 +218,9 @@ def test_long_conv_algorithm_follows_the_h200_measurements():
                          (False, 512): True, (False, 517): False, (False, 1024): False}
     for (causal, length), kernel_faster in faster_at_batch_1.items():
         assert (long_conv.choose_algorithm(length, causal, 1) == "toeplitz") == kernel_faster, (causal, length)
+    for causal, length in ((True, 2048), (False, 1024)):  # batch 2 takes batch 1's limits, batch 3 the others
+        assert long_conv.choose_algorithm(length, causal, 2) == "fft"
+        assert long_conv.choose_algorithm(length, causal, 3) == "toeplitz"
     assert long_conv.choose_algorithm(37, False, 1) == "toeplitz", "short lengths keep the kernel"
     assert long_conv.choose_algorithm(2053, False, 32) == "toeplitz", "base at 2048 words: 2053 positions"
 

@@ -130,14 +130,19 @@ def test_onnx_runtime_threading_options_keep_the_answer(tiny_export: dict, gener
     assert relative_error(torch.from_numpy(one_thread.run(inputs)), torch.from_numpy(want)) < 1e-6
     with pytest.raises(ValueError, match="intra_op_threads must be >= 0 .* got -1"):
         OnnxRuntimeOptions(intra_op_threads=-1)
+    with pytest.raises(TypeError, match="intra_op_threads must be an int, got '1'"):
+        OnnxRuntimeOptions(intra_op_threads="1")
+    with pytest.raises(TypeError, match="spin_wait must be a bool, got 0"):
+        OnnxRuntimeOptions(spin_wait=0)
 
 
 def test_a_backend_without_its_graph_or_with_options_it_does_not_take_is_refused(tiny_export: dict,
                                                                                  tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"^backend 'pt2' takes no options$"):
         runtime.load(tiny_export["dir"], backend="pt2", options={"device": 0})
-    with pytest.raises(TypeError, match=r"^backend 'onnx' takes OnnxRuntimeOptions, got dict$"):
-        runtime.load(tiny_export["dir"], backend="onnx", options={"threads": 1})
+    for wrong in ({"threads": 1}, {}):  # an empty (falsy) dict is refused too, not taken for the defaults
+        with pytest.raises(TypeError, match=r"^backend 'onnx' takes OnnxRuntimeOptions, got dict$"):
+            runtime.load(tiny_export["dir"], backend="onnx", options=wrong)
     onnx_only = tmp_path / "tiny-onnx-only"
     onnx_only.mkdir()
     manifest = json.loads((tiny_export["dir"] / "manifest.json").read_text())

@@ -230,10 +230,18 @@ def metric_sum(server: Server, name: str) -> float:
 def test_the_load_script_gets_every_request_answered_once_as_alone(server: Server, sample: list[dict]) -> None:
     from benchmarks import serve_load  # the committed load test, bounded: 8 clients for 3 s
 
+    before = metric_sum(server, "ray_mahia_requests_total")
     run = asyncio.run(serve_load.load(server.url, sample, concurrency=8, seconds=3))
     answers = run["answers"]
     assert run["issued"] > 8 and sorted(answers) == list(range(run["issued"]))
     assert all(len(answer) == 1 and answer[0][0] == 200 for answer in answers.values())
+    deadline, served = time.monotonic() + 30, 0.0
+    while time.monotonic() < deadline:  # the server's own count, exported every second here
+        served = metric_sum(server, "ray_mahia_requests_total") - before
+        if served >= run["issued"]:
+            break
+        time.sleep(1)
+    assert served == run["issued"], "the server answered a request more or fewer times than the clients sent it"
     want = reference_probabilities(server.artifact, sample)
     np.testing.assert_allclose([answers[i][0][2] for i in sorted(answers)],
                                [want[i % len(sample)] for i in sorted(answers)], rtol=0, atol=1e-6)

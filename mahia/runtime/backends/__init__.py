@@ -31,7 +31,9 @@ class Backend:
     packages: tuple[str, ...]  # Python packages its engine needs (checked before the module loads)
     engine: str  # what runs the graph, as parity reports name it (Polygraphy's runner names: onnxrt, ...)
     description: str
-    takes_options: bool = False  # whether its loader takes `options` (its own frozen dataclass)
+    # whether its graph loader takes `options` (its own frozen dataclass); a backend without a format gets them
+    # through load_artifact, which checks their type itself
+    takes_options: bool = False
 
     def require_packages(self) -> None:
         """BackendUnavailableError naming the first engine package that is not installed."""

@@ -277,7 +277,8 @@ def rebuild_model(directory: Path, manifest: Manifest, checkpoint: str | None = 
 
 def load_artifact(directory: Path, manifest: Manifest, options: CudaOptions | None = None) -> Runner:
     """The CUDA runner of a verified artifact directory (see the module docstring)."""
-    options = options or CudaOptions()
+    if options is None:
+        options = CudaOptions()
     if not isinstance(options, CudaOptions):
         raise TypeError(f"backend 'cuda' takes CudaOptions, got {type(options).__name__}")
     precision = manifest.precision.name

@@ -2,12 +2,13 @@
 graph serves every shape inside its bucket.
 
 The buckets are derived from the manifest's dynamic ranges alone (nothing extra is recorded): batch sizes are the
-powers of two from the range's minimum, sequence lengths the powers of two and their 1.5x steps from 16 (so
-padding adds at most a third of the tokens above 16); each list ends at the range's maximum. Each sequence bucket
+powers of two from the range's minimum, sequence lengths the powers of two and their 1.5x steps from 16 (so the
+grid pads by at most a third of the tokens above 16); each list ends at the range's maximum. Each sequence bucket
 is then raised, where the model's max_seq_len allows, until its length plus the model's tabular tokens (which join
 the words in the long convolutions) is a multiple of 16: the long-conv kernel pads other lengths to 16 itself, with
 copies around every call (at batch 1 the kernel took 0.015 ms at L = 133 against 0.004 at 128, H200, CUDA-graph
-replay, benchmarks/RESULTS.md), while padding the bucket costs at most 15 tokens per row. Padding is exact:
+replay, benchmarks/RESULTS.md), while raising a bucket adds at most 15 tokens per row (so the largest bucket can
+lie up to 15 above the range's maximum: 2048 words with 5 tabular tokens run as 2059). Padding is exact:
 padded positions are masked (the model's padding invariance, a tested property) and padded rows are dropped
 from the output (each row of the model depends on its own inputs only; the MoE is dropless at inference).
 """
@@ -44,7 +45,7 @@ def _align(size: int, extra_tokens: int, limit: int) -> int:
 
 @dataclass(frozen=True)
 class Buckets:
-    """Sorted batch and sequence bucket sizes; the last of each is the range's maximum."""
+    """Sorted batch and sequence bucket sizes; the last of each holds the range's maximum."""
 
     batch: tuple[int, ...]
     seq: tuple[int, ...]

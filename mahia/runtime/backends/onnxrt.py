@@ -20,14 +20,18 @@ class OnnxRuntimeOptions:
 
     A process that shares the machine with other busy ones (a serving replica beside its HTTP proxy) wants
     `intra_op_threads` = the CPUs it reserved and `spin_wait=False`: spinning threads take the cores the requests
-    need on their way in (benchmarks/serve_load.py on 2 cores: the model replica's CPU per request fell from
-    27-57 ms to 10 ms at the same batches, mahia/serve/README.md).
+    need on their way in (benchmarks/serve_load.py on 2 cores, batches of 16 filled for 30 ms: the model replica's
+    CPU per request fell from 18.6 ms to 10.1-11.8 ms, mahia/serve/README.md "Load").
     """
 
     intra_op_threads: int = 0  # 0: ONNX Runtime's default
     spin_wait: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.spin_wait, bool):
+            raise TypeError(f"OnnxRuntimeOptions.spin_wait must be a bool, got {self.spin_wait!r}")
+        if not isinstance(self.intra_op_threads, int) or isinstance(self.intra_op_threads, bool):
+            raise TypeError(f"OnnxRuntimeOptions.intra_op_threads must be an int, got {self.intra_op_threads!r}")
         if self.intra_op_threads < 0:
             raise ValueError(f"OnnxRuntimeOptions.intra_op_threads must be >= 0 (0: ONNX Runtime's default), "
                              f"got {self.intra_op_threads}")
@@ -55,7 +59,8 @@ class OnnxRuntimeRunner(Runner):
 
 def load(path: Path, inputs: InputSpec, options: OnnxRuntimeOptions | None = None) -> Runner:
     """The runner of an ONNX graph file (ONNX Runtime's default threading unless `options` say otherwise)."""
-    options = options or OnnxRuntimeOptions()
+    if options is None:
+        options = OnnxRuntimeOptions()
     if not isinstance(options, OnnxRuntimeOptions):
         raise TypeError(f"backend 'onnx' takes OnnxRuntimeOptions, got {type(options).__name__}")
     return OnnxRuntimeRunner(path, inputs, options)
