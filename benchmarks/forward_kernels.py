@@ -1,10 +1,12 @@
 """Which kernels a forward spends its GPU time in: the eager bf16 model with the Triton ops, by kernel name.
 
     PYTHONPATH=$PWD python3 benchmarks/forward_kernels.py [--config base] [--shapes 8x512,32x2048] [--top 25]
-        [--deployed]
+        [--deployed] [--ops]
 
 --deployed profiles what backend="cuda" runs with CudaOptions(compile=True) instead: the deployable bf16 module
 (ShiftedShortConv) compiled with torch.compile(dynamic=False), the kernels its CUDA graph replays.
+--ops adds the aten operators that launched GPU work, by input shapes (a compiled module's GEMMs and copies stay
+aten calls; its fused Triton kernels do not appear there): which GEMM a kernel name belongs to.
 
 mahia-bench's component table says which branch costs; this says which kernels inside it (a depthwise
 convolution, an FFT, a GEMM, an elementwise copy), the level at which a fix is chosen. Random weights (seed 0),
@@ -21,19 +23,33 @@ from mahia.model import build_model, get_config
 from mahia.model.inputs import random_inputs
 
 
-def kernel_table(model: torch.nn.Module, inputs: dict[str, torch.Tensor],
-                 calls: int = 3) -> list[tuple[str, int, float]]:
-    """(kernel name, launches per forward, device ms per forward) of every kernel, the costliest first."""
+def profiled(model: torch.nn.Module, inputs: dict[str, torch.Tensor], calls: int) -> torch.profiler.profile:
+    """A profile (CPU ops with input shapes, CUDA kernels) of `calls` forwards after a warm-up."""
     with torch.inference_mode():
         model(**inputs)
         torch.cuda.synchronize()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                torch.profiler.ProfilerActivity.CUDA], record_shapes=True) as prof:
             for _ in range(calls):
                 model(**inputs)
             torch.cuda.synchronize()
-    rows = [(e.key, e.count // calls, e.device_time_total / 1e3 / calls) for e in prof.key_averages()
-            if e.device_time_total > 0]
+    return prof
+
+
+def kernel_table(prof: torch.profiler.profile, calls: int) -> list[tuple[str, int, float]]:
+    """(kernel name, launches per forward, device ms per forward) of every kernel, the costliest first."""
+    rows = [(e.key, e.count // calls, e.self_device_time_total / 1e3 / calls) for e in prof.key_averages()
+            if e.self_device_time_total > 0 and e.device_type == torch.autograd.DeviceType.CUDA]
     return sorted(rows, key=lambda r: -r[2])
+
+
+def op_table(prof: torch.profiler.profile, calls: int) -> list[tuple[str, str, int, float]]:
+    """(aten op, input shapes, calls per forward, device ms per forward) of the aten ops that ran GPU work."""
+    rows = [(e.key, str(e.input_shapes), e.count // calls, e.device_time_total / 1e3 / calls)
+            for e in prof.key_averages(group_by_input_shape=True)
+            if e.key.startswith("aten::") and e.device_time_total > 0
+            and e.device_type == torch.autograd.DeviceType.CPU]
+    return sorted(rows, key=lambda r: -r[3])
 
 
 def main() -> None:
@@ -43,6 +59,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="8x512,32x2048")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--deployed", action="store_true", help="the compiled deployable module (backend cuda)")
+    parser.add_argument("--ops", action="store_true", help="also the aten ops that ran GPU work, by input shapes")
     args = parser.parse_args()
     device = torch.device("cuda")
     config = get_config(args.config)
@@ -58,12 +75,19 @@ def main() -> None:
         batch, seq = (int(v) for v in shape.split("x"))
         inputs = {k: v.to(device) for k, v in random_inputs(config, batch, seq, torch.Generator().manual_seed(0),
                                                             full=True).items()}
-        rows = kernel_table(model, inputs)
+        calls = 3
+        prof = profiled(model, inputs, calls)
+        rows = kernel_table(prof, calls)
         total = sum(r[2] for r in rows)
         print(f"\n{shape}: {total:.3f} ms of kernel time per forward, {sum(r[1] for r in rows)} launches")
         print(f"{'ms':>8} {'%':>5} {'calls':>5}  kernel")
         for name, count, ms in rows[:args.top]:
             print(f"{ms:8.3f} {100 * ms / total:5.1f} {count:5d}  {name[:110]}")
+        if args.ops:
+            print(f"\n{shape}: aten ops with GPU work, by input shapes")
+            print(f"{'ms':>8} {'calls':>5}  op  shapes")
+            for name, shapes, count, ms in op_table(prof, calls)[:args.top]:
+                print(f"{ms:8.3f} {count:5d}  {name}  {shapes[:140]}")
 
 
 if __name__ == "__main__":

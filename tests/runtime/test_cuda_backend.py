@@ -23,6 +23,7 @@ from mahia.runtime.backends.cuda import (
     CudaOptions,
     DeployedModel,
     Float32Router,
+    PaddedLinear,
     ShiftedShortConv,
     deployable_module,
     load_artifact,
@@ -185,25 +186,46 @@ def test_shifted_short_conv_takes_only_padded_depthwise_convs() -> None:
         ShiftedShortConv(nn.Conv1d(12, 12, 3, groups=4, padding=2))
 
 
-def test_only_the_hyena_short_convs_and_the_moe_routers_are_swapped(generator: torch.Generator) -> None:
+def test_only_the_hyena_short_convs_the_moe_routers_and_unaligned_linears_are_swapped(
+        generator: torch.Generator) -> None:
     model = build_model(get_config("tiny"), seed=4).eval()
     module, _ = deployable_module(model, "fp32", "cpu")
     hyena = [f"{path}.short_conv" for path, m in model.named_modules() if isinstance(m, HyenaBranch)]
     routers = [f"{path}.router" for path, m in model.named_modules() if isinstance(m, MixtureOfExperts)]
+    unaligned = [path for path, m in model.named_modules()
+                 if isinstance(m, nn.Linear) and m.out_features % 8 and path not in routers]
     assert len(hyena) == len(routers) == model.config.n_layers == 2
+    # tiny's fabric (32 -> 4), SSD projections (32 -> 82), gates (32 -> 3) and head (32 -> 2)
+    assert len(unaligned) == 2 + 2 * model.config.n_layers
+    assert {path.rsplit(".", 1)[-1] for path in unaligned} == {"gate", "proj", "head"}
     original, deployed = dict(model.named_modules()), dict(module.named_modules())
     assert deployed.keys() == original.keys()
     assert sorted(path for path in original if type(deployed[path]) is not type(original[path])) == \
-        sorted(hyena + routers)
+        sorted(hyena + routers + unaligned)
     assert all(isinstance(deployed[path], ShiftedShortConv) for path in hyena)
     assert all(isinstance(deployed[path], Float32Router) for path in routers)
-    kept = {name: value for name, value in model.state_dict().items() if not name.startswith(tuple(hyena))}
+    assert all(isinstance(deployed[path], PaddedLinear) for path in unaligned)
+    kept = {name: value for name, value in model.state_dict().items() if not name.startswith(tuple(hyena + unaligned))}
     assert all(torch.equal(module.state_dict()[name], value) for name, value in kept.items())
     for batch, seq in [(1, 37), (3, 37), (1, 1), (3, 1)]:
         inputs = random_inputs(model.config, batch, seq, generator)
         with torch.inference_mode():
             want, got = model(**inputs), module(**inputs)
         assert relative_error(got, want) < 1e-6  # float32 rounding (measured on this CPU: bitwise equal)
+
+
+def test_a_padded_linear_gives_the_linears_output_from_aligned_weights(generator: torch.Generator) -> None:
+    for out_features, bias in [(3, True), (82, False), (8, True)]:
+        linear = nn.Linear(32, out_features, bias=bias)
+        padded = PaddedLinear(linear)
+        assert padded.weight.shape == (-(-out_features // 8) * 8, 32)
+        assert torch.equal(padded.weight[:out_features], linear.weight)
+        assert not padded.weight[out_features:].any()
+        x = torch.randn(3, 37, 32, generator=generator)
+        with torch.inference_mode():
+            got, want = padded(x), linear(x)
+        assert got.shape == want.shape
+        assert relative_error(got, want) < 1e-6  # float32 rounding of the same sums
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp8"])
@@ -219,6 +241,14 @@ def test_moe_routers_run_in_float32_from_the_fp32_weights(precision: str, genera
             logits = router(x.bfloat16())  # a bf16 activation in, float32 logits of its exact values out
             assert logits.dtype == torch.float32
             assert torch.equal(logits, moe.router(x.bfloat16().float()))
+            # The parts the GPU multiplies by: bf16, summing back to the fp32 weight within 2^-24 of each weight,
+            # and the sum of their products with the bf16 activation is the float32 logits up to float32 rounding
+            parts = router.weight_parts.chunk(3)
+            assert all(part.dtype == torch.bfloat16 for part in parts)
+            residual = router.weight - (parts[0].float() + parts[1].float() + parts[2].float())
+            assert (residual.abs() <= 2.0 ** -24 * router.weight.abs()).all()
+            products = [x.bfloat16().float() @ part.float().t() for part in parts]
+            assert relative_error(products[0] + products[1] + products[2], logits) < 1e-6  # measured: 1.1e-7
     inputs = random_inputs(model.config, 3, 37, generator)
     with torch.inference_mode():
         got = DeployedModel(module, Buckets((4,), (48,)), torch.device("cpu")).forward(inputs)

@@ -18,7 +18,8 @@ backends (Deployment.check_inputs), then padded to its (batch, seq) bucket (cuda
 
 Every precision runs the Hyena short convolutions as ShiftedShortConv (width shifted multiply-adds that
 torch.compile fuses into one elementwise kernel) instead of PyTorch's generic depthwise-conv kernel, and the MoE
-routers in float32 (Float32Router: the top-k choice is discrete).
+routers in float32 (Float32Router: the top-k choice is discrete), and Linear layers whose output width is not a
+multiple of 8 with zero-padded weights (PaddedLinear: cuBLAS's aligned kernels).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ from mahia.runtime.backends.cuda_fp8 import activation_scales, to_fp8
 
 ACTIVATION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}
 CALIBRATION_FILE = "calibration.json"  # mahia.calibration.build.CALIBRATION_JSON, without importing the builder
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+ROUTER_WEIGHT_PARTS = 3  # Float32Router: bf16 parts of a float32 weight
+LINEAR_ALIGNMENT = 8  # output features of a GEMM: rows of 16 bytes in bf16 and fp16 (PaddedLinear)
 FP8_CAPABILITY = (8, 9)  # E4M3 tensor-core GEMMs: Ada (8.9) and Hopper (9.0) on
 INPUT_DTYPES = {"input_ids": torch.int64, "attention_mask": torch.int64, "numeric": torch.float32,
                 "categorical": torch.int64}
@@ -140,33 +144,85 @@ class Float32Router(nn.Module):
     trained default (`cd benchmarks && python3 cuda_bf16_error.py ARTIFACT --isolate blocks.0.moe --moe-steps
     blocks.0.moe`, 2026-12-01): the first MoE, alone on the same bf16 inputs, was 2.16e-2 away from the same bf16
     MoE on the CPU while each of its expert steps agreed within 1.4e-4 given the same router logits; the whole
-    model was 1.15e-2 from fp32 at the 3 x 37 parity point (budget 1e-2). The cost is one [T, D] x [D, E] GEMM in
-    float32 per block, E the number of experts. Both `mahia::moe_ffn` paths take float32 logits with bf16 tokens.
+    model was 1.15e-2 from fp32 at the 3 x 37 parity point (budget 1e-2). Both `mahia::moe_ffn` paths take float32
+    logits with bf16 tokens.
+
+    How, on a GPU with bf16 or fp16 activations: the fp32 weight W is split into ROUTER_WEIGHT_PARTS parts in the
+    activation dtype, each the rounding of what the parts before it leave (W = w0 + w1 + w2 + r, |r| <= 2^-24 |W|
+    in bf16, where no part underflows), and one GEMM of the activations with [w0; w1; w2] accumulates and returns
+    float32 (`torch.mm(..., out_dtype=torch.float32)`), the parts' logits then summed. The activations are exact in
+    their dtype and the product of two bf16 values is exact in float32, so these are the float32 logits up to
+    float32 rounding. The float32 GEMM it replaces ran as a SIMT kernel on the H200 (`benchmarks/forward_kernels.py
+    --deployed --ops`, 2026-12-01): 0.041 ms of 1.486 at 1 x 139 tokens, 0.826 ms of 68.8 at 32 x 2059, plus the
+    activations' cast to float32. Elsewhere (a CPU, float32 activations) the router is a float32 F.linear of the
+    activations cast to float32.
     """
 
-    def __init__(self, router: nn.Linear) -> None:
+    def __init__(self, router: nn.Linear, dtype: torch.dtype) -> None:
         super().__init__()
-        self.register_buffer("weight", router.weight.detach().float().clone())
+        weight = router.weight.detach().float()
+        self.register_buffer("weight", weight.clone())
         self.register_buffer("bias", None if router.bias is None else router.bias.detach().float().clone())
+        parts, rest = [], weight
+        for _ in range(ROUTER_WEIGHT_PARTS):
+            parts.append(rest.to(dtype))
+            rest = rest - parts[-1].float()
+        self.register_buffer("weight_parts", torch.cat(parts))  # [parts * E, D]
 
     def forward(self, x: Tensor) -> Tensor:
         """x [T, D] (any float dtype) -> router logits [T, E] in float32."""
-        return F.linear(x.float(), self.weight, self.bias)
+        if not (x.is_cuda and x.dtype == self.weight_parts.dtype and x.dtype in HALF_DTYPES):
+            return F.linear(x.float(), self.weight, self.bias)
+        parts = torch.mm(x, self.weight_parts.t(), out_dtype=torch.float32).chunk(ROUTER_WEIGHT_PARTS, dim=-1)
+        logits = parts[0] + parts[1] + parts[2]
+        return logits if self.bias is None else logits + self.bias
 
 
-def float32_routers(module: nn.Module, model: MahiaX) -> None:
-    """Replace, in place, the router of every MoE in `module` (the deployed copy of `model`) by a Float32Router
-    of the fp32 `model`'s router at the same path."""
+def float32_routers(module: nn.Module, model: MahiaX, dtype: torch.dtype) -> None:
+    """Replace, in place, the router of every MoE in `module` (the deployed copy of `model`, activations in `dtype`)
+    by a Float32Router of the fp32 `model`'s router at the same path."""
     for path, moe in model.named_modules():
         if isinstance(moe, MixtureOfExperts):
             deployed = module.get_submodule(path)
-            deployed.router = Float32Router(moe.router).to(deployed.router.weight.device)
+            deployed.router = Float32Router(moe.router, dtype).to(deployed.router.weight.device)
+
+
+class PaddedLinear(nn.Module):
+    """An nn.Linear with its output features padded by zero rows to a multiple of LINEAR_ALIGNMENT; returns the
+    real features, a view [..., :out_features] of the padded product (the same values).
+
+    Why: cuBLAS streams a matrix 16 bytes at a time only when its rows are a multiple of 16 bytes; other widths get
+    slower kernels. Measured on the H200 (`benchmarks/forward_kernels.py --deployed --ops`, 2026-12-01): the
+    meta-attention gate (768 -> 3) ran as `cutlass_75_..._align1`, 0.095 ms of 1.486 at 1 x 139 tokens and 0.834 ms
+    of 68.8 at 32 x 2059; the SSD projection (768 -> 1804) as `cutlass_80_..._align2`, 0.082 ms at 1 x 139 and
+    0.443 ms of 5.86 at 8 x 523, where the wider but aligned in_proj (768 -> 2304) takes 0.040 and 0.201 ms.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.out_features = linear.out_features
+        padding = -linear.out_features % LINEAR_ALIGNMENT
+        self.register_buffer("weight", F.pad(linear.weight.detach(), (0, 0, 0, padding)))
+        self.register_buffer("bias", None if linear.bias is None else F.pad(linear.bias.detach(), (0, padding)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [..., in_features] -> [..., out_features] (a view of the padded output)."""
+        return F.linear(x, self.weight, self.bias)[..., :self.out_features]
+
+
+def pad_linears(module: nn.Module) -> None:
+    """Replace, in place, every nn.Linear of `module` whose output features are not a multiple of LINEAR_ALIGNMENT
+    by its PaddedLinear (FP8 GEMM layers pad their own weights)."""
+    for path, linear in list(module.named_modules()):
+        if type(linear) is nn.Linear and linear.out_features % LINEAR_ALIGNMENT:
+            module.set_submodule(path, PaddedLinear(linear))
 
 
 def deployable_module(model: MahiaX, precision: str, device: str | torch.device,
                       scales: Mapping[str, float] | None = None) -> tuple[nn.Module, list[str]]:
     """The eager fp32 `model` as it runs deployed at `precision` on `device`: (module, paths of FP8 GEMM layers).
-    Its Hyena short convs are ShiftedShortConv, of the cast weights; its MoE routers are Float32Router."""
+    Its Hyena short convs are ShiftedShortConv, of the cast weights; its MoE routers are Float32Router; its Linear
+    layers of unaligned widths are PaddedLinear."""
     if precision not in ACTIVATION_DTYPES:
         raise ValueError(f"backend 'cuda' runs {', '.join(ACTIVATION_DTYPES)} artifacts, not {precision!r}; "
                          "deploy integer precisions with backend='onnx'")
@@ -177,7 +233,8 @@ def deployable_module(model: MahiaX, precision: str, device: str | torch.device,
     else:
         module, fp8_layers = copy.deepcopy(model).to(device=device, dtype=ACTIVATION_DTYPES[precision]).eval(), []
     shift_short_convs(module)
-    float32_routers(module, model)
+    float32_routers(module, model, ACTIVATION_DTYPES[precision])
+    pad_linears(module)
     return module, fp8_layers
 
 
