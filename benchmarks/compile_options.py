@@ -21,7 +21,7 @@ import triton.testing
 
 from mahia.model import build_model, get_config
 from mahia.model.inputs import random_inputs
-from mahia.runtime.backends.cuda import deployable_module
+from mahia.runtime.backends.cuda import add_filter_lengths, deployable_module
 
 OPTIONS = {
     "default": {},
@@ -43,6 +43,7 @@ def main() -> None:
     feeds = {}
     for shape in args.shapes.split(","):
         batch, seq = (int(v) for v in shape.split("x"))
+        add_filter_lengths(module, [seq + config.num_tabular_tokens])  # as DeployedModel does for its buckets
         feeds[shape] = {k: v.cuda() for k, v in random_inputs(config, batch, seq, torch.Generator().manual_seed(0),
                                                                full=True).items()}
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, config {config.name}, bf16", flush=True)

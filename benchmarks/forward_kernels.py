@@ -64,9 +64,13 @@ def main() -> None:
     device = torch.device("cuda")
     config = get_config(args.config)
     if args.deployed:
-        from mahia.runtime.backends.cuda import deployable_module
+        from mahia.runtime.backends.cuda import add_filter_lengths, deployable_module
 
-        model = torch.compile(deployable_module(build_model(config, 0), "bf16", device)[0], dynamic=False)
+        module = deployable_module(build_model(config, 0), "bf16", device)[0]
+        # as DeployedModel does for its buckets: the filter taps of each shape's length, precomputed
+        add_filter_lengths(module, [int(shape.split("x")[1]) + config.num_tabular_tokens
+                                    for shape in args.shapes.split(",")])
+        model = torch.compile(module, dynamic=False)
     else:
         model = build_model(config, 0).to(device=device, dtype=torch.bfloat16).eval()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, config {config.name}, bf16, Triton ops"

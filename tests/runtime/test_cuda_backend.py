@@ -17,6 +17,7 @@ from mahia.calibration.table import CalibrationTable, TensorRange
 from mahia.kernels import reference
 from mahia.model import build_model, get_config, random_inputs
 from mahia.model.config import CLS_ID
+from mahia.model.filters import ImplicitFilter
 from mahia.model.meta_attention import HyenaBranch, causal_depthwise_conv
 from mahia.model.moe import MixtureOfExperts
 from mahia.runtime.backends.cuda import (
@@ -24,6 +25,7 @@ from mahia.runtime.backends.cuda import (
     DeployedModel,
     Float32Router,
     PaddedLinear,
+    PrecomputedFilter,
     ShiftedShortConv,
     deployable_module,
     load_artifact,
@@ -186,32 +188,72 @@ def test_shifted_short_conv_takes_only_padded_depthwise_convs() -> None:
         ShiftedShortConv(nn.Conv1d(12, 12, 3, groups=4, padding=2))
 
 
-def test_only_the_hyena_short_convs_the_moe_routers_and_unaligned_linears_are_swapped(
-        generator: torch.Generator) -> None:
+def test_only_the_short_convs_routers_filters_and_unaligned_linears_are_swapped(generator: torch.Generator) -> None:
     model = build_model(get_config("tiny"), seed=4).eval()
     module, _ = deployable_module(model, "fp32", "cpu")
     hyena = [f"{path}.short_conv" for path, m in model.named_modules() if isinstance(m, HyenaBranch)]
     routers = [f"{path}.router" for path, m in model.named_modules() if isinstance(m, MixtureOfExperts)]
+    filters = [path for path, m in model.named_modules() if isinstance(m, ImplicitFilter)]
     unaligned = [path for path, m in model.named_modules()
                  if isinstance(m, nn.Linear) and m.out_features % 8 and path not in routers]
     assert len(hyena) == len(routers) == model.config.n_layers == 2
     # tiny's fabric (32 -> 4), SSD projections (32 -> 82), gates (32 -> 3) and head (32 -> 2)
     assert len(unaligned) == 2 + 2 * model.config.n_layers
     assert {path.rsplit(".", 1)[-1] for path in unaligned} == {"gate", "proj", "head"}
-    original, deployed = dict(model.named_modules()), dict(module.named_modules())
+    assert len(filters) == 2 * model.config.n_layers  # Hyena's and the Fourier branch's
+
+    def outside_filters(modules: nn.Module) -> dict[str, nn.Module]:  # a filter's submodules are its own
+        return {path: m for path, m in modules.named_modules() if not path.startswith(tuple(f"{f}." for f in filters))}
+
+    original, deployed = outside_filters(model), outside_filters(module)
     assert deployed.keys() == original.keys()
     assert sorted(path for path in original if type(deployed[path]) is not type(original[path])) == \
-        sorted(hyena + routers + unaligned)
+        sorted(hyena + routers + unaligned + filters)
     assert all(isinstance(deployed[path], ShiftedShortConv) for path in hyena)
     assert all(isinstance(deployed[path], Float32Router) for path in routers)
     assert all(isinstance(deployed[path], PaddedLinear) for path in unaligned)
-    kept = {name: value for name, value in model.state_dict().items() if not name.startswith(tuple(hyena + unaligned))}
+    assert all(isinstance(deployed[path], PrecomputedFilter) for path in filters)
+    kept = {name: value for name, value in model.state_dict().items()
+            if not name.startswith(tuple(hyena + unaligned + filters))}
     assert all(torch.equal(module.state_dict()[name], value) for name, value in kept.items())
     for batch, seq in [(1, 37), (3, 37), (1, 1), (3, 1)]:
         inputs = random_inputs(model.config, batch, seq, generator)
         with torch.inference_mode():
             want, got = model(**inputs), module(**inputs)
         assert relative_error(got, want) < 1e-6  # float32 rounding (measured on this CPU: bitwise equal)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_a_precomputed_filter_keeps_the_float32_taps_of_each_bucket_length(causal: bool) -> None:
+    source = ImplicitFilter(get_config("tiny"), causal=causal)
+    with torch.no_grad():
+        source.log_rate.add_(0.3)  # away from the initial decay, so a stale copy would show
+    filt = PrecomputedFilter(source, torch.bfloat16)
+    like = torch.zeros(1, dtype=torch.bfloat16)
+    with torch.no_grad():
+        want = {length: source(length, torch.zeros(1)).bfloat16() for length in (1, 37, 48)}
+        filt.add_length(37)
+        filt.add_length(37)
+        assert filt.lengths == {37} and filt.taps_37.dtype == torch.bfloat16
+        assert not filt.state_dict().keys() & {"taps_37"}  # derived, never saved
+        for length, taps in want.items():  # 37 kept; 1 and 48 computed on the call, the same way
+            got = filt(length, like)
+            assert got.dtype == torch.bfloat16 and torch.equal(got, taps)
+        assert filt.lengths == {37}
+
+
+def test_a_deployed_model_precomputes_the_filters_of_its_bucket_lengths(generator: torch.Generator) -> None:
+    model = build_model(get_config("tiny"), seed=6).eval()
+    module, _ = deployable_module(model, "fp32", "cpu")
+    deployed = DeployedModel(module, Buckets((1, 4), (16, 43)), torch.device("cpu"))
+    tabular = model.config.num_tabular_tokens
+    filters = [m for m in deployed.module.modules() if isinstance(m, PrecomputedFilter)]
+    assert filters and all(f.lengths == {16 + tabular, 43 + tabular} for f in filters)
+    inputs = random_inputs(model.config, 3, 37, generator)
+    with torch.inference_mode():
+        got, want = deployed.forward(inputs), model(**inputs)
+    assert all(f.lengths == {16 + tabular, 43 + tabular} for f in filters)  # nothing added by a call
+    assert relative_error(got, want) < 1e-5  # float32 rounding
 
 
 def test_a_padded_linear_gives_the_linears_output_from_aligned_weights(generator: torch.Generator) -> None:

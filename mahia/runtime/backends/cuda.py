@@ -18,14 +18,15 @@ backends (Deployment.check_inputs), then padded to its (batch, seq) bucket (cuda
 
 Every precision runs the Hyena short convolutions as ShiftedShortConv (width shifted multiply-adds that
 torch.compile fuses into one elementwise kernel) instead of PyTorch's generic depthwise-conv kernel, and the MoE
-routers in float32 (Float32Router: the top-k choice is discrete), and Linear layers whose output width is not a
-multiple of 8 with zero-padded weights (PaddedLinear: cuBLAS's aligned kernels).
+routers in float32 (Float32Router: the top-k choice is discrete), the long filters' taps precomputed per bucket
+length (PrecomputedFilter), and Linear layers whose output width is not a multiple of 8 with zero-padded weights
+(PaddedLinear: cuBLAS's aligned kernels).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from mahia.calibration.table import read_table_json
 from mahia.default import load_model
 from mahia.kernels import use_reference_ops
 from mahia.model import INPUT_NAMES, MahiaX, ModelSource, weights_sha256
+from mahia.model.filters import ImplicitFilter
 from mahia.model.meta_attention import HyenaBranch
 from mahia.model.moe import MixtureOfExperts
 from mahia.runtime.backends.base import BackendUnavailableError, Runner
@@ -218,11 +220,64 @@ def pad_linears(module: nn.Module) -> None:
             module.set_submodule(path, PaddedLinear(linear))
 
 
+class PrecomputedFilter(nn.Module):
+    """An ImplicitFilter whose taps are computed once per sequence length, in float32 from the fp32 model's filter,
+    rounded to the activation dtype and kept as a buffer; other lengths are computed the same way on each call.
+
+    Why: the taps depend on the weights and the length alone, and backend "cuda" runs a few fixed lengths (its
+    buckets), yet the model recomputes them every forward: a three-layer MLP over L (causal) or 2L - 1 (two-sided)
+    positions, the decay window and a transpose, twice per block. Measured on the H200 (`benchmarks/
+    forward_kernels.py --deployed --ops`, 2026-12-01): the MLP's 48 small GEMMs and the tap kernels took about 0.19
+    ms of the 1.31 ms a compiled forward spends in kernels at 1 x 139 tokens, about 1.6 ms of 67.5 at 32 x 2059.
+    `DeployedModel` adds its buckets' lengths (`add_length`) before anything runs or compiles.
+    """
+
+    def __init__(self, source: ImplicitFilter, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.source = copy.deepcopy(source).float()
+        self.dtype = dtype
+        self.lengths: set[int] = set()
+
+    def add_length(self, length: int) -> None:
+        """Compute and keep the taps for sequences of `length` (nothing if they are kept already)."""
+        if length not in self.lengths:
+            with torch.no_grad():
+                self.register_buffer(f"taps_{length}", self.float32_taps(length).to(self.dtype), persistent=False)
+            self.lengths.add(length)
+
+    def float32_taps(self, length: int) -> Tensor:
+        """The source filter's taps for `length` ([D, L] causal, [D, 2L - 1] two-sided), computed in float32."""
+        return self.source(length, like=self.source.log_rate)  # log_rate: float32, on the module's device
+
+    def forward(self, length: int, like: Tensor) -> Tensor:
+        """Taps for a sequence of `length`, in like's dtype (as ImplicitFilter.forward)."""
+        if length in self.lengths:
+            return getattr(self, f"taps_{length}").to(like.dtype)
+        return self.float32_taps(length).to(like.dtype)
+
+
+def precompute_filters(module: nn.Module, model: MahiaX, dtype: torch.dtype) -> None:
+    """Replace, in place, every ImplicitFilter of `module` (the deployed copy of `model`, activations in `dtype`) by
+    a PrecomputedFilter of the fp32 `model`'s filter at the same path (no lengths yet)."""
+    for path, source in model.named_modules():
+        if isinstance(source, ImplicitFilter):
+            device = module.get_submodule(path).log_rate.device
+            module.set_submodule(path, PrecomputedFilter(source, dtype).to(device))
+
+
+def add_filter_lengths(module: nn.Module, lengths: Iterable[int]) -> None:
+    """Precompute, for each of `lengths`, the taps of every PrecomputedFilter in `module`."""
+    for filt in module.modules():
+        if isinstance(filt, PrecomputedFilter):
+            for length in lengths:
+                filt.add_length(length)
+
+
 def deployable_module(model: MahiaX, precision: str, device: str | torch.device,
                       scales: Mapping[str, float] | None = None) -> tuple[nn.Module, list[str]]:
     """The eager fp32 `model` as it runs deployed at `precision` on `device`: (module, paths of FP8 GEMM layers).
-    Its Hyena short convs are ShiftedShortConv, of the cast weights; its MoE routers are Float32Router; its Linear
-    layers of unaligned widths are PaddedLinear."""
+    Its Hyena short convs are ShiftedShortConv, of the cast weights; its MoE routers are Float32Router; its long
+    filters are PrecomputedFilter (for no length yet); its Linear layers of unaligned widths are PaddedLinear."""
     if precision not in ACTIVATION_DTYPES:
         raise ValueError(f"backend 'cuda' runs {', '.join(ACTIVATION_DTYPES)} artifacts, not {precision!r}; "
                          "deploy integer precisions with backend='onnx'")
@@ -234,6 +289,7 @@ def deployable_module(model: MahiaX, precision: str, device: str | torch.device,
         module, fp8_layers = copy.deepcopy(model).to(device=device, dtype=ACTIVATION_DTYPES[precision]).eval(), []
     shift_short_convs(module)
     float32_routers(module, model, ACTIVATION_DTYPES[precision])
+    precompute_filters(module, model, ACTIVATION_DTYPES[precision])
     pad_linears(module)
     return module, fp8_layers
 
@@ -272,6 +328,9 @@ class DeployedModel:
     def __post_init__(self) -> None:
         if self.cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, not {self.device}")
+        # A bucket's sequence is its text length plus the model's tabular tokens: the taps of those lengths, once.
+        tabular = self.module.config.num_tabular_tokens
+        add_filter_lengths(self.module, [seq + tabular for seq in self.buckets.seq])
         # Static shapes: each bucket is one fixed shape, so each compiles once, specialised; dynamo's recompile limit
         # (8 by default, counted per code object) is raised to let every bucket compile rather than run uncompiled.
         if self.compile:
