@@ -18,19 +18,18 @@ from mahia.calibration.ranges import collect_ranges
 from mahia.calibration.recipes import RECIPES, AutoRecipe, CalibrationOptions, Fp8Recipe, Int4Recipe, Int8Recipe
 from mahia.calibration.table import read_trt_cache
 from mahia.data import load_reviews
-from mahia.export import stages
-from mahia.export.config import DimRange
 from mahia.model import build_model, get_config
 
 SAMPLES = 32
 
 
 @pytest.fixture(scope="module")
-def exported():
+def exported(tiny_export: dict):
+    """The eager model, the fp32 graph `mahia-export --config tiny` wrote (the lowering's bytes, as
+    tests/export/test_export_pipeline.py checks: lowering it here again took 20 s) and the calibration data."""
     config = get_config("tiny")
     model = build_model(config, seed=0).eval()
-    profile = stages.resolve_profile(config, DimRange("batch", 1, 4, 8), DimRange("seq", 1, 64, 160))
-    graph = stages.lower_to_onnx(stages.export_program(model, profile), config, profile, 21)
+    graph = onnx.load(str(tiny_export["dir"] / "model.onnx"))
     data = load_calibration_data(config, CalibrationDataConfig(samples=SAMPLES, batch_size=16),
                                  dataset=load_reviews()["train"])
     return model, graph, data

@@ -4,6 +4,8 @@ plugins, and each graph run through the plugin wiring against eager within its p
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -31,13 +33,16 @@ FIXED = {"mask": "bool", "cb": "float32", "states": "float32", "weights": "float
 
 
 @pytest.fixture(scope="module")
-def lowered():
+def lowered(tiny_export: dict):
+    """The portable fp32 graph as `mahia-export --config tiny` wrote it (the lowering's bytes, as
+    tests/export/test_export_pipeline.py checks: lowering it here again took 10 s), and the TensorRT flavour lowered
+    from the same weights at the same profile."""
     config = get_config("tiny")
     model = build_model(config, seed=0).eval()
-    profile = stages.resolve_profile(config, DimRange("batch", 1, 4, 8), DimRange("seq", 1, 64, 160))
-    program = stages.export_program(model, profile)
-    portable = stages.lower_to_onnx(program, config, profile, 21)
-    trt = stages.lower_to_onnx(program, config, profile, 21, "tensorrt")
+    dims = json.loads((tiny_export["dir"] / "manifest.json").read_text())["dims"]
+    profile = stages.resolve_profile(config, DimRange("batch", **dims["batch"]), DimRange("seq", **dims["seq"]))
+    portable = onnx.load(str(tiny_export["dir"] / "model.onnx"))
+    trt = stages.lower_to_onnx(stages.export_program(model, profile), config, profile, 21, "tensorrt")
     data = load_calibration_data(config, CalibrationDataConfig(samples=SAMPLES, batch_size=16),
                                  dataset=load_reviews()["train"])
     feeds = feeds_at_points(config, [(3, 37)])
