@@ -175,8 +175,8 @@ class Float32Router(nn.Module):
         """x [T, D] (any float dtype) -> router logits [T, E] in float32."""
         if not (x.is_cuda and x.dtype == self.weight_parts.dtype and x.dtype in HALF_DTYPES):
             return F.linear(x.float(), self.weight, self.bias)
-        parts = torch.mm(x, self.weight_parts.t(), out_dtype=torch.float32).chunk(ROUTER_WEIGHT_PARTS, dim=-1)
-        logits = parts[0] + parts[1] + parts[2]
+        first, *rest = torch.mm(x, self.weight_parts.t(), out_dtype=torch.float32).chunk(ROUTER_WEIGHT_PARTS, dim=-1)
+        logits = sum(rest, first)
         return logits if self.bias is None else logits + self.bias
 
 
