@@ -67,7 +67,7 @@ def calibrated_scales(model: MahiaX, samples: int, data_path: str | None) -> dic
     method = Fp8Recipe().range_method()
     data = load_calibration_data(model.config, CalibrationDataConfig(samples), DataConfig(path=data_path))
     ranges = collect_ranges(model, data, (method.method,))
-    return scales_from_ranges({name: ranges.amax(name, method) for name in ranges.names() if name.endswith(":input")})
+    return scales_from_ranges({name: ranges.amax(name, method) for name in ranges.names()})
 
 
 def _artifacts(directories: tuple[Path, ...]) -> list[tuple[Path, Manifest]]:

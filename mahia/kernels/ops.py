@@ -105,19 +105,23 @@ def _moe_ffn_fake(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2
 
 @torch.library.triton_op("mahia::moe_ffn_fp8", mutates_args=())
 def moe_ffn_fp8(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w1_scale: Tensor, w2: Tensor,
-                w2_scale: Tensor, top_k: int, capacity_factor: float) -> Tensor:
-    """moe_ffn with float8_e4m3fn expert weights and float32 per-output-channel scales [E, 2H] / [E, D]."""
+                w2_scale: Tensor, top_k: int, capacity_factor: float, x_scale: Tensor | None = None,
+                hidden_scale: Tensor | None = None) -> Tensor:
+    """moe_ffn with float8_e4m3fn expert weights and float32 per-output-channel scales [E, 2H] / [E, D]; with the
+    float32 activation scales x_scale [1] and hidden_scale [E] too, FP8 activations (FP8 tensor-core products)."""
     if _use_triton(x, router_logits, mask, w1, w1_scale, w2, w2_scale) and x.dtype != torch.float32:
         from mahia.kernels.triton import moe_ffn as kernel
 
-        return kernel.moe_ffn(x, router_logits, mask, w1, w2, top_k, capacity_factor,
-                              w1_scale=w1_scale, w2_scale=w2_scale)
-    return reference.moe_ffn_fp8(x, router_logits, mask, w1, w1_scale, w2, w2_scale, top_k, capacity_factor)
+        return kernel.moe_ffn(x, router_logits, mask, w1, w2, top_k, capacity_factor, w1_scale=w1_scale,
+                              w2_scale=w2_scale, x_scale=x_scale, hidden_scale=hidden_scale)
+    return reference.moe_ffn_fp8(x, router_logits, mask, w1, w1_scale, w2, w2_scale, top_k, capacity_factor,
+                                 x_scale, hidden_scale)
 
 
 @moe_ffn_fp8.register_fake
 def _moe_ffn_fp8_fake(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w1_scale: Tensor, w2: Tensor,
-                      w2_scale: Tensor, top_k: int, capacity_factor: float) -> Tensor:
+                      w2_scale: Tensor, top_k: int, capacity_factor: float, x_scale: Tensor | None = None,
+                      hidden_scale: Tensor | None = None) -> Tensor:
     return torch.empty_like(x)
 
 

@@ -260,7 +260,8 @@ def _gemm_launch(s: Sizes, alg: Algebra, stage: str, scaled: bool) -> LaunchForm
     return LaunchFormula(
         "moe_ffn", entry, (s.max_blocks * alg.cdiv(columns, block_n), 1, 1), warps, stages,
         (*top_k, ("BLOCK_M", s.block_m), ("BLOCK_N", block_n), ("BLOCK_K", block_k), ("GROUP_M", kernel.GROUP_M),
-         ("W_SCALED", scaled), ("MMA", MMA_NAMES[s.torch_dtype]), ("DOT_PRECISION", dot_precision(s.torch_dtype))),
+         ("W_SCALED", scaled), ("MMA", MMA_NAMES[s.torch_dtype]), ("DOT_PRECISION", dot_precision(s.torch_dtype)),
+         ("A_FP8", False)),
         (("num_assign", s.TK), ("d_model", s.D), ("hidden", s.H),
          ("stride_we", 2 * s.H * s.D if stage == "up" else s.D * s.H), ("num_blocks_m", s.max_blocks)))
 

@@ -41,6 +41,8 @@ PLANS = [
     moe_ffn.plan(1061, 16, 16, 4, 2, 0.0, torch.float32),  # three-kernel routing
     moe_ffn.plan(1061, 16, 16, 4, 2, 1.25, torch.float16),
     moe_ffn.plan(40, 48, 32, 8, 8, 0.0, torch.bfloat16, weight_dtype=torch.float8_e4m3fn),
+    moe_ffn.plan(40, 48, 32, 8, 8, 0.0, torch.bfloat16, weight_dtype=torch.float8_e4m3fn, activations_fp8=True),
+    moe_ffn.plan(1061, 16, 16, 4, 2, 0.0, torch.float16, weight_dtype=torch.float8_e4m3fn, activations_fp8=True),
 ]
 
 
@@ -247,3 +249,21 @@ def test_plans_are_built_once_per_distinct_call_and_never_for_symbolic_sizes() -
         cached_plan(ssd_scan.plan, 1, 5, 3, 4, 8, 16, torch.float32, None, dict(strided))
     symbolic = ShapeEnv().create_unbacked_symint()
     assert plan_module._frozen((symbolic, 3)) is None  # traced sizes: built every time, never cached
+
+
+def test_fp8_activation_plan_quantises_the_input_once_and_keeps_the_hidden_rows_in_fp8():
+    plan = moe_ffn.plan(37, 48, 32, 8, 2, 0.0, torch.bfloat16, weight_dtype=torch.float8_e4m3fn,
+                        activations_fp8=True)
+    kernels = [step.kernel for step in plan.launches]
+    assert kernels == ["moe_route_kernel", "moe_quantize_kernel", "moe_up_kernel", "moe_down_kernel",
+                       "moe_combine_kernel"]
+    up, down = plan.launches[2], plan.launches[3]
+    assert "x_fp8" in up.reads and "x" not in up.reads
+    assert plan.buffer("x_fp8").dtype == plan.buffer("act").dtype == torch.float8_e4m3fn
+    assert dict(up.constexprs)["MMA"] == dict(down.constexprs)["MMA"] == "fp8e4nv"
+    assert plan.inputs[-2:] == ("x_scale", "hidden_scale") and plan.buffer("hidden_scale").numel == 8
+    assert up.entry is None and down.entry is None  # the TensorRT plugins take activations in their dtype
+    weight_only = moe_ffn.plan(37, 48, 32, 8, 2, 0.0, torch.bfloat16, weight_dtype=torch.float8_e4m3fn)
+    assert dict(weight_only.launches[1].constexprs)["A_FP8"] is False
+    with pytest.raises(ValueError, match="FP8 activations need FP8"):
+        moe_ffn.plan(37, 48, 32, 8, 2, 0.0, torch.bfloat16, activations_fp8=True)

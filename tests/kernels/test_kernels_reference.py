@@ -109,8 +109,9 @@ def test_ssd_float32_and_chunk_size_independence(generator: torch.Generator) -> 
         assert relative_error(out, expected) < 1e-5
 
 
-def per_token_moe(x, logits, mask, w1, w2, top_k):
-    """One token at a time: softmax, top-k, renormalise, sum of weighted SwiGLU experts."""
+def per_token_moe(x, logits, mask, w1, w2, top_k, hidden=lambda h, e: h):
+    """One token at a time: softmax, top-k, renormalise, sum of weighted SwiGLU experts (`hidden(h, e)`: what
+    expert e's hidden vector becomes before its down projection)."""
     out = torch.zeros_like(x)
     k = min(top_k, w1.shape[0])
     for t in range(x.shape[0]):
@@ -120,7 +121,7 @@ def per_token_moe(x, logits, mask, w1, w2, top_k):
         top = probs.topk(k)
         for weight, e in zip(top.values / top.values.sum(), top.indices):
             gate, up = (w1[e] @ x[t]).chunk(2)
-            out[t] += weight * (w2[e] @ (F.silu(gate) * up))
+            out[t] += weight * (w2[e] @ hidden(F.silu(gate) * up, e))
     return out
 
 
@@ -193,3 +194,29 @@ def test_fp8_expert_weight_scales_map_each_row_onto_the_full_e4m3fn_range(genera
     assert torch.equal(q.float().abs().amax(dim=-1), torch.where(amax > 0, largest, 0.0))  # each row's max hits 448
     back = reference.dequantize_experts_fp8(q, scale, torch.float32)
     assert torch.all((back - w).abs() <= 2.0 ** -4 * w.abs() + 2.0 ** -9 * scale[..., None])  # E4M3's half step
+
+
+def nearest_e4m3(values: torch.Tensor, scale: float) -> torch.Tensor:
+    """values snapped to the nearest of the 253 finite E4M3 values times scale (clamped to +-448 of them)."""
+    codes = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).double()
+    grid = codes[torch.isfinite(codes)].unique()
+    units = (values / scale).clamp(-448, 448)
+    return grid[(units[..., None] - grid).abs().argmin(dim=-1)] * scale
+
+
+@pytest.mark.parametrize("tokens,top_k", [(1, 1), (19, 2), (19, 4)])
+def test_moe_fp8_activations_round_input_and_hidden_to_e4m3(tokens: int, top_k: int,
+                                                           generator: torch.Generator) -> None:
+    x, logits, mask, w1, w2 = moe_inputs(tokens, 16, 8, 4, generator)
+    (w1_q, s1), (w2_q, s2) = reference.quantize_experts_fp8(w1), reference.quantize_experts_fp8(w2)
+    w1_d, w2_d = (reference.dequantize_experts_fp8(w, s, torch.float64) for w, s in ((w1_q, s1), (w2_q, s2)))
+    x_scale, hidden_scale = torch.tensor([0.01]), torch.tensor([0.002, 0.004, 0.001, 0.003])  # some clamping
+    out = reference.moe_ffn_fp8(x, logits, mask, w1_q, s1, w2_q, s2, top_k, 0.0, x_scale, hidden_scale)
+    expected = per_token_moe(nearest_e4m3(x, 0.01), logits, mask, w1_d, w2_d, top_k,
+                             hidden=lambda h, e: nearest_e4m3(h, float(hidden_scale[e])))
+    assert relative_error(out, expected) < 1e-12
+    assert torch.all(out[~mask] == 0)
+    with pytest.raises(ValueError, match=r"FP8 activations take x_scale \[1\] and hidden_scale \[4\]"):
+        reference.moe_ffn_fp8(x, logits, mask, w1_q, s1, w2_q, s2, top_k, 0.0, x_scale, hidden_scale[:3])
+    with pytest.raises(ValueError, match="FP8 activations take"):
+        reference.moe_ffn_fp8(x, logits, mask, w1_q, s1, w2_q, s2, top_k, 0.0, x_scale, None)

@@ -41,6 +41,17 @@ if INTERPRETED:
         if any(isinstance(v, JITFunction) for v in vars(_module).values()):
             importlib.reload(_module)
 
+if INTERPRETED:
+    import triton
+
+    @triton.jit
+    def round_kernel(x_ptr, out_ptr, numel, BLOCK: tl.constexpr):
+        """out = E4M3(x) through moe_ffn's round_to_e4m3."""
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        ok = offs < numel
+        rounded = moe_kernels.round_to_e4m3(tl.load(x_ptr + offs, mask=ok, other=0.0))
+        tl.store(out_ptr + offs, rounded.to(tl.float8e4nv), mask=ok)
+
 pytestmark_interpreted = pytest.mark.skipif(
     not INTERPRETED, reason="triton was imported before TRITON_INTERPRET=1 was set in this process; "
     "test_interpreter_suite_in_subprocess runs these kernels interpreted")
@@ -191,6 +202,48 @@ def test_moe_ffn_fp8_weights_match_reference(gen, dtype, case):
     w1_ref, w2_ref = (reference.dequantize_experts_fp8(w, s, torch.float64) for w, s in ((w1_q, s1), (w2_q, s2)))
     ref = reference.moe_ffn(x.double(), logits.double(), mask, w1_ref, w2_ref, top_k, 0.0)
     assert rel_error(out, ref) < TOLERANCE[dtype], f"seed {gen.initial_seed()}"
+
+
+@pytestmark_interpreted
+def test_round_to_e4m3_is_the_cast_to_float8_e4m3fn():
+    # Every E4M3 value, every midpoint between neighbours (ties go to the even code), values past +-448 (clamped),
+    # and random draws from the subnormal range to the largest values.
+    codes = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    grid = codes[torch.isfinite(codes)].unique()
+    values = torch.cat([grid, (grid[1:] + grid[:-1]) / 2, torch.tensor([448.5, 470.0, -1e6, 1e-9]),
+                        torch.randn(20000) * torch.logspace(-4, 2.5, 20000)])
+    out = torch.empty(values.numel(), dtype=torch.float8_e4m3fn)
+    round_kernel[(triton.cdiv(values.numel(), 4096),)](values, out, values.numel(), BLOCK=4096)
+    want = values.clamp(-448, 448).to(torch.float8_e4m3fn)
+    assert torch.equal(out.float(), want.float())  # as values: the signs of zeros may differ
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", [(1, 32, 48, 4, 2), (37, 32, 48, 4, 4), (70, 48, 32, 8, 2)])
+@pytestmark_interpreted
+def test_moe_ffn_fp8_activations_match_reference(gen, dtype, case):
+    tokens, d_model, hidden, experts, top_k = case
+    x, logits, mask, w1, w2 = moe_inputs(gen, tokens, d_model, hidden, experts, torch.float32)
+    x = x.to(dtype)
+    (w1_q, s1), (w2_q, s2) = reference.quantize_experts_fp8(w1), reference.quantize_experts_fp8(w2)
+    # Calibrated scales as the FP8 export takes them: amax / 448, the input's over all tokens, each expert's hidden
+    # rows' over the rows it gets (here from the weight-only reference's hidden rows, an upper bound of them all).
+    x_scale = x.float().abs().amax().reshape(1) / 448
+    hidden_amax = torch.stack([(F.silu(g) * u).abs().amax() for g, u in
+                               (torch.chunk(x.float() @ w.t(), 2, dim=-1) for w in
+                                reference.dequantize_experts_fp8(w1_q, s1, torch.float32))])
+    hidden_scale = hidden_amax / 448
+    cfg = {"BLOCK_M": 16, "up": (16, 16, 4, 1), "down": (16, 16, 4, 1)}
+    out = moe_kernels.moe_ffn(x, logits, mask, w1_q, w2_q, top_k, 0.0, config=cfg, w1_scale=s1, w2_scale=s2,
+                              x_scale=x_scale, hidden_scale=hidden_scale)
+    ref = reference.moe_ffn_fp8(x.double(), logits.double(), mask, w1_q, s1, w2_q, s2, top_k, 0.0, x_scale,
+                                hidden_scale)
+    # The kernel's hidden rows come from float32 sums in another order: the few that land on the other side of
+    # an E4M3 rounding boundary move by one E4M3 step (2^-4 relative), so the bound is E4M3's, not the output's.
+    assert rel_error(out, ref) < 2e-2, f"seed {gen.initial_seed()}"
+    assert torch.equal(out[~mask], torch.zeros_like(out[~mask])), "masked tokens must give exactly 0"
+    weight_only = reference.moe_ffn_fp8(x.double(), logits.double(), mask, w1_q, s1, w2_q, s2, top_k, 0.0)
+    assert rel_error(out, weight_only) < 0.1  # and it is the same MoE, to E4M3 precision
 
 
 @pytest.mark.parametrize("capacity", [0.0, 1.25])

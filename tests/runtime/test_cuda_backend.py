@@ -122,6 +122,32 @@ def test_fp8_experts_match_the_reference_with_dequantised_weights(generator: tor
         assert relative_error(got, moe(x, mask)[0]) < 0.1
 
 
+def test_fp8_experts_take_fp8_activations_where_calibration_has_their_ranges(generator: torch.Generator) -> None:
+    model = build_model(get_config("tiny"), seed=2).eval()
+    moe = model.blocks[0].moe
+    x = torch.randn(2, 9, model.config.d_model, generator=generator)
+    mask = torch.ones(2, 9)
+    x_scale, hidden_scales = float(x.abs().max()) / 448, [0.02, 0.03, 0.01, 0.02]
+    fp8 = Fp8MixtureOfExperts(moe, torch.float32, x_scale, hidden_scales)
+    got, logits = fp8(x, mask)
+    want = reference.moe_ffn_fp8(x.reshape(-1, x.shape[-1]).double(), logits.double(), mask.reshape(-1).bool(),
+                                 fp8.w1, fp8.w1_scale, fp8.w2, fp8.w2_scale, moe.top_k, 0.0,
+                                 torch.tensor([x_scale]), torch.tensor(hidden_scales))
+    assert relative_error(got.reshape(-1, x.shape[-1]), want) < 1e-6
+    with pytest.raises(ValueError, match="give both x_scale and hidden_scales"):
+        Fp8MixtureOfExperts(moe, torch.float32, x_scale, None)
+    with pytest.raises(ValueError, match="3 hidden scales for 4 experts"):
+        Fp8MixtureOfExperts(moe, torch.float32, x_scale, hidden_scales[:3])
+    # to_fp8 gives the experts FP8 activations where the scales hold the MoE's input and every expert's hidden rows
+    scales = {"blocks.0.moe/moe_ffn:x": x_scale, **{f"blocks.0.moe/moe_ffn:expert{e}.hidden": s
+                                                   for e, s in enumerate(hidden_scales)},
+              "blocks.1.moe/moe_ffn:x": x_scale}  # block 1's hidden ranges missing: FP8 weights only
+    module, _ = deployable_module(model, "fp8", "cpu", scales)
+    assert module.blocks[0].moe.x_scale.item() == pytest.approx(x_scale)
+    assert module.blocks[0].moe.hidden_scale.tolist() == pytest.approx(hidden_scales)
+    assert module.blocks[1].moe.x_scale is None and module.blocks[1].moe.hidden_scale is None
+
+
 def test_fp8_layers_follow_the_export_rule_and_the_whole_model_stays_close(generator: torch.Generator) -> None:
     model = build_model(get_config("tiny"), seed=3).eval()
     inputs = random_inputs(model.config, 3, 37, generator)
@@ -301,8 +327,11 @@ def test_moe_routers_run_in_float32_from_the_fp32_weights(precision: str, genera
 def test_activation_scales_come_from_an_fp8_table_only() -> None:
     entry = TensorRange(amax=4.48, scale=0.01, zero_point=0, dtype="float8e4m3fn", method="max", percentile=None,
                         samples=16, data_hash="h")
-    table = CalibrationTable("float8e4m3fn", "max", 16, "h", {}, {"memory.query:input": entry, "x/moe_ffn:x": entry})
-    assert activation_scales(table) == pytest.approx({"memory.query": 0.01})
+    tensors = {"memory.query:input": entry, "b.moe/moe_ffn:x": entry, "b.moe/moe_ffn:expert3.hidden": entry,
+               "b.moe/moe_ffn:expert3.input": entry, "b.attention.ssd/ssd_scan:x": entry}
+    table = CalibrationTable("float8e4m3fn", "max", 16, "h", {}, tensors)
+    assert activation_scales(table) == pytest.approx(
+        {"memory.query": 0.01, "b.moe/moe_ffn:x": 0.01, "b.moe/moe_ffn:expert3.hidden": 0.01})
     with pytest.raises(ValueError, match="needs a float8e4m3fn table"):
         activation_scales(dataclasses.replace(table, dtype="int8"))
 

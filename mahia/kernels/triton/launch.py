@@ -7,7 +7,7 @@ import torch
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-_TL_DTYPES = {"fp16": tl.float16, "bf16": tl.bfloat16, "fp32": tl.float32}
+_TL_DTYPES = {"fp16": tl.float16, "bf16": tl.bfloat16, "fp32": tl.float32, "fp8e4nv": tl.float8e4nv}
 
 
 def is_interpreted(kernel: object) -> bool:
@@ -23,7 +23,7 @@ def traceable(kernel: object) -> object:
 
 
 def mma_dtype(name: str, kernel: object) -> tl.dtype:
-    """The dtype of tl.dot operands (the plans' MMA constexpr, "bf16" / "fp16" / "fp32"), except
+    """The dtype of tl.dot operands (the plans' MMA constexpr, "bf16" / "fp16" / "fp32" / "fp8e4nv"), except
     bfloat16 under the interpreter.
 
     The Triton interpreter (3.x) multiplies bfloat16 dot operands as raw 16-bit integers (numpy has

@@ -24,6 +24,8 @@ from torch import Tensor
 from mahia.kernels.triton.launch import dot_precision
 from mahia.kernels.triton.plan import MMA_NAMES, Arg, Buffer, KernelPlan, cached_plan, execute, launch, pointer, scalar
 
+E4M3_MAX: tl.constexpr = tl.constexpr(448.0)  # the largest finite float8_e4m3fn
+
 
 @triton.jit
 def topk_tile(logits, t_ok, cols, col_ok, slots, K: tl.constexpr, E_PAD: tl.constexpr, K_PAD: tl.constexpr,
@@ -221,6 +223,32 @@ def moe_scatter_kernel(mask_ptr, experts_ptr, offsets_ptr, plan_ptr, queue_ptr, 
 
 
 @triton.jit
+def round_to_e4m3(v):
+    """v (float32) clamped to +-448 and rounded to the nearest E4M3 value, ties to even: a float32 the cast to
+    tl.float8e4nv keeps exactly.
+
+    Why not the cast alone: on the GPU it rounds the same way (cvt.rn.satfinite), but Triton's interpreter, which
+    runs these kernels in CI, rounds half up without carrying into the exponent (1.998 -> 1.0: triton 3.9,
+    interpreter `_convert_float`). Normal values keep 3 of float32's 23 mantissa bits (the add carries into the
+    exponent where it must); below 2**-6 E4M3's values are the multiples of 2**-9, which adding and subtracting
+    1.5 * 2**14 (a float32 whose ulp is 2**-9) rounds to."""
+    v = tl.minimum(tl.maximum(v, -E4M3_MAX), E4M3_MAX)
+    bits = v.to(tl.int32, bitcast=True)
+    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & -0x100000).to(tl.float32, bitcast=True)
+    subnormal = (v + 24576.0) - 24576.0
+    return tl.where(tl.abs(v) < 0.015625, subnormal, normal)
+
+
+@triton.jit
+def moe_quantize_kernel(x_ptr, x_scale_ptr, x_fp8_ptr, numel, BLOCK: tl.constexpr):
+    """x_fp8 = E4M3(x / x_scale), x_scale one float32: the experts' FP8 input, quantised once per token."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < numel
+    x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    tl.store(x_fp8_ptr + offs, round_to_e4m3(x / tl.load(x_scale_ptr)).to(x_fp8_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
 def grouped_tile(num_blocks_m, num_blocks_n, GROUP_M: tl.constexpr):
     """(row block, column tile) of this program, GROUP_M row blocks at a time (L2 reuse of both)."""
     pid = tl.program_id(0)
@@ -233,14 +261,17 @@ def grouped_tile(num_blocks_m, num_blocks_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def moe_up_kernel(x_ptr, w1_ptr, w1_scale_ptr, sorted_ids_ptr, block_expert_ptr, act_ptr, num_assign, d_model,
-                  hidden, stride_we, num_blocks_m, K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, W_SCALED: tl.constexpr, MMA: tl.constexpr,
-                  DOT_PRECISION: tl.constexpr):
+def moe_up_kernel(x_ptr, w1_ptr, w1_scale_ptr, x_scale_ptr, hidden_scale_ptr, sorted_ids_ptr, block_expert_ptr,
+                  act_ptr, num_assign, d_model, hidden, stride_we, num_blocks_m, K: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                  W_SCALED: tl.constexpr, MMA: tl.constexpr, DOT_PRECISION: tl.constexpr, A_FP8: tl.constexpr):
     """act[row, n] = silu(x[token] . w1[e, n]) * (x[token] . w1[e, H + n]) for one row block.
 
     W_SCALED: w1 is FP8 with one scale per output channel, applied to the accumulators (the scale
-    of channel n factors out of the sum over D); otherwise pass None for w1_scale_ptr."""
+    of channel n factors out of the sum over D); otherwise pass None for w1_scale_ptr.
+    A_FP8 (with W_SCALED): x is FP8 too, quantised by the one scale at x_scale_ptr, so the products run
+    on FP8 tensor cores; act is written in FP8, divided by its expert's scale (hidden_scale_ptr [E]).
+    Otherwise pass None for both scale pointers."""
     pid_m, pid_n = grouped_tile(num_blocks_m, tl.cdiv(hidden, BLOCK_N), GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
@@ -266,20 +297,29 @@ def moe_up_kernel(x_ptr, w1_ptr, w1_scale_ptr, sorted_ids_ptr, block_expert_ptr,
         acc_up = tl.dot(xs, wu.to(MMA), acc_up, input_precision=DOT_PRECISION)
     if W_SCALED:
         scale_base = w1_scale_ptr + expert * 2 * hidden
-        acc_gate *= tl.load(scale_base + n, mask=n_ok, other=0.0)[None, :]
-        acc_up *= tl.load(scale_base + hidden + n, mask=n_ok, other=0.0)[None, :]
+        gate_scale = tl.load(scale_base + n, mask=n_ok, other=0.0)
+        up_scale = tl.load(scale_base + hidden + n, mask=n_ok, other=0.0)
+        if A_FP8:
+            x_scale = tl.load(x_scale_ptr)
+            gate_scale *= x_scale
+            up_scale *= x_scale
+        acc_gate *= gate_scale[None, :]
+        acc_up *= up_scale[None, :]
     act = acc_gate / (1.0 + tl.exp(-acc_gate)) * acc_up
+    if A_FP8:
+        act = round_to_e4m3(act / tl.load(hidden_scale_ptr + expert))
     tl.store(act_ptr + rows.to(tl.int64)[:, None] * hidden + n[None, :], act.to(act_ptr.dtype.element_ty),
              mask=n_ok[None, :])
 
 
 @triton.jit
-def moe_down_kernel(act_ptr, w2_ptr, w2_scale_ptr, sorted_ids_ptr, block_expert_ptr, out_ptr, num_assign, d_model,
-                    hidden, stride_we, num_blocks_m, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, W_SCALED: tl.constexpr, MMA: tl.constexpr,
-                    DOT_PRECISION: tl.constexpr):
+def moe_down_kernel(act_ptr, w2_ptr, w2_scale_ptr, hidden_scale_ptr, sorted_ids_ptr, block_expert_ptr, out_ptr,
+                    num_assign, d_model, hidden, stride_we, num_blocks_m, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, W_SCALED: tl.constexpr,
+                    MMA: tl.constexpr, DOT_PRECISION: tl.constexpr, A_FP8: tl.constexpr):
     """out[assignment, n] = act[row] . w2[e, n] for one row block, scattered to assignment rows
-    (W_SCALED: FP8 w2, per-output-channel scale applied to the accumulator; otherwise w2_scale_ptr None)."""
+    (W_SCALED: FP8 w2, per-output-channel scale applied to the accumulator; otherwise w2_scale_ptr None;
+    A_FP8: act is FP8 too, in units of its expert's hidden_scale; otherwise hidden_scale_ptr None)."""
     pid_m, pid_n = grouped_tile(num_blocks_m, tl.cdiv(d_model, BLOCK_N), GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
@@ -298,7 +338,10 @@ def moe_down_kernel(act_ptr, w2_ptr, w2_scale_ptr, sorted_ids_ptr, block_expert_
         w = tl.load(w_base + n[None, :] * hidden + k[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)
         acc = tl.dot(a.to(MMA), w.to(MMA), acc, input_precision=DOT_PRECISION)
     if W_SCALED:
-        acc *= tl.load(w2_scale_ptr + expert * d_model + n, mask=n_ok, other=0.0)[None, :]
+        scale = tl.load(w2_scale_ptr + expert * d_model + n, mask=n_ok, other=0.0)
+        if A_FP8:
+            scale *= tl.load(hidden_scale_ptr + expert)
+        acc *= scale[None, :]
     tl.store(out_ptr + ids.to(tl.int64)[:, None] * d_model + n[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & n_ok[None, :])
 
@@ -366,42 +409,52 @@ def moe_scatter_kernel_entry(mask_ptr, experts_ptr, offsets_ptr, plan_ptr, num_t
 def moe_up_kernel_entry(x_ptr, w1_ptr, sorted_ids_ptr, block_expert_ptr, num_assign, d_model, hidden, stride_we,
                         num_blocks_m, act_ptr, K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, W_SCALED: tl.constexpr, MMA: tl.constexpr,
-                        DOT_PRECISION: tl.constexpr):
+                        DOT_PRECISION: tl.constexpr, A_FP8: tl.constexpr):
     """AOT entry of moe_up_kernel, weights in the activations' dtype."""
+    tl.static_assert(not A_FP8, "the AOT entries take activations in their dtype")
     tl.static_assert(not W_SCALED, "moe_up_kernel_scaled_entry takes the FP8 weights")
-    moe_up_kernel(x_ptr, w1_ptr, None, sorted_ids_ptr, block_expert_ptr, act_ptr, num_assign, d_model, hidden,
-                  stride_we, num_blocks_m, K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, W_SCALED, MMA, DOT_PRECISION)
+    moe_up_kernel(x_ptr, w1_ptr, None, None, None, sorted_ids_ptr, block_expert_ptr, act_ptr, num_assign, d_model,
+                  hidden, stride_we, num_blocks_m, K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, W_SCALED, MMA,
+                  DOT_PRECISION, A_FP8)
 
 
 @triton.jit
 def moe_up_kernel_scaled_entry(x_ptr, w1_ptr, w1_scale_ptr, sorted_ids_ptr, block_expert_ptr, num_assign, d_model,
                                hidden, stride_we, num_blocks_m, act_ptr, K: tl.constexpr, BLOCK_M: tl.constexpr,
                                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                               W_SCALED: tl.constexpr, MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                               W_SCALED: tl.constexpr, MMA: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                               A_FP8: tl.constexpr):
     """AOT entry of moe_up_kernel, FP8 weights with per-channel scales."""
-    moe_up_kernel(x_ptr, w1_ptr, w1_scale_ptr, sorted_ids_ptr, block_expert_ptr, act_ptr, num_assign, d_model, hidden,
-                  stride_we, num_blocks_m, K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, W_SCALED, MMA, DOT_PRECISION)
+    tl.static_assert(not A_FP8, "the AOT entries take activations in their dtype")
+    moe_up_kernel(x_ptr, w1_ptr, w1_scale_ptr, None, None, sorted_ids_ptr, block_expert_ptr, act_ptr, num_assign,
+                  d_model, hidden, stride_we, num_blocks_m, K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, W_SCALED, MMA,
+                  DOT_PRECISION, A_FP8)
 
 
 @triton.jit
 def moe_down_kernel_entry(act_ptr, w2_ptr, sorted_ids_ptr, block_expert_ptr, num_assign, d_model, hidden, stride_we,
                           num_blocks_m, out_ptr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                           GROUP_M: tl.constexpr, W_SCALED: tl.constexpr, MMA: tl.constexpr,
-                          DOT_PRECISION: tl.constexpr):
+                          DOT_PRECISION: tl.constexpr, A_FP8: tl.constexpr):
     """AOT entry of moe_down_kernel, weights in the activations' dtype."""
+    tl.static_assert(not A_FP8, "the AOT entries take activations in their dtype")
     tl.static_assert(not W_SCALED, "moe_down_kernel_scaled_entry takes the FP8 weights")
-    moe_down_kernel(act_ptr, w2_ptr, None, sorted_ids_ptr, block_expert_ptr, out_ptr, num_assign, d_model, hidden,
-                    stride_we, num_blocks_m, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, W_SCALED, MMA, DOT_PRECISION)
+    moe_down_kernel(act_ptr, w2_ptr, None, None, sorted_ids_ptr, block_expert_ptr, out_ptr, num_assign, d_model,
+                    hidden, stride_we, num_blocks_m, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, W_SCALED, MMA,
+                    DOT_PRECISION, A_FP8)
 
 
 @triton.jit
 def moe_down_kernel_scaled_entry(act_ptr, w2_ptr, w2_scale_ptr, sorted_ids_ptr, block_expert_ptr, num_assign, d_model,
                                  hidden, stride_we, num_blocks_m, out_ptr, BLOCK_M: tl.constexpr,
                                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                                 W_SCALED: tl.constexpr, MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                                 W_SCALED: tl.constexpr, MMA: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                                 A_FP8: tl.constexpr):
     """AOT entry of moe_down_kernel, FP8 weights with per-channel scales."""
-    moe_down_kernel(act_ptr, w2_ptr, w2_scale_ptr, sorted_ids_ptr, block_expert_ptr, out_ptr, num_assign, d_model,
-                    hidden, stride_we, num_blocks_m, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, W_SCALED, MMA, DOT_PRECISION)
+    tl.static_assert(not A_FP8, "the AOT entries take activations in their dtype")
+    moe_down_kernel(act_ptr, w2_ptr, w2_scale_ptr, None, sorted_ids_ptr, block_expert_ptr, out_ptr, num_assign,
+                    d_model, hidden, stride_we, num_blocks_m, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, W_SCALED, MMA,
+                    DOT_PRECISION, A_FP8)
 
 
 @triton.jit
@@ -420,15 +473,18 @@ CONFIGS = (
     (4096, {"BLOCK_M": 64, "up": (64, 64, 4, 4), "down": (64, 128, 4, 4)}),
     (None, {"BLOCK_M": 128, "up": (128, 64, 8, 4), "down": (256, 64, 8, 3)}),
 )
+# FP8 activations and weights (activations_fp8): to be chosen on the H200 (`benchmarks/moe_tiles.py --fp8`).
+CONFIGS_FP8 = CONFIGS
 GROUP_M = 8  # row blocks walked together over all column tiles
 ROUTE_TILE = 256  # tokens per program of the parallel routing kernels
 ONE_PROGRAM_ROUTING = 1024  # up to this many tokens one routing program does it all (fewer launches)
 COMBINE_TOKENS = 8  # tokens per program of the combine kernel
+QUANTIZE_BLOCK = 1024  # elements per program of the FP8 input quantisation
 
 
-def choose_config(num_rows: int) -> dict[str, object]:
-    """The tile config for this many routed rows (tokens * k)."""
-    for limit, cfg in CONFIGS:
+def choose_config(num_rows: int, fp8: bool = False) -> dict[str, object]:
+    """The tile config for this many routed rows (tokens * k), of FP8 activations if `fp8`."""
+    for limit, cfg in CONFIGS_FP8 if fp8 else CONFIGS:
         if limit is None or num_rows <= limit:
             return cfg
     raise AssertionError("unreachable: the last bucket has no limit")
@@ -444,17 +500,22 @@ def _fit(tiles: tuple[int, int, int, int], dtype: torch.dtype) -> tuple[int, int
 
 def plan(num_tokens: int, d_model: int, hidden: int, num_experts: int, top_k: int, capacity_factor: float,
          dtype: torch.dtype, weight_dtype: torch.dtype | None = None, config: dict[str, object] | None = None,
-         logits_dtype: torch.dtype | None = None) -> KernelPlan:
+         logits_dtype: torch.dtype | None = None, activations_fp8: bool = False) -> KernelPlan:
     """Routing (one program up to ONE_PROGRAM_ROUTING tokens, else top-k / plan / scatter), up, down,
     combine: x [T, D] (dtype), router_logits [T, E] (logits_dtype, default dtype), mask [T] (bool), w1 [E, 2H, D],
     w2 [E, D, H] -> y [T, D]. weight_dtype float8_e4m3fn: FP8 weights with float32 per-output-channel
     scales w1_scale [E, 2H] and w2_scale [E, D]. capacity_factor > 0: capacity-limited routing, which
-    reads it from the float64 buffer `capacity_factor` [1]. Every workspace buffer is written by one
-    launch; rows of the permuted buffers past the used row blocks are never written nor read."""
+    reads it from the float64 buffer `capacity_factor` [1]. activations_fp8 (FP8 weights only): x is
+    quantised to FP8 by the float32 scale `x_scale` [1] (one launch, into `x_fp8`) and the expert hidden
+    rows by their expert's `hidden_scale` [E], so both GEMMs run on FP8 tensor cores. Every workspace
+    buffer is written by one launch; rows of the permuted buffers past the used row blocks are never
+    written nor read."""
     k = min(top_k, num_experts)
     scaled = weight_dtype == torch.float8_e4m3fn
+    if activations_fp8 and not scaled:
+        raise ValueError("moe_ffn plan: FP8 activations need FP8 (float8_e4m3fn) weights")
     limited = capacity_factor > 0
-    cfg = config or choose_config(num_tokens * k)
+    cfg = config or choose_config(num_tokens * k, activations_fp8)
     block_m = cfg["BLOCK_M"]
     num_assign = num_tokens * k
     max_rows = triton.cdiv(num_assign + num_experts * (block_m - 1), block_m) * block_m
@@ -478,6 +539,9 @@ def plan(num_tokens: int, d_model: int, hidden: int, num_experts: int, top_k: in
     if limited:
         buffers.append(Buffer("capacity_factor", torch.float64, 1))
         inputs.append("capacity_factor")
+    if activations_fp8:
+        buffers += [Buffer("x_scale", torch.float32, 1), Buffer("hidden_scale", torch.float32, num_experts)]
+        inputs += ["x_scale", "hidden_scale"]
     buffers += [Buffer("weights", torch.float32, num_assign), Buffer("experts", torch.int32, num_assign),
                 Buffer("queue", torch.int32, num_assign), Buffer("sorted_ids", torch.int32, max_rows),
                 Buffer("block_expert", torch.int32, max_blocks)]
@@ -518,28 +582,50 @@ def plan(num_tokens: int, d_model: int, hidden: int, num_experts: int, top_k: in
              scalar("num_experts", num_experts)],
             reads=("mask", "experts", "offsets", "plan"), writes=("queue", "sorted_ids")))
 
-    buffers += [Buffer("act", dtype, max_rows * hidden), Buffer("expert_out", dtype, num_assign * d_model)]
-    mma = {"MMA": MMA_NAMES[dtype], "DOT_PRECISION": dot_precision(dtype)}
+    act_dtype = torch.float8_e4m3fn if activations_fp8 else dtype
+    buffers += [Buffer("act", act_dtype, max_rows * hidden), Buffer("expert_out", dtype, num_assign * d_model)]
+    mma = {"MMA": MMA_NAMES[act_dtype], "DOT_PRECISION": dot_precision(dtype)}
     entry = "moe_{}_kernel_scaled_entry" if scaled else "moe_{}_kernel_entry"
+    x_buffer = "x"
+    a_fp8 = {"A_FP8": activations_fp8}
+    if activations_fp8:  # no AOT entry: the TensorRT plugins take FP8 weights with activations in their dtype
+        buffers.append(Buffer("x_fp8", torch.float8_e4m3fn, num_tokens * d_model))
+        steps.append(launch(
+            module, "moe_quantize_kernel", (triton.cdiv(num_tokens * d_model, QUANTIZE_BLOCK),), 4, 1,
+            {"BLOCK": QUANTIZE_BLOCK},
+            [pointer("x_ptr"), pointer("x_scale_ptr"), pointer("x_fp8_ptr"), scalar("numel", num_tokens * d_model)],
+            reads=("x", "x_scale"), writes=("x_fp8",), entry=None))
+        x_buffer, entry = "x_fp8", None
     sizes = [scalar("num_assign", num_assign), scalar("d_model", d_model), scalar("hidden", hidden)]
+
+    def scale_args(*names: str) -> list[Arg]:  # the activation-scale pointers: absent unless activations_fp8
+        return [pointer(name) if activations_fp8 else Arg(name) for name in names]
+
+    def scale_reads(*names: str) -> tuple[str, ...]:
+        return names if activations_fp8 else ()
+
     bn, bk, warps, stages = _fit(cfg["up"], dtype)
     steps.append(launch(
         module, "moe_up_kernel", (max_blocks * triton.cdiv(hidden, bn),), warps, stages,
-        {"K": k, "BLOCK_M": block_m, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": GROUP_M, "W_SCALED": scaled, **mma},
-        [pointer("x_ptr"), pointer("w1_ptr"), pointer("w1_scale_ptr") if scaled else Arg("w1_scale_ptr"),
-         pointer("sorted_ids_ptr"), pointer("block_expert_ptr"), pointer("act_ptr"), *sizes,
-         scalar("stride_we", 2 * hidden * d_model), scalar("num_blocks_m", max_blocks)],
-        reads=("x", "w1", *(("w1_scale",) if scaled else ()), "sorted_ids", "block_expert"), writes=("act",),
-        entry=entry.format("up")))
+        {"K": k, "BLOCK_M": block_m, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": GROUP_M, "W_SCALED": scaled, **mma,
+         **a_fp8},
+        [pointer("x_ptr", x_buffer), pointer("w1_ptr"), pointer("w1_scale_ptr") if scaled else Arg("w1_scale_ptr"),
+         *scale_args("x_scale_ptr", "hidden_scale_ptr"), pointer("sorted_ids_ptr"), pointer("block_expert_ptr"),
+         pointer("act_ptr"), *sizes, scalar("stride_we", 2 * hidden * d_model), scalar("num_blocks_m", max_blocks)],
+        reads=(x_buffer, "w1", *(("w1_scale",) if scaled else ()), *scale_reads("x_scale", "hidden_scale"),
+               "sorted_ids", "block_expert"), writes=("act",),
+        entry=entry and entry.format("up")))
     bn, bk, warps, stages = _fit(cfg["down"], dtype)
     steps.append(launch(
         module, "moe_down_kernel", (max_blocks * triton.cdiv(d_model, bn),), warps, stages,
-        {"BLOCK_M": block_m, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": GROUP_M, "W_SCALED": scaled, **mma},
+        {"BLOCK_M": block_m, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": GROUP_M, "W_SCALED": scaled, **mma, **a_fp8},
         [pointer("act_ptr"), pointer("w2_ptr"), pointer("w2_scale_ptr") if scaled else Arg("w2_scale_ptr"),
-         pointer("sorted_ids_ptr"), pointer("block_expert_ptr"), pointer("out_ptr", "expert_out"), *sizes,
-         scalar("stride_we", d_model * hidden), scalar("num_blocks_m", max_blocks)],
-        reads=("act", "w2", *(("w2_scale",) if scaled else ()), "sorted_ids", "block_expert"), writes=("expert_out",),
-        entry=entry.format("down")))
+         *scale_args("hidden_scale_ptr"), pointer("sorted_ids_ptr"), pointer("block_expert_ptr"),
+         pointer("out_ptr", "expert_out"), *sizes, scalar("stride_we", d_model * hidden),
+         scalar("num_blocks_m", max_blocks)],
+        reads=("act", "w2", *(("w2_scale",) if scaled else ()), *scale_reads("hidden_scale"), "sorted_ids",
+               "block_expert"), writes=("expert_out",),
+        entry=entry and entry.format("down")))
     block_d = min(256, triton.next_power_of_2(d_model))
     steps.append(launch(
         module, "moe_combine_kernel", (triton.cdiv(num_tokens, COMBINE_TOKENS), triton.cdiv(d_model, block_d)), 4, 1,
@@ -550,22 +636,29 @@ def plan(num_tokens: int, d_model: int, hidden: int, num_experts: int, top_k: in
     plan_inputs = {"num_tokens": num_tokens, "d_model": d_model, "hidden": hidden, "num_experts": num_experts,
                    "top_k": top_k, "capacity_factor": capacity_factor, "dtype": dtype,
                    **({"weight_dtype": weight_dtype} if weight_dtype else {}), **({"config": config} if config else {}),
-                   **({"logits_dtype": logits_dtype} if logits_dtype else {})}
+                   **({"logits_dtype": logits_dtype} if logits_dtype else {}),
+                   **({"activations_fp8": True} if activations_fp8 else {})}
     return KernelPlan("moe_ffn", tuple(inputs), ("y",), tuple(buffers), tuple(steps), plan_inputs)
 
 
 def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tensor, top_k: int,
             capacity_factor: float, config: dict[str, object] | None = None,
-            w1_scale: Tensor | None = None, w2_scale: Tensor | None = None) -> Tensor:
+            w1_scale: Tensor | None = None, w2_scale: Tensor | None = None,
+            x_scale: Tensor | None = None, hidden_scale: Tensor | None = None) -> Tensor:
     """Launch the kernels: x [T, D], router_logits [T, E], mask [T], w1 [E, 2H, D], w2 [E, D, H].
 
     With w1_scale [E, 2H] and w2_scale [E, D] (float32), w1 and w2 are float8_e4m3fn weights with
-    per-output-channel scales (the FP8 deploy format); the products run in x's dtype."""
+    per-output-channel scales (the FP8 deploy format); the products run in x's dtype, unless x_scale [1]
+    and hidden_scale [E] (float32 E4M3 scales of the experts' input and hidden rows) are given too: then
+    the activations are quantised to FP8 and the products run on FP8 tensor cores."""
     num_tokens, d_model = x.shape
     num_experts, two_h, _ = w1.shape
     scaled = w1_scale is not None
     if scaled != (w2_scale is not None):
         raise ValueError("moe_ffn: give both w1_scale and w2_scale (FP8 weights) or neither")
+    activations_fp8 = x_scale is not None
+    if activations_fp8 != (hidden_scale is not None) or (activations_fp8 and not scaled):
+        raise ValueError("moe_ffn: FP8 activations take x_scale and hidden_scale, with FP8 weights and their scales")
     y = torch.empty_like(x)
     if num_tokens == 0:
         return y
@@ -575,8 +668,11 @@ def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tens
         tensors.update(w1_scale=w1_scale.float().contiguous(), w2_scale=w2_scale.float().contiguous())
     if capacity_factor > 0:
         tensors["capacity_factor"] = torch.full((1,), float(capacity_factor), dtype=torch.float64, device=x.device)
+    if activations_fp8:
+        tensors.update(x_scale=x_scale.float().reshape(1).contiguous(),
+                       hidden_scale=hidden_scale.float().reshape(num_experts).contiguous())
     steps = cached_plan(plan, num_tokens, d_model, two_h // 2, num_experts, top_k, capacity_factor, x.dtype,
                  w1.dtype if scaled else None, config,
-                 router_logits.dtype if router_logits.dtype != x.dtype else None)
+                 router_logits.dtype if router_logits.dtype != x.dtype else None, activations_fp8)
     execute(steps, tensors)
     return y

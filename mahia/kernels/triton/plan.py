@@ -34,7 +34,7 @@ from torch import Tensor
 POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.float64: "*fp64",
                  torch.int32: "*i32", torch.bool: "*i1", torch.float8_e4m3fn: "*fp8e4nv"}
 # The `MMA` constexpr (tl.dot operand type) is recorded as the name of the operand dtype.
-MMA_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+MMA_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float8_e4m3fn: "fp8e4nv"}
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Launch:
     grid: tuple[int, int, int]
     num_warps: int
     num_stages: int
-    constexprs: tuple[tuple[str, object], ...]  # name, value (MMA as a dtype name: "bf16" / "fp16" / "fp32")
+    constexprs: tuple[tuple[str, object], ...]  # name, value (MMA as a dtype name: "bf16", "fp8e4nv", ...)
     args: tuple[Arg, ...]  # every runtime parameter, in the kernel's signature order
     reads: tuple[str, ...]  # buffer names
     writes: tuple[str, ...]

@@ -1,6 +1,8 @@
 """The FP8 deployment of the eager model: dense projections as FP8 GEMMs (`torch._scaled_mm`, E4M3 activations
 with the calibrated per-tensor scale, E4M3 weights with one scale per output channel) and the experts through
-`mahia::moe_ffn_fp8` (E4M3 weights, per-channel scales).
+`mahia::moe_ffn_fp8` (E4M3 weights, per-channel scales; E4M3 activations too where calibration.json has the
+experts' ranges, as every fp8 artifact's does: the input's over all tokens, each expert's hidden rows', the
+tensors the FP8 ONNX export puts its Q/DQ pairs on).
 
 Which layers: the same rule the FP8 ONNX export follows (mahia.calibration.onnx_names.KEEP_FLOAT_PATTERN:
 routers, gates, the fabric, the implicit filters and the head stay in the activation dtype), for every
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -27,13 +29,16 @@ from mahia.model.moe import MixtureOfExperts
 
 FP8 = torch.float8_e4m3fn
 GEMM_MULTIPLE = 16  # torch._scaled_mm: both matrix widths multiples of 16
+MOE_ACTIVATION_PATTERN = r"/moe_ffn:(x|expert\d+\.hidden)$"  # the experts' calibrated activations
 
 
 def scales_from_ranges(amax: Mapping[str, float]) -> dict[str, float]:
-    """{module path: activation scale (amax / 448)} of every module input among calibrated eager tensors
-    ({eager name: amax}; a module input is named `<module path>:input`, mahia.calibration.ranges)."""
-    return {name.removesuffix(":input"): max(value, 1e-12) / E4M3_MAX
-            for name, value in amax.items() if name.endswith(":input")}
+    """{name: activation scale (amax / 448)} of the calibrated eager tensors ({eager name: amax},
+    mahia.calibration.ranges) the FP8 deployment quantises: every module input, by its module path (its eager
+    name is `<module path>:input`), and the experts' input and hidden rows (`<moe path>/moe_ffn:x`,
+    `<moe path>/moe_ffn:expert<e>.hidden`), by their eager names."""
+    return {name.removesuffix(":input"): max(value, 1e-12) / E4M3_MAX for name, value in amax.items()
+            if name.endswith(":input") or re.search(MOE_ACTIVATION_PATTERN, name)}
 
 
 def activation_scales(table: CalibrationTable) -> dict[str, float]:
@@ -78,9 +83,14 @@ class Fp8Linear(nn.Module):
 
 class Fp8MixtureOfExperts(nn.Module):
     """MixtureOfExperts at inference with E4M3 expert weights and `mahia::moe_ffn_fp8`; its router in the activation
-    dtype here, in float32 once `deployable_module` has made it a Float32Router."""
+    dtype here, in float32 once `deployable_module` has made it a Float32Router.
 
-    def __init__(self, moe: MixtureOfExperts, dtype: torch.dtype) -> None:
+    With `x_scale` (the input's E4M3 scale) and `hidden_scales` (one per expert), the activations are E4M3 too and
+    both expert GEMMs run on FP8 tensor cores; without, the weights are widened to the activation dtype in the
+    kernels (the products run in bf16)."""
+
+    def __init__(self, moe: MixtureOfExperts, dtype: torch.dtype, x_scale: float | None = None,
+                 hidden_scales: Sequence[float] | None = None) -> None:
         super().__init__()
         self.top_k = moe.top_k
         self.router = copy.deepcopy(moe.router).to(dtype)
@@ -88,14 +98,31 @@ class Fp8MixtureOfExperts(nn.Module):
             weight, scale = quantize_experts_fp8(getattr(moe, name).detach().float())
             self.register_buffer(name, weight)
             self.register_buffer(f"{name}_scale", scale)
+        if (x_scale is None) != (hidden_scales is None):
+            raise ValueError("Fp8MixtureOfExperts: give both x_scale and hidden_scales (FP8 activations) or neither")
+        if hidden_scales is not None and len(hidden_scales) != moe.w1.shape[0]:
+            raise ValueError(f"Fp8MixtureOfExperts: {len(hidden_scales)} hidden scales for {moe.w1.shape[0]} experts")
+        self.register_buffer("x_scale", None if x_scale is None else torch.tensor([float(x_scale)]))
+        self.register_buffer("hidden_scale", None if hidden_scales is None else
+                             torch.tensor([float(s) for s in hidden_scales]))
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """x [B, L, D], mask [B, L] -> (y [B, L, D], router_logits [B*L, E]); dropless."""
         flat = x.reshape(-1, x.shape[-1])
         logits = self.router(flat)
         y = kernels.moe_ffn_fp8(flat, logits, mask.reshape(-1).bool(), self.w1, self.w1_scale, self.w2,
-                                self.w2_scale, self.top_k, 0.0)
+                                self.w2_scale, self.top_k, 0.0, self.x_scale, self.hidden_scale)
         return y.reshape(x.shape), logits
+
+
+def moe_activation_scales(scales: Mapping[str, float], path: str,
+                          num_experts: int) -> tuple[float, list[float]] | tuple[None, None]:
+    """(input scale, hidden scale per expert) of the MoE at `path` from the deployment's scales, or (None, None)
+    where they do not hold all of them."""
+    names = [f"{path}/moe_ffn:x"] + [f"{path}/moe_ffn:expert{e}.hidden" for e in range(num_experts)]
+    if not all(name in scales for name in names):
+        return None, None
+    return scales[names[0]], [scales[name] for name in names[1:]]
 
 
 def fp8_linear_layers(model: nn.Module, scales: Mapping[str, float]) -> list[str]:
@@ -115,5 +142,6 @@ def to_fp8(model: MahiaX, scales: Mapping[str, float], device: torch.device | st
         deployed.set_submodule(path, Fp8Linear(model.get_submodule(path), scales[path], dtype).to(device))
     for path, module in model.named_modules():
         if isinstance(module, MixtureOfExperts):
-            deployed.set_submodule(path, Fp8MixtureOfExperts(module, dtype).to(device))
+            x_scale, hidden_scales = moe_activation_scales(scales, path, module.w1.shape[0])
+            deployed.set_submodule(path, Fp8MixtureOfExperts(module, dtype, x_scale, hidden_scales).to(device))
     return deployed, layers
