@@ -473,8 +473,15 @@ CONFIGS = (
     (4096, {"BLOCK_M": 64, "up": (64, 64, 4, 4), "down": (64, 128, 4, 4)}),
     (None, {"BLOCK_M": 128, "up": (128, 64, 8, 4), "down": (256, 64, 8, 3)}),
 )
-# FP8 activations and weights (activations_fp8): to be chosen on the H200 (`benchmarks/moe_tiles.py --fp8`).
-CONFIGS_FP8 = CONFIGS
+# FP8 activations and weights (activations_fp8), chosen on the H200 at `base`'s sizes (`python3 benchmarks/moe_tiles.py
+# --fp8`, 2026-12-01; benchmarks/RESULTS.md): deeper K tiles, as E4M3 tiles take half the shared memory. The op at
+# 65888 tokens 1.812 -> 1.763 ms (bf16 2.532, FP8 weights widened to bf16 4.374), 4184 tokens 0.161 -> 0.150 ms,
+# 139 tokens 0.0298 -> 0.0293 ms. The first bucket (up to 128 tokens at top-2) keeps the bf16 tiles, not measured.
+CONFIGS_FP8 = (
+    (256, CONFIGS[0][1]),
+    (4096, {"BLOCK_M": 64, "up": (64, 128, 4, 4), "down": (64, 128, 4, 4)}),
+    (None, {"BLOCK_M": 128, "up": (128, 128, 8, 3), "down": (256, 128, 8, 3)}),
+)
 GROUP_M = 8  # row blocks walked together over all column tiles
 ROUTE_TILE = 256  # tokens per program of the parallel routing kernels
 ONE_PROGRAM_ROUTING = 1024  # up to this many tokens one routing program does it all (fewer launches)
