@@ -4,7 +4,8 @@
         [--deployed] [--ops]
 
 --deployed profiles what backend="cuda" runs with CudaOptions(compile=True) instead: the deployable bf16 module
-(ShiftedShortConv) compiled with torch.compile(dynamic=False), the kernels its CUDA graph replays.
+(ShiftedShortConv, InlineGateCombine, ...) compiled with torch.compile(dynamic=False), the kernels its CUDA graph
+replays.
 --ops adds the aten operators that launched GPU work, by input shapes (a compiled module's GEMMs and copies stay
 aten calls; its fused Triton kernels do not appear there): which GEMM a kernel name belongs to.
 
@@ -64,9 +65,10 @@ def main() -> None:
     device = torch.device("cuda")
     config = get_config(args.config)
     if args.deployed:
-        from mahia.runtime.backends.cuda import add_filter_lengths, deployable_module
+        from mahia.runtime.backends.cuda import add_filter_lengths, deployable_module, inline_gate_combines
 
         module = deployable_module(build_model(config, 0), "bf16", device)[0]
+        inline_gate_combines(module)  # as DeployedModel(compile=True) does
         # as DeployedModel does for its buckets: the filter taps of each shape's length, precomputed
         add_filter_lengths(module, [int(shape.split("x")[1]) + config.num_tabular_tokens
                                     for shape in args.shapes.split(",")])

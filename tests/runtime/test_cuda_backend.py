@@ -18,16 +18,18 @@ from mahia.kernels import reference
 from mahia.model import build_model, get_config, random_inputs
 from mahia.model.config import CLS_ID
 from mahia.model.filters import ImplicitFilter
-from mahia.model.meta_attention import HyenaBranch, causal_depthwise_conv
+from mahia.model.meta_attention import HyenaBranch, MetaAttention, causal_depthwise_conv
 from mahia.model.moe import MixtureOfExperts
 from mahia.runtime.backends.cuda import (
     CudaOptions,
     DeployedModel,
+    InlineGateCombine,
     Float32Router,
     PaddedLinear,
     PrecomputedFilter,
     ShiftedShortConv,
     deployable_module,
+    inline_gate_combines,
     load_artifact,
     rebuild_model,
 )
@@ -370,3 +372,24 @@ def test_the_artifact_must_be_deployable_and_its_weights_must_match(tiny_export:
         rebuild_model(directory, other)
     with pytest.raises(ValueError, match="missing.safetensors is not here .*: pass CudaOptions"):
         rebuild_model(directory, manifest, str(tmp_path / "missing.safetensors"))
+
+
+@pytest.mark.parametrize("dtype, bound", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_inline_gate_combine_is_the_meta_attention(dtype: torch.dtype, bound: float,
+                                                   generator: torch.Generator) -> None:
+    model = build_model(get_config("tiny"), seed=6).eval()
+    module, _ = deployable_module(model, "fp32" if dtype == torch.float32 else "bf16", "cpu")
+    attention = module.blocks[1].attention
+    x = torch.randn(3, 37, model.config.d_model, generator=generator).to(dtype)
+    mask = torch.ones(3, 37, dtype=dtype)  # as MahiaX passes it: in the activations' dtype
+    mask[1, 20:] = 0
+    inline_gate_combines(module)
+    swapped = module.blocks[1].attention
+    assert isinstance(swapped, InlineGateCombine) and swapped.hyena is attention.hyena
+    assert not any(type(m) is MetaAttention for m in module.modules())
+    with torch.inference_mode():
+        got, want = swapped(x, mask), attention(x, mask)
+        # bf16: the Triton kernel's reference rounds the gate weights and products to bf16; the swap sums in float32
+        assert got.dtype == dtype and relative_error(got.float(), want.float()) < bound
+        exact = copy.deepcopy(model.blocks[1].attention).double()(x.double(), mask.double())  # the fp32 model's
+        assert relative_error(got.double(), exact) <= 1.5 * relative_error(want.double(), exact) + 1e-7

@@ -20,7 +20,8 @@ Every precision runs the Hyena short convolutions as ShiftedShortConv (width shi
 torch.compile fuses into one elementwise kernel) instead of PyTorch's generic depthwise-conv kernel, and the MoE
 routers in float32 (Float32Router: the top-k choice is discrete), the long filters' taps precomputed per bucket
 length (PrecomputedFilter), and Linear layers whose output width is not a multiple of 8 with zero-padded weights
-(PaddedLinear: cuBLAS's aligned kernels).
+(PaddedLinear: cuBLAS's aligned kernels). Compiled, the meta-attention gate's weighted sum is left to Inductor
+(InlineGateCombine), which fuses it with the branch outputs.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from mahia.default import load_model
 from mahia.kernels import use_reference_ops
 from mahia.model import INPUT_NAMES, MahiaX, ModelSource, weights_sha256
 from mahia.model.filters import ImplicitFilter
-from mahia.model.meta_attention import HyenaBranch
+from mahia.model.meta_attention import HyenaBranch, MetaAttention
 from mahia.model.moe import MixtureOfExperts
 from mahia.runtime.backends.base import BackendUnavailableError, Runner
 from mahia.runtime.backends.cuda_buckets import Buckets, fill_padded, pad_inputs
@@ -273,6 +274,38 @@ def add_filter_lengths(module: nn.Module, lengths: Iterable[int]) -> None:
                 filt.add_length(length)
 
 
+class InlineGateCombine(nn.Module):
+    """A MetaAttention whose gate combines the three branch outputs in plain PyTorch arithmetic (float32 softmax and
+    weighted sum, rounded once) instead of stacking them into [B, L, D, 3] for `mahia::gate_combine`: compiled,
+    Inductor fuses the sum with the branches' last elementwise steps and their transposes back to [B, L, D].
+
+    Why: in the compiled deployment the stack was its own fused kernel that read the Hyena and Fourier outputs
+    across their [B, D, L] layout and wrote the stack interleaved, 5.7 ms per forward at 32 x 2059 on the H200, and
+    gate_combine read it again, 1.5 ms (`benchmarks/forward_kernels.py --deployed`, 2026-12-01). Uncompiled, the
+    stack and the Triton kernel are the faster pair, so only DeployedModel(compile=True) makes this swap.
+    """
+
+    def __init__(self, attention: MetaAttention) -> None:
+        super().__init__()
+        self.in_proj, self.gate, self.out_proj = attention.in_proj, attention.gate, attention.out_proj
+        self.hyena, self.ssd, self.fourier = attention.hyena, attention.ssd, attention.fourier
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x [B, L, D] (normalised), mask [B, L] -> [B, L, D], as MetaAttention.forward."""
+        u_hyena, u_ssd, u_fourier = self.in_proj(x).chunk(3, dim=-1)
+        weights = torch.softmax(self.gate(x).float(), dim=-1)
+        branches = (self.hyena(u_hyena), self.ssd(u_ssd), self.fourier(u_fourier, mask))
+        combined = sum(weights[..., j, None] * branch.float() for j, branch in enumerate(branches))
+        return self.out_proj(combined.to(x.dtype))
+
+
+def inline_gate_combines(module: nn.Module) -> None:
+    """Replace, in place, every MetaAttention of `module` by its InlineGateCombine (same submodules, shared)."""
+    for path, attention in list(module.named_modules()):
+        if type(attention) is MetaAttention:
+            module.set_submodule(path, InlineGateCombine(attention))
+
+
 def deployable_module(model: MahiaX, precision: str, device: str | torch.device,
                       scales: Mapping[str, float] | None = None) -> tuple[nn.Module, list[str]]:
     """The eager fp32 `model` as it runs deployed at `precision` on `device`: (module, paths of FP8 GEMM layers).
@@ -335,6 +368,7 @@ class DeployedModel:
         # (8 by default, counted per code object) is raised to let every bucket compile rather than run uncompiled.
         if self.compile:
             raise_recompile_limit(len(self.buckets.batch) * len(self.buckets.seq) + 8)
+            inline_gate_combines(self.module)
         self.call = torch.compile(self.module, dynamic=False) if self.compile else self.module
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None  # one pool for every bucket's graph
 
