@@ -23,8 +23,8 @@ from mahia.model.moe import MixtureOfExperts
 from mahia.runtime.backends.cuda import (
     CudaOptions,
     DeployedModel,
-    InlineGateCombine,
     Float32Router,
+    InlineGateCombine,
     PaddedLinear,
     PrecomputedFilter,
     ShiftedShortConv,
