@@ -1,11 +1,13 @@
 """Which kernels a forward spends its GPU time in: the eager bf16 model with the Triton ops, by kernel name.
 
     PYTHONPATH=$PWD python3 benchmarks/forward_kernels.py [--config base] [--shapes 8x512,32x2048] [--top 25]
-        [--deployed] [--ops]
+        [--deployed [--precision fp8 --data REVIEWS.parquet]] [--ops]
 
 --deployed profiles what backend="cuda" runs with CudaOptions(compile=True) instead: the deployable bf16 module
 (ShiftedShortConv, InlineGateCombine, ...) compiled with torch.compile(dynamic=False), the kernels its CUDA graph
 replays.
+--precision fp8 profiles the fp8 deployment (FP8 GEMMs, FP8 experts) instead, its activation scales calibrated on
+32 real reviews as mahia-bench calibrates them.
 --ops adds the aten operators that launched GPU work, by input shapes (a compiled module's GEMMs and copies stay
 aten calls; its fused Triton kernels do not appear there): which GEMM a kernel name belongs to.
 
@@ -61,13 +63,21 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--deployed", action="store_true", help="the compiled deployable module (backend cuda)")
     parser.add_argument("--ops", action="store_true", help="also the aten ops that ran GPU work, by input shapes")
+    parser.add_argument("--precision", choices=("bf16", "fp8"), default="bf16", help="the deployment's (--deployed)")
+    parser.add_argument("--data", default=None, help="reviews parquet file, for the fp8 calibration")
     args = parser.parse_args()
     device = torch.device("cuda")
     config = get_config(args.config)
     if args.deployed:
         from mahia.runtime.backends.cuda import add_filter_lengths, deployable_module, inline_gate_combines
 
-        module = deployable_module(build_model(config, 0), "bf16", device)[0]
+        model = build_model(config, 0)
+        scales = None
+        if args.precision == "fp8":
+            from mahia.bench.cli import calibrated_scales
+
+            scales = calibrated_scales(model, 32, args.data)
+        module = deployable_module(model, args.precision, device, scales)[0]
         inline_gate_combines(module)  # as DeployedModel(compile=True) does
         # as DeployedModel does for its buckets: the filter taps of each shape's length, precomputed
         add_filter_lengths(module, [int(shape.split("x")[1]) + config.num_tabular_tokens
@@ -75,7 +85,8 @@ def main() -> None:
         model = torch.compile(module, dynamic=False)
     else:
         model = build_model(config, 0).to(device=device, dtype=torch.bfloat16).eval()
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, config {config.name}, bf16, Triton ops"
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, config {config.name}, "
+          f"{args.precision if args.deployed else 'bf16'}, Triton ops"
           f"{', deployed and compiled' if args.deployed else ', eager'}")
     for shape in args.shapes.split(","):
         batch, seq = (int(v) for v in shape.split("x"))
