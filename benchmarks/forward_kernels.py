@@ -71,7 +71,7 @@ def main() -> None:
     if args.deployed:
         from mahia.runtime.backends.cuda import add_filter_lengths, deployable_module, inline_gate_combines
 
-        model = build_model(config, 0)
+        model = build_model(config, 0).eval()
         scales = None
         if args.precision == "fp8":
             from mahia.bench.cli import calibrated_scales

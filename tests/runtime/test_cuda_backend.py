@@ -393,3 +393,21 @@ def test_inline_gate_combine_is_the_meta_attention(dtype: torch.dtype, bound: fl
         assert got.dtype == dtype and relative_error(got.float(), want.float()) < bound
         exact = copy.deepcopy(model.blocks[1].attention).double()(x.double(), mask.double())  # the fp32 model's
         assert relative_error(got.double(), exact) <= 1.5 * relative_error(want.double(), exact) + 1e-7
+
+
+def test_fp8_linear_gives_the_fp8_gemm_a_row_major_activation(monkeypatch: pytest.MonkeyPatch,
+                                                              generator: torch.Generator) -> None:
+    # cuBLASLt takes only a row-major first operand; the compiled deployment's inlined gate sum handed Fp8Linear a
+    # transposed layout's view at batch 1 (H200, 2026-12-01). The CPU GEMM takes any layout, so record what it gets.
+    layer = Fp8Linear(nn.Linear(32, 48), 0.01, torch.float32)
+    x = torch.randn(1, 32, 37, generator=generator).transpose(1, 2)  # [1, 37, 32], strides of [1, 32, 37]
+    strides = []
+    scaled_mm = torch._scaled_mm
+
+    def recording(a: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        strides.append(a.stride())
+        return scaled_mm(a, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "_scaled_mm", recording)
+    assert torch.equal(layer(x), layer(x.contiguous()))
+    assert strides == [(32, 1), (32, 1)]

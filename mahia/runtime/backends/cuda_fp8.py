@@ -70,7 +70,9 @@ class Fp8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x [..., in_features] -> [..., out_features] in the activation dtype."""
         flat = x.reshape(-1, self.in_features)
-        quantized = (flat.float() / self.input_scale).clamp(-E4M3_MAX, E4M3_MAX).to(FP8)
+        # contiguous: the FP8 GEMM takes a row-major activation, and x may be a transposed layout's view (the
+        # compiled deployment's inlined gate sum at batch 1 was: cuBLASLt refused it, H200, 2026-12-01)
+        quantized = (flat.float() / self.input_scale).clamp(-E4M3_MAX, E4M3_MAX).to(FP8).contiguous()
         # Row-wise scaling (the per-channel weight scales) takes a per-row activation scale: the one calibrated
         # scale, repeated.
         scale_a = self.input_scale.expand(flat.shape[0], 1).contiguous()
