@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import triton
+import triton.language as tl
 import triton.testing
 
 from mahia.kernels.triton import moe_ffn as kernel
@@ -97,15 +98,22 @@ def fp8_scales(x: torch.Tensor, w1: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return x.float().abs().amax().reshape(1) / 448, hidden / 448
 
 
+@triton.jit
+def _round_kernel(x_ptr, out_ptr, numel, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < numel
+    tl.store(out_ptr + offs, kernel.round_to_e4m3(tl.load(x_ptr + offs, mask=ok, other=0.0)).to(tl.float8e4nv), mask=ok)
+
+
 def rounding_check() -> None:
-    """moe_quantize_kernel's E4M3 rounding on the GPU against torch's cast: every E4M3 value, every tie, randoms."""
+    """The kernels' E4M3 rounding (round_to_e4m3) on the GPU against torch's cast: every E4M3 value, every tie,
+    random values."""
     codes = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
     grid = codes[torch.isfinite(codes)].unique()
     values = torch.cat([grid, (grid[1:] + grid[:-1]) / 2, torch.randn(1 << 20) * torch.logspace(-4, 2.5, 1 << 20)])
     values = values.cuda()
     out = torch.empty(values.numel(), dtype=torch.float8_e4m3fn, device="cuda")
-    kernel.moe_quantize_kernel[(triton.cdiv(values.numel(), 1024),)](values, torch.ones(1, device="cuda"), out,
-                                                                     values.numel(), BLOCK=1024)
+    _round_kernel[(triton.cdiv(values.numel(), 1024),)](values, out, values.numel(), BLOCK=1024)
     want = values.clamp(-448, 448).to(torch.float8_e4m3fn)
     print(f"E4M3 rounding on the GPU: {int((out.float() != want.float()).sum())} of {values.numel()} values differ "
           "from torch's cast", flush=True)

@@ -218,8 +218,11 @@ def test_round_to_e4m3_is_the_cast_to_float8_e4m3fn():
     assert torch.equal(out.float(), want.float())  # as values: the signs of zeros may differ
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("case", [(1, 32, 48, 4, 2), (37, 32, 48, 4, 4), (70, 48, 32, 8, 2)])
+@pytest.mark.parametrize("dtype, case", [
+    *((dtype, case) for dtype in (torch.bfloat16, torch.float16)
+      for case in [(1, 32, 48, 4, 2), (37, 32, 48, 4, 4), (70, 48, 32, 8, 2)]),
+    (torch.bfloat16, (1061, 16, 16, 4, 2)),  # 1061 > ONE_PROGRAM_ROUTING: the three-kernel routing
+])
 @pytestmark_interpreted
 def test_moe_ffn_fp8_activations_match_reference(gen, dtype, case):
     tokens, d_model, hidden, experts, top_k = case
