@@ -240,26 +240,12 @@ def round_to_e4m3(v):
 
 
 @triton.jit
-def moe_quantize_kernel(x_ptr, x_scale_ptr, sorted_ids_ptr, block_expert_ptr, x_fp8_ptr, num_assign, d_model,
-                        K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """x_fp8[row] = E4M3(x[token of row] / x_scale) for one row block of the permuted order (zeros for its padding
-    rows), x_scale one float32: the experts' FP8 input, gathered once so that moe_up_kernel reads it row-contiguous.
-
-    Why gathered here: the up kernel gathering x by token itself ran at 658 TFLOP/s at 65888 tokens on the H200,
-    where the down kernel, whose rows are contiguous, ran at 1185 (`benchmarks/forward_kernels.py --deployed
-    --precision fp8`, 2026-12-01)."""
-    pid_m = tl.program_id(0)
-    if tl.load(block_expert_ptr + pid_m) < 0:
-        return
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    ids = tl.load(sorted_ids_ptr + rows)
-    row_ok = ids < num_assign
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_ok = d < d_model
-    x = tl.load(x_ptr + (ids // K).to(tl.int64)[:, None] * d_model + d[None, :], mask=row_ok[:, None] & d_ok[None, :],
-                other=0.0).to(tl.float32)
-    tl.store(x_fp8_ptr + rows.to(tl.int64)[:, None] * d_model + d[None, :],
-             round_to_e4m3(x / tl.load(x_scale_ptr)).to(x_fp8_ptr.dtype.element_ty), mask=d_ok[None, :])
+def moe_quantize_kernel(x_ptr, x_scale_ptr, x_fp8_ptr, numel, BLOCK: tl.constexpr):
+    """x_fp8 = E4M3(x / x_scale), x_scale one float32: the experts' FP8 input, quantised once per token."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < numel
+    x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    tl.store(x_fp8_ptr + offs, round_to_e4m3(x / tl.load(x_scale_ptr)).to(x_fp8_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -283,10 +269,9 @@ def moe_up_kernel(x_ptr, w1_ptr, w1_scale_ptr, x_scale_ptr, hidden_scale_ptr, so
 
     W_SCALED: w1 is FP8 with one scale per output channel, applied to the accumulators (the scale
     of channel n factors out of the sum over D); otherwise pass None for w1_scale_ptr.
-    A_FP8 (with W_SCALED): x_ptr holds the FP8 rows in permuted order (moe_quantize_kernel: quantised by
-    the one scale at x_scale_ptr, padding rows zero), so the products run on FP8 tensor cores; act is
-    written in FP8, divided by its expert's scale (hidden_scale_ptr [E]). Otherwise pass None for both
-    scale pointers."""
+    A_FP8 (with W_SCALED): x is FP8 too, quantised by the one scale at x_scale_ptr, so the products run
+    on FP8 tensor cores; act is written in FP8, divided by its expert's scale (hidden_scale_ptr [E]).
+    Otherwise pass None for both scale pointers."""
     pid_m, pid_n = grouped_tile(num_blocks_m, tl.cdiv(hidden, BLOCK_N), GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
@@ -303,11 +288,8 @@ def moe_up_kernel(x_ptr, w1_ptr, w1_scale_ptr, x_scale_ptr, hidden_scale_ptr, so
     for k0 in range(0, d_model, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < d_model
-        if A_FP8:
-            xs = tl.load(x_ptr + rows.to(tl.int64)[:, None] * d_model + k[None, :], mask=k_ok[None, :], other=0.0)
-        else:
-            xs = tl.load(x_ptr + token.to(tl.int64)[:, None] * d_model + k[None, :],
-                         mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(MMA)
+        xs = tl.load(x_ptr + token.to(tl.int64)[:, None] * d_model + k[None, :],
+                     mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(MMA)
         wg = tl.load(w_base + n[None, :] * d_model + k[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)
         wu = tl.load(w_base + (n + hidden)[None, :] * d_model + k[:, None],
                      mask=n_ok[None, :] & k_ok[:, None], other=0.0)
@@ -504,7 +486,7 @@ GROUP_M = 8  # row blocks walked together over all column tiles
 ROUTE_TILE = 256  # tokens per program of the parallel routing kernels
 ONE_PROGRAM_ROUTING = 1024  # up to this many tokens one routing program does it all (fewer launches)
 COMBINE_TOKENS = 8  # tokens per program of the combine kernel
-QUANTIZE_COLUMNS = 256  # columns per program of the FP8 input quantisation (one row block each)
+QUANTIZE_BLOCK = 1024  # elements per program of the FP8 input quantisation
 
 
 def choose_config(num_rows: int, fp8: bool = False) -> dict[str, object]:
@@ -614,14 +596,12 @@ def plan(num_tokens: int, d_model: int, hidden: int, num_experts: int, top_k: in
     x_buffer = "x"
     a_fp8 = {"A_FP8": activations_fp8}
     if activations_fp8:  # no AOT entry: the TensorRT plugins take FP8 weights with activations in their dtype
-        buffers.append(Buffer("x_fp8", torch.float8_e4m3fn, max_rows * d_model))
-        block_d = min(QUANTIZE_COLUMNS, triton.next_power_of_2(d_model))
+        buffers.append(Buffer("x_fp8", torch.float8_e4m3fn, num_tokens * d_model))
         steps.append(launch(
-            module, "moe_quantize_kernel", (max_blocks, triton.cdiv(d_model, block_d)), 4, 1,
-            {"K": k, "BLOCK_M": block_m, "BLOCK_D": block_d},
-            [pointer("x_ptr"), pointer("x_scale_ptr"), pointer("sorted_ids_ptr"), pointer("block_expert_ptr"),
-             pointer("x_fp8_ptr"), scalar("num_assign", num_assign), scalar("d_model", d_model)],
-            reads=("x", "x_scale", "sorted_ids", "block_expert"), writes=("x_fp8",), entry=None))
+            module, "moe_quantize_kernel", (triton.cdiv(num_tokens * d_model, QUANTIZE_BLOCK),), 4, 1,
+            {"BLOCK": QUANTIZE_BLOCK},
+            [pointer("x_ptr"), pointer("x_scale_ptr"), pointer("x_fp8_ptr"), scalar("numel", num_tokens * d_model)],
+            reads=("x", "x_scale"), writes=("x_fp8",), entry=None))
         x_buffer, entry = "x_fp8", None
     sizes = [scalar("num_assign", num_assign), scalar("d_model", d_model), scalar("hidden", hidden)]
 
