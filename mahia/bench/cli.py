@@ -228,9 +228,9 @@ def _notes(target: torch.device, seed: int) -> list[str]:
                   "fp8 rel err: its activation scales come from real reviews (an fp8 artifact's calibration, or "
                   "--calib-samples of them), while the timed inputs are random, and past the calibrated ranges E4M3 "
                   "clamps (base, random weights, 2 x 64 on the CPU: inputs up to 1.19x the calibrated amax, rel err "
-                  "0.95, against 0.25 with the linear layers' scales from the timed inputs, bf16 0.23): a timing input, "
-                  "not a parity check; "
-                  "benchmarks/cuda_backend_check.py checks an fp8 artifact's parity on real reviews"]
+                  "0.95, against 0.25 with the linear layers' scales from the timed inputs, bf16 0.23): a timing "
+                  "input, not a parity check; benchmarks/cuda_backend_check.py checks an fp8 artifact's parity on "
+                  "real reviews"]
     else:
         notes += ["latency: time.perf_counter around each call", "onnx variants: the deployment's runner (ONNX "
                   "Runtime, CPU execution provider, default threads) without input validation"]
