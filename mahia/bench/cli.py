@@ -226,11 +226,10 @@ def _notes(target: torch.device, seed: int) -> list[str]:
                   "buckets: mahia.runtime.backends.cuda_buckets over batch 1..max and seq 1..max of --shapes",
                   "peak mem: torch.cuda.max_memory_allocated during the variant, every resident model included",
                   "fp8 rel err: its activation scales come from real reviews (an fp8 artifact's calibration, or "
-                  "--calib-samples of them), while the timed inputs are random, and past the calibrated ranges E4M3 "
-                  "clamps (base, random weights, 2 x 64 on the CPU: inputs up to 1.19x the calibrated amax, rel err "
-                  "0.95, against 0.25 with the linear layers' scales from the timed inputs, bf16 0.23): a timing "
-                  "input, not a parity check; benchmarks/cuda_backend_check.py checks an fp8 artifact's parity on "
-                  "real reviews"]
+                  "--calib-samples of them) while the timed inputs are random, past the calibrated ranges (base: up "
+                  "to 1.19x at 2 x 64): 0.95 on the CPU, 0.25 with the linear layers' scales from the timed inputs, "
+                  "bf16 0.23 (benchmarks/fp8_random_input_error.py); so it is no parity measure: "
+                  "benchmarks/cuda_backend_check.py checks an fp8 artifact's parity on real reviews"]
     else:
         notes += ["latency: time.perf_counter around each call", "onnx variants: the deployment's runner (ONNX "
                   "Runtime, CPU execution provider, default threads) without input validation"]
