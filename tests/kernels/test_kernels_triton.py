@@ -190,14 +190,20 @@ def test_moe_ffn_matches_reference(gen, dtype, case):
     assert torch.equal(out[~mask], torch.zeros_like(out[~mask])), "masked tokens must give exactly 0"
 
 
+def fp8_moe_inputs(gen, case, dtype):
+    """x (dtype), float32 router logits, mask, and E4M3 expert weights with their scales: w1_q, s1, w2_q, s2."""
+    tokens, d_model, hidden, experts, _ = case
+    x, logits, mask, w1, w2 = moe_inputs(gen, tokens, d_model, hidden, experts, torch.float32)
+    (w1_q, s1), (w2_q, s2) = reference.quantize_experts_fp8(w1), reference.quantize_experts_fp8(w2)
+    return x.to(dtype), logits, mask, w1_q, s1, w2_q, s2
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", [(7, 32, 48, 4, 2), (40, 48, 32, 8, 8)])
 @pytestmark_interpreted
 def test_moe_ffn_fp8_weights_match_reference(gen, dtype, case):
-    tokens, d_model, hidden, experts, top_k = case
-    x, logits, mask, w1, w2 = moe_inputs(gen, tokens, d_model, hidden, experts, torch.float32)
-    x = x.to(dtype)
-    (w1_q, s1), (w2_q, s2) = reference.quantize_experts_fp8(w1), reference.quantize_experts_fp8(w2)
+    top_k = case[-1]
+    x, logits, mask, w1_q, s1, w2_q, s2 = fp8_moe_inputs(gen, case, dtype)
     out = moe_kernels.moe_ffn(x, logits, mask, w1_q, w2_q, top_k, 0.0, w1_scale=s1, w2_scale=s2)
     w1_ref, w2_ref = (reference.dequantize_experts_fp8(w, s, torch.float64) for w, s in ((w1_q, s1), (w2_q, s2)))
     ref = reference.moe_ffn(x.double(), logits.double(), mask, w1_ref, w2_ref, top_k, 0.0)
@@ -225,10 +231,8 @@ def test_round_to_e4m3_is_the_cast_to_float8_e4m3fn():
 ])
 @pytestmark_interpreted
 def test_moe_ffn_fp8_activations_match_reference(gen, dtype, case):
-    tokens, d_model, hidden, experts, top_k = case
-    x, logits, mask, w1, w2 = moe_inputs(gen, tokens, d_model, hidden, experts, torch.float32)
-    x = x.to(dtype)
-    (w1_q, s1), (w2_q, s2) = reference.quantize_experts_fp8(w1), reference.quantize_experts_fp8(w2)
+    top_k = case[-1]
+    x, logits, mask, w1_q, s1, w2_q, s2 = fp8_moe_inputs(gen, case, dtype)
     # Calibrated scales as the FP8 export takes them: amax / 448, the input's over all tokens, each expert's hidden
     # rows' over the rows it gets (here from the weight-only reference's hidden rows, an upper bound of them all).
     x_scale = x.float().abs().amax().reshape(1) / 448

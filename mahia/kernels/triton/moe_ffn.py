@@ -594,7 +594,6 @@ def plan(num_tokens: int, d_model: int, hidden: int, num_experts: int, top_k: in
     mma = {"MMA": MMA_NAMES[act_dtype], "DOT_PRECISION": dot_precision(dtype)}
     entry = "moe_{}_kernel_scaled_entry" if scaled else "moe_{}_kernel_entry"
     x_buffer = "x"
-    a_fp8 = {"A_FP8": activations_fp8}
     if activations_fp8:  # no AOT entry: the TensorRT plugins take FP8 weights with activations in their dtype
         buffers.append(Buffer("x_fp8", torch.float8_e4m3fn, num_tokens * d_model))
         steps.append(launch(
@@ -615,7 +614,7 @@ def plan(num_tokens: int, d_model: int, hidden: int, num_experts: int, top_k: in
     steps.append(launch(
         module, "moe_up_kernel", (max_blocks * triton.cdiv(hidden, bn),), warps, stages,
         {"K": k, "BLOCK_M": block_m, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": GROUP_M, "W_SCALED": scaled, **mma,
-         **a_fp8},
+         "A_FP8": activations_fp8},
         [pointer("x_ptr", x_buffer), pointer("w1_ptr"), pointer("w1_scale_ptr") if scaled else Arg("w1_scale_ptr"),
          *scale_args("x_scale_ptr", "hidden_scale_ptr"), pointer("sorted_ids_ptr"), pointer("block_expert_ptr"),
          pointer("act_ptr"), *sizes, scalar("stride_we", 2 * hidden * d_model), scalar("num_blocks_m", max_blocks)],
@@ -625,7 +624,8 @@ def plan(num_tokens: int, d_model: int, hidden: int, num_experts: int, top_k: in
     bn, bk, warps, stages = _fit(cfg["down"], dtype)
     steps.append(launch(
         module, "moe_down_kernel", (max_blocks * triton.cdiv(d_model, bn),), warps, stages,
-        {"BLOCK_M": block_m, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": GROUP_M, "W_SCALED": scaled, **mma, **a_fp8},
+        {"BLOCK_M": block_m, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": GROUP_M, "W_SCALED": scaled, **mma,
+         "A_FP8": activations_fp8},
         [pointer("act_ptr"), pointer("w2_ptr"), pointer("w2_scale_ptr") if scaled else Arg("w2_scale_ptr"),
          *scale_args("hidden_scale_ptr"), pointer("sorted_ids_ptr"), pointer("block_expert_ptr"),
          pointer("out_ptr", "expert_out"), *sizes, scalar("stride_we", d_model * hidden),
