@@ -55,9 +55,9 @@ def representative_plans(dtype: torch.dtype) -> Iterator[object]:
     from mahia.kernels.triton import gate_combine, long_conv, moe_ffn, ssd_scan
 
     yield gate_combine.plan(8 * 512, 768, dtype)
-    for length in (64, 512):  # the two tile buckets of long_conv.choose_config (L < 256, L >= 256), batch 8
+    for length in (64, 512):  # the two tile buckets of long_conv.gather_config (L < 256, L >= 256), batch 8
         for causal in (True, False):
-            yield long_conv.plan(8, 768, length, causal, dtype)
+            yield long_conv.plan(8, 768, length, causal, dtype, long_conv.gather_config(8, length))
     yield ssd_scan.plan(8, 512, 12, 64, 128, 256, dtype)
     # tokens: 16 (rows <= 256, BLOCK_T 16), 200 (BLOCK_T 256), 1000 (BLOCK_T 1024), 4136 (three-kernel routing)
     for tokens in (16, 200, 1000, 4136):

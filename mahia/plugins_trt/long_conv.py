@@ -20,10 +20,10 @@ from mahia.kernels.triton.plan import MMA_NAMES
 from mahia.plugins_trt.sizes import Algebra
 from mahia.plugins_trt.specs import FLOAT, Chain, LaunchFormula, OutputSpec, PluginSpec, Sizes, TensorSpec
 
-# Tactic i + 1 runs the kernel's own config choice at TACTIC_POINTS[i] (batch, length): the short (16-step) and
+# Tactic i + 1 runs the kernel's one-launch config choice at TACTIC_POINTS[i] (batch, length): the short (16-step) and
 # long (64-step) tiles, each for one and for eight batch rows per program.
 TACTIC_POINTS = ((1, 64), (8, 64), (1, 512), (8, 512))
-CONFIGS = tuple(kernel.choose_config(batch, length) for batch, length in TACTIC_POINTS)
+CONFIGS = tuple(kernel.gather_config(batch, length) for batch, length in TACTIC_POINTS)
 
 
 def config_name(cfg: Mapping[str, int]) -> str:
@@ -51,7 +51,8 @@ def _launch(s: Sizes, alg: Algebra) -> LaunchFormula:
     return LaunchFormula(
         "long_conv", "long_conv_kernel_entry",
         (s.D, alg.cdiv(num_blocks, cfg["NT"]), alg.cdiv(s.B, rows_per_program)), cfg["num_warps"], cfg["num_stages"],
-        (("CAUSAL", bool(s.causal)), ("BLOCK_K", cfg["BLOCK_K"]), ("NT", cfg["NT"]), ("BLOCK_N", cfg["BLOCK_N"]),
+        (("CAUSAL", bool(s.causal)), ("SHIFTED_COPIES", False), ("BLOCK_K", cfg["BLOCK_K"]), ("NT", cfg["NT"]),
+         ("BLOCK_N", cfg["BLOCK_N"]),
          ("MMA", MMA_NAMES[dtype]), ("DOT_PRECISION", dot_precision(dtype))),
         (("batch", s.B), ("length", s.L), ("filt_len", s.F), ("filt_shift", 0 if s.causal else s.L - 1),
          ("stride_xb", s.L * s.D), ("stride_xd", s.L), ("stride_fd", s.F)))

@@ -216,11 +216,12 @@ def test_long_conv_algorithm_follows_the_h200_measurements():
         for batch in (8, 32):
             assert (long_conv.choose_algorithm(length, causal, batch) == "toeplitz") == kernel_faster, \
                 (causal, length, batch)
-    faster_at_batch_1 = {(True, 133): True, (True, 512): True, (True, 1024): True, (True, 2048): False,
-                         (False, 512): True, (False, 517): False, (False, 1024): False}
+    # batch 1 with the shifted copies (long_conv_gather.py): the kernel faster causal at 2064, two-sided at 528
+    faster_at_batch_1 = {(True, 133): True, (True, 528): True, (True, 2064): True, (True, 4096): False,
+                         (False, 528): True, (False, 1024): False, (False, 2064): False}
     for (causal, length), kernel_faster in faster_at_batch_1.items():
         assert (long_conv.choose_algorithm(length, causal, 1) == "toeplitz") == kernel_faster, (causal, length)
-    for causal, length in ((True, 2048), (False, 1024)):  # batch 2 takes batch 1's limits, batch 3 the others
+    for causal, length in ((True, 4096), (False, 1024)):  # batch 2 takes batch 1's limits, batch 3 the others
         assert long_conv.choose_algorithm(length, causal, 2) == "fft"
         assert long_conv.choose_algorithm(length, causal, 3) == "toeplitz"
     assert long_conv.choose_algorithm(37, False, 1) == "toeplitz", "short lengths keep the kernel"
@@ -229,11 +230,28 @@ def test_long_conv_algorithm_follows_the_h200_measurements():
 
 def test_long_conv_tiles_fill_columns_with_batch_rows_first():
     # H200 (long_conv_tiles.py): NT = 4 at batch 32, NT = 16 (or the number of blocks) at batch 1 and 8.
-    assert long_conv.choose_config(32, 2048)["NT"] == 4
-    assert long_conv.choose_config(8, 2048)["NT"] == 16
-    assert long_conv.choose_config(1, 2048)["NT"] == 16
-    assert long_conv.choose_config(8, 512)["NT"] == 8
-    assert long_conv.choose_config(32, 2048)["BLOCK_N"] == 128
+    assert long_conv.choose_config(32, 400)["NT"] == 4
+    assert long_conv.choose_config(8, 400)["NT"] == 8
+    assert long_conv.choose_config(1, 400)["NT"] == 8
+    assert long_conv.choose_config(32, 400)["BLOCK_N"] == 128
+    assert not any(long_conv.choose_config(b, 400)["SHIFTED_COPIES"] for b in (1, 8, 32))
+
+
+def test_long_conv_takes_the_shifted_copies_from_512_positions():
+    # H200 (long_conv_gather.py), fastest configs at 528 and 2064 positions
+    assert long_conv.choose_config(32, 2064) == {"BLOCK_K": 64, "NT": 8, "BLOCK_N": 256, "num_warps": 8,
+                                                 "num_stages": 4, "SHIFTED_COPIES": 1}
+    assert long_conv.choose_config(8, 2064) == {"BLOCK_K": 64, "NT": 16, "BLOCK_N": 128, "num_warps": 4,
+                                                "num_stages": 4, "SHIFTED_COPIES": 1}
+    assert long_conv.choose_config(1, 2064)["NT"] == 32
+    assert long_conv.choose_config(32, 528) == {"BLOCK_K": 64, "NT": 4, "BLOCK_N": 128, "num_warps": 4,
+                                                "num_stages": 2, "SHIFTED_COPIES": 1}
+    assert long_conv.choose_config(1, 528)["NT"] == 16, "no more output blocks per program than there are blocks"
+    assert long_conv.choose_config(64, 528)["BLOCK_N"] == 128, "at most 32 batch rows per program"
+    copies_plan = long_conv.plan(8, 4, 2064, False, torch.bfloat16)
+    assert [s.kernel for s in copies_plan.launches] == ["long_conv_copies_kernel", "long_conv_kernel"]
+    assert [s.entry for s in copies_plan.launches] == [None, None], "TensorRT plugins run the one-launch form"
+    assert copies_plan.buffer("copies").numel == 4 * 8 * long_conv.copies_size(2 * 2064 - 1, 64)[0]
 
 
 def test_plans_are_built_once_per_distinct_call_and_never_for_symbolic_sizes() -> None:

@@ -290,11 +290,26 @@ def test_long_conv_tile_configs_agree(gen):
 @pytestmark_interpreted
 @pytest.mark.parametrize("causal", [True, False])
 def test_long_conv_every_nt_at_a_ragged_length(gen, causal):
-    # 133 = 128 words + 5 tabular tokens: 9 blocks of 16, so the last program of NT 2, 4, 8 and 16 holds
-    # fewer real output blocks than NT (its lag loop stops at the last real block).
+    # 133 = 128 words + 5 tabular tokens: 9 blocks of 16, so the first program of NT 2, 4, 8 and 16 holds
+    # fewer real output blocks than NT (its columns before block 0 are masked).
     x = randn(gen, 3, 2, 133)
     filt = randn(gen, 2, 133 if causal else 265, scale=0.1)
     ref = reference.long_conv(x.double(), filt.double(), causal)
     for nt in (1, 2, 4, 8, 16):
         cfg = conv_kernels.tile_config(3, 133, nt)
         assert rel_error(conv_kernels.long_conv(x, filt, causal, config=cfg), ref) < 2e-5, cfg
+
+
+@pytestmark_interpreted
+@pytest.mark.parametrize("causal", [True, False])
+def test_long_conv_shifted_copies_match_the_element_gather(gen, causal):
+    # 530 positions (padded to 544: 9 blocks of 64, the remainder first): the tiles read as vectors from the
+    # shifted copies, at each NT, give what the element gather gives, both within fp32 rounding of float64.
+    x = randn(gen, 3, 2, 530)
+    filt = randn(gen, 2, 530 if causal else 1059, scale=0.05)
+    ref = reference.long_conv(x.double(), filt.double(), causal)
+    assert conv_kernels.choose_config(3, 530)["SHIFTED_COPIES"] == 1
+    for nt in (2, 8, 16):
+        for copies in (False, True):
+            cfg = conv_kernels.tile_config(3, 530, nt, shifted_copies=copies)
+            assert rel_error(conv_kernels.long_conv(x, filt, causal, config=cfg), ref) < 2e-5, cfg

@@ -17,25 +17,44 @@ import triton.language as tl
 from torch import Tensor
 
 from mahia.kernels.triton.launch import dot_precision
-from mahia.kernels.triton.plan import MMA_NAMES, Buffer, KernelPlan, cached_plan, execute, launch, pointer, scalar
+from mahia.kernels.triton.plan import MMA_NAMES, Arg, Buffer, KernelPlan, cached_plan, execute, launch, pointer, scalar
+
+# bf16/fp16 elements in a 16-byte vector: the number of shifted filter copies (see long_conv_copies_kernel)
+COPIES = tl.constexpr(8)
 
 
 @triton.jit
-def long_conv_kernel(x_ptr, filt_ptr, out_ptr, batch, length, filt_len, filt_shift,
+def long_conv_copies_kernel(filt_ptr, copies_ptr, filt_len, stride_fd, copy_len, copy_pad, BLOCK: tl.constexpr):
+    """copies[d, r, m] = filt[d, filt_len - 1 - (m + r - copy_pad)] (the reversed filter shifted by r), zero
+    outside the filter."""
+    d = tl.program_id(0)
+    r = tl.program_id(1)
+    m = tl.program_id(2) * BLOCK + tl.arange(0, BLOCK)
+    q = m + r - copy_pad
+    taps = tl.load(filt_ptr + d * stride_fd + filt_len - 1 - q, mask=(q >= 0) & (q < filt_len) & (m < copy_len),
+                   other=0.0)
+    tl.store(copies_ptr + (d * COPIES + r) * copy_len + m, taps, mask=m < copy_len)
+
+
+@triton.jit
+def long_conv_kernel(x_ptr, filt_ptr, copies_ptr, out_ptr, batch, length, filt_len, filt_shift,
                      stride_xb, stride_xd, stride_fd,
-                     CAUSAL: tl.constexpr, BLOCK_K: tl.constexpr, NT: tl.constexpr, BLOCK_N: tl.constexpr,
-                     MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                     CAUSAL: tl.constexpr, SHIFTED_COPIES: tl.constexpr, BLOCK_K: tl.constexpr, NT: tl.constexpr,
+                     BLOCK_N: tl.constexpr, MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """y[b, d, t] = sum_s filt[d, t - s + filt_shift] * x[b, d, s] over the filter's support."""
     d = tl.program_id(0)
-    t1_first = tl.program_id(1) * NT
-    b_first = tl.program_id(2) * (BLOCK_N // NT)
     num_blocks = tl.cdiv(length, BLOCK_K)
+    # The first program takes the remainder when NT does not divide the blocks (its columns before block 0 are
+    # masked): its blocks need the fewest lags. Ragged counts are the model's (2064 = 33 blocks of 64): with the
+    # remainder last, causal 8 x 2064 looped over 1.7x the lags of 8 x 2048 (long_conv_gather.py, H200).
+    t1_first = tl.program_id(1) * NT - (tl.cdiv(num_blocks, NT) * NT - num_blocks)
+    b_first = tl.program_id(2) * (BLOCK_N // NT)
 
     rows = tl.arange(0, BLOCK_K)  # position inside a time block (t2 for outputs, s2 for inputs)
     cols = tl.arange(0, BLOCK_N)
     col_b = b_first + cols // NT
     col_t1 = t1_first + cols % NT
-    col_ok = col_b < batch
+    col_ok = (col_b < batch) & (col_t1 >= 0)
     x_base = x_ptr + d * stride_xd + col_b * stride_xb  # [BLOCK_N]
     f_base = filt_ptr + d * stride_fd
     toeplitz = rows[:, None] - rows[None, :]  # i - j
@@ -43,15 +62,24 @@ def long_conv_kernel(x_ptr, filt_ptr, out_ptr, batch, length, filt_len, filt_shi
     if CAUSAL:
         lag_lo = 0
     else:
-        lag_lo = t1_first - num_blocks + 1
-    # exclusive; the last lag of the program's last real output block (columns past num_blocks are masked, and a
-    # ragged length such as 517 = 512 + 5 tabular tokens would otherwise loop over lags no column uses)
+        lag_lo = tl.maximum(t1_first, 0) - num_blocks + 1
+    # exclusive; the last lag of the program's last output block
     lag_hi = tl.minimum(t1_first + NT, num_blocks)
 
     acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
     for delta in range(lag_lo, lag_hi):
-        f_idx = delta * BLOCK_K + toeplitz + filt_shift
-        tile = tl.load(f_base + f_idx, mask=(f_idx >= 0) & (f_idx < filt_len), other=0.0)
+        if SHIFTED_COPIES:
+            # Row i of the tile, filt[c + i - j] over j, is the reversed filter from p_i = filt_len - 1 - c - i on:
+            # in copy p_i % 8 that run starts at a multiple of 8, so the row loads as 16-byte vectors.
+            copy_pad = BLOCK_K + COPIES  # as copies_size()
+            copy_len = tl.cdiv(filt_len + 2 * copy_pad, COPIES) * COPIES
+            p = filt_len - 1 - delta * BLOCK_K - filt_shift + copy_pad - rows
+            shift = p % COPIES
+            start = tl.multiple_of(shift * copy_len + p - shift, COPIES)
+            tile = tl.load(copies_ptr + d * (COPIES * copy_len) + start[:, None] + rows[None, :])
+        else:
+            f_idx = delta * BLOCK_K + toeplitz + filt_shift
+            tile = tl.load(f_base + f_idx, mask=(f_idx >= 0) & (f_idx < filt_len), other=0.0)
         src = (col_t1 - delta) * BLOCK_K  # [BLOCK_N] first source position of each column
         s = src[None, :] + rows[:, None]
         xs = tl.load(x_base[None, :] + s, mask=col_ok[None, :] & (s >= 0) & (s < length), other=0.0)
@@ -64,53 +92,102 @@ def long_conv_kernel(x_ptr, filt_ptr, out_ptr, batch, length, filt_len, filt_shi
 
 @triton.jit
 def long_conv_kernel_entry(x_ptr, filt_ptr, batch, length, filt_len, filt_shift, stride_xb, stride_xd, stride_fd,
-                           out_ptr, CAUSAL: tl.constexpr, BLOCK_K: tl.constexpr, NT: tl.constexpr,
-                           BLOCK_N: tl.constexpr, MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """AOT entry in plugin order (input pointers, int32 scalars, output pointers)."""
-    long_conv_kernel(x_ptr, filt_ptr, out_ptr, batch, length, filt_len, filt_shift, stride_xb, stride_xd, stride_fd,
-                     CAUSAL, BLOCK_K, NT, BLOCK_N, MMA, DOT_PRECISION)
+                           out_ptr, CAUSAL: tl.constexpr, SHIFTED_COPIES: tl.constexpr, BLOCK_K: tl.constexpr,
+                           NT: tl.constexpr, BLOCK_N: tl.constexpr, MMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """AOT entry in plugin order (input pointers, int32 scalars, output pointers): the one-launch form a TensorRT
+    AOT plugin runs, so without the shifted copies (a second launch)."""
+    tl.static_assert(not SHIFTED_COPIES, "the AOT entry runs the element-gather tiles")
+    long_conv_kernel(x_ptr, filt_ptr, None, out_ptr, batch, length, filt_len, filt_shift, stride_xb, stride_xd,
+                     stride_fd, CAUSAL, SHIFTED_COPIES, BLOCK_K, NT, BLOCK_N, MMA, DOT_PRECISION)
+
+
+# From this length the Toeplitz tiles load as vectors from shifted filter copies (SHIFTED_COPIES). At the model's
+# lengths 528 and 2064 (512 and 2048 words) that was faster at batch 1, 8 and 32 for both filters, building the
+# copies included: 2064 causal at batch 32 0.379 ms against 0.489 with the element gather at its best config,
+# two-sided 0.746 against 0.954 (H200, `python3 benchmarks/long_conv_gather.py`, 2026-12-01; table in
+# benchmarks/RESULTS.md). Below 512 (16-step tiles) it was not measured.
+SHIFTED_COPIES_MIN_LENGTH = 512
+COPY_BLOCK = 1024  # filter taps a program of long_conv_copies_kernel writes
 
 
 def choose_config(batch: int, length: int) -> dict[str, int]:
-    """Tile sizes by shape; no autotuning at call time. 64-step tiles from L = 256 (benchmarks/kernels.py --sweep
+    """Tile sizes by shape; no autotuning at call time: gather_config's below SHIFTED_COPIES_MIN_LENGTH, from it the
+    shifted-copies tiles benchmarks/long_conv_gather.py found fastest at 528 and 2064 positions: NT = 32 (batch 1),
+    16 (batch 8), 8 or 4 (batch 32: 256 columns where there are 32 blocks or more); 4 stages at 2064, 2 at 528."""
+    if length < SHIFTED_COPIES_MIN_LENGTH:
+        return gather_config(batch, length)
+    num_blocks = triton.cdiv(length, 64)
+    nt = 32 if batch <= 2 else 16 if batch <= 8 else 8 if num_blocks >= 32 else 4
+    return tile_config(batch, length, min(nt, triton.next_power_of_2(num_blocks)), shifted_copies=True)
+
+
+def gather_config(batch: int, length: int) -> dict[str, int]:
+    """The one-launch tiles (the TensorRT plugins' form): 64-step tiles from L = 256 (benchmarks/kernels.py --sweep
     on the H100), 16-step ones below. A program's 128 columns take the batch rows first (up to 32), then output
     blocks (NT <= 16, at least 4): in CUDA-graph replay on the H200 (benchmarks/long_conv_tiles.py, 2026-12-01;
-    bf16, 768 channels) NT = 4 is fastest at batch 32 (L = 2048 causal: 0.476 ms against 0.563 at NT = 16,
-    two-sided 0.871 against 1.076) and NT = 16 at batch 1 and 8 (2048 causal: 0.107 and 0.149 ms)."""
+    bf16, 768 channels) NT = 4 was fastest at batch 32 and NT = 16 at batch 1 and 8."""
     block_k = 64 if length >= 256 else 16
     num_blocks = triton.cdiv(length, block_k)
     nt = min(16, triton.next_power_of_2(num_blocks), max(4, 128 // triton.next_power_of_2(batch)))
     return tile_config(batch, length, nt)
 
 
-def tile_config(batch: int, length: int, nt: int) -> dict[str, int]:
-    """The tiles for NT output blocks per program: as many batch rows as fill 128 columns (at least 16)."""
+def tile_config(batch: int, length: int, nt: int, shifted_copies: bool = False) -> dict[str, int]:
+    """The tiles for NT output blocks per program: as many batch rows as fill 128 columns (256 with the shifted
+    copies), at least 16 columns."""
     block_k = 64 if length >= 256 else 16
-    rows_per_program = max(1, min(triton.next_power_of_2(batch), 128 // nt))
+    rows_per_program = max(1, min(triton.next_power_of_2(batch), 32, (256 if shifted_copies else 128) // nt))
     block_n = max(16, nt * rows_per_program)
-    return {"BLOCK_K": block_k, "NT": nt, "BLOCK_N": block_n, "num_warps": 4 if block_k * block_n <= 4096 else 8,
-            "num_stages": 2}
+    # the copies' vector loads pipeline deeper; 8 warps from 64 x 256 tiles (64 x 128 with the element gather)
+    max_4_warps = 8192 if shifted_copies else 4096
+    return {"BLOCK_K": block_k, "NT": nt, "BLOCK_N": block_n,
+            "num_warps": 4 if block_k * block_n <= max_4_warps else 8,
+            "num_stages": 4 if shifted_copies and length >= 2048 else 2, "SHIFTED_COPIES": int(shifted_copies)}
+
+
+def copies_size(filt_len: int, block_k: int) -> tuple[int, int]:
+    """(copy_len, copy_pad) of the shifted copies: each copy is the reversed filter between copy_pad zeros on the
+    left and at least as many on the right, enough for every tile row the kernel reads, rounded up to 8 taps.
+    long_conv_kernel computes the same two numbers from filt_len and BLOCK_K."""
+    copies = COPIES.value
+    pad = block_k + copies
+    return triton.cdiv(filt_len + 2 * pad, copies) * copies, pad
 
 
 def plan(batch: int, channels: int, length: int, causal: bool, dtype: torch.dtype,
          config: dict[str, int] | None = None) -> KernelPlan:
-    """One launch: x [B, D, L] and filt [D, L] (causal) or [D, 2L-1] (two-sided), contiguous -> out [B, D, L]."""
+    """x [B, D, L] and filt [D, L] (causal) or [D, 2L-1] (two-sided), contiguous -> out [B, D, L]: one launch, or
+    two with SHIFTED_COPIES (the copies, then the convolution; the TensorRT plugins take the one-launch form)."""
     cfg = config or choose_config(batch, length)
+    shifted_copies = bool(cfg.get("SHIFTED_COPIES", 0))
     filt_len = length if causal else 2 * length - 1
+    copy_len, copy_pad = copies_size(filt_len, cfg["BLOCK_K"]) if shifted_copies else (0, 0)
     num_blocks = triton.cdiv(length, cfg["BLOCK_K"])
     rows_per_program = cfg["BLOCK_N"] // cfg["NT"]
     grid = (channels, triton.cdiv(num_blocks, cfg["NT"]), triton.cdiv(batch, rows_per_program))
-    constexprs = {"CAUSAL": causal, "BLOCK_K": cfg["BLOCK_K"], "NT": cfg["NT"], "BLOCK_N": cfg["BLOCK_N"],
-                  "MMA": MMA_NAMES[dtype], "DOT_PRECISION": dot_precision(dtype)}
-    step = launch("long_conv", "long_conv_kernel", grid, cfg["num_warps"], cfg["num_stages"], constexprs,
-                  [pointer("x_ptr"), pointer("filt_ptr"), pointer("out_ptr"), scalar("batch", batch),
-                   scalar("length", length), scalar("filt_len", filt_len),
-                   scalar("filt_shift", 0 if causal else length - 1), scalar("stride_xb", channels * length),
-                   scalar("stride_xd", length), scalar("stride_fd", filt_len)],
-                  reads=("x", "filt"), writes=("out",))
-    buffers = (Buffer("x", dtype, batch * channels * length), Buffer("filt", dtype, channels * filt_len),
-               Buffer("out", dtype, batch * channels * length))
-    return KernelPlan("long_conv", ("x", "filt"), ("out",), buffers, (step,),
+    constexprs = {"CAUSAL": causal, "SHIFTED_COPIES": shifted_copies, "BLOCK_K": cfg["BLOCK_K"], "NT": cfg["NT"],
+                  "BLOCK_N": cfg["BLOCK_N"], "MMA": MMA_NAMES[dtype], "DOT_PRECISION": dot_precision(dtype)}
+    steps = []
+    buffers = [Buffer("x", dtype, batch * channels * length), Buffer("filt", dtype, channels * filt_len),
+               Buffer("out", dtype, batch * channels * length)]
+    if shifted_copies:
+        buffers.append(Buffer("copies", dtype, channels * COPIES.value * copy_len))
+        steps.append(launch("long_conv", "long_conv_copies_kernel",
+                            (channels, COPIES.value, triton.cdiv(copy_len, COPY_BLOCK)), 4, 1, {"BLOCK": COPY_BLOCK},
+                            [pointer("filt_ptr"), pointer("copies_ptr"), scalar("filt_len", filt_len),
+                             scalar("stride_fd", filt_len), scalar("copy_len", copy_len),
+                             scalar("copy_pad", copy_pad)],
+                            reads=("filt",), writes=("copies",), entry=None))
+    copies = pointer("copies_ptr") if shifted_copies else Arg("copies_ptr")
+    steps.append(launch("long_conv", "long_conv_kernel", grid, cfg["num_warps"], cfg["num_stages"], constexprs,
+                        [pointer("x_ptr"), pointer("filt_ptr"), copies, pointer("out_ptr"), scalar("batch", batch),
+                         scalar("length", length),
+                         scalar("filt_len", filt_len), scalar("filt_shift", 0 if causal else length - 1),
+                         scalar("stride_xb", channels * length), scalar("stride_xd", length),
+                         scalar("stride_fd", filt_len)],
+                        reads=("x", "filt", "copies") if shifted_copies else ("x", "filt"), writes=("out",),
+                        entry=None if shifted_copies else ""))
+    return KernelPlan("long_conv", ("x", "filt"), ("out",), tuple(buffers), tuple(steps),
                       {"batch": batch, "channels": channels, "length": length, "causal": causal, "dtype": dtype,
                        **({"config": dict(config)} if config else {})})
 
@@ -127,14 +204,18 @@ def plan(batch: int, channels: int, length: int, causal: bool, dtype: torch.dtyp
 #              two-sided  8.14x  5.75x  3.21x  1.79x  2.02x  1.89x  1.61x  0.98x  0.55x
 # So the kernel runs up to the last measured length where it was faster, torch.fft beyond: causal to 4096 (at 8192
 # the two tie), two-sided to 3072. A batch of 1 fills one column in 16 of a program's tiles: causal to 1024,
-# two-sided to 512 (517: 0.97x); batch 2 was not timed and takes batch 1's limits, the safe side, since the
-# kernel's share of a program grows with the batch. Ragged lengths pay the padding to LENGTH_ALIGNMENT
-# (the model's 133 at batch 1: 0.015 ms against 0.004 at 128), which is why backend "cuda" aligns its buckets.
+# two-sided to 512 (517: 0.97x) in that table. With the shifted copies and the remainder taken first (later the
+# same day, benchmarks/long_conv_gather.py), batch 1 ran torch.fft / kernel 1.63x causal at 2064 (0.112 / 0.069 ms)
+# and 0.78x two-sided (0.120 / 0.154), 1.34x two-sided at 528: so causal to 2064, two-sided to 528 at batch 1
+# (untimed lengths between keep the nearer measured limit). Batch 2 was not timed and takes batch 1's limits, the
+# safe side, since the kernel's share of a program grows with the batch. Ragged lengths pay the padding to
+# LENGTH_ALIGNMENT (the model's 133 at batch 1: 0.015 ms against 0.004 at 128), which is why backend "cuda" aligns
+# its buckets.
 # Eager calls pay ~0.15 ms of host time per Toeplitz launch, which makes torch.fft faster eagerly below L = 1024;
 # eager with the Triton ops is launch-bound as a whole, so the choice follows the replayed numbers. Past these
 # lengths the way forward is an FFT on tensor cores (FlashFFTConv), not this choice.
 TOEPLITZ_MAX_LENGTH = {True: 4096, False: 3072}  # causal -> longest length that runs the kernel (batch >= 3)
-TOEPLITZ_MAX_LENGTH_BATCH_1_2 = {True: 1024, False: 512}
+TOEPLITZ_MAX_LENGTH_BATCH_1_2 = {True: 2064, False: 528}
 
 
 def choose_algorithm(length: int, causal: bool, batch: int) -> str:
