@@ -63,6 +63,31 @@ def active_parameters(run: _Run) -> int:
     return int(total)
 
 
+def start_run(model: str, batch: int, seq: int, device: str, data: str | None, out_dir: Path) -> _Run:
+    """The trainer's run (sharded under torchrun) for batches of `batch` sequences of `seq` text tokens. It loads
+    `batch` rows of the reviews data because the trainer's start does; the steps never see them."""
+    config = TrainConfig(model=model, batch_size=batch, max_text_tokens=seq, device=device, data_path=data,
+                         train_rows=batch, eval_rows=64, warmup_steps=10, baseline=False)
+    return _Run.start(config, out_dir, Console(stderr=True))
+
+
+def timed_steps(run: _Run, batch: int, seq: int, warmup: int, steps: int,
+                generator: torch.Generator) -> tuple[list[float], list[float]]:
+    """(seconds of each of `steps` train steps after `warmup` untimed ones, every step's loss); each step on a fresh
+    global batch of `batch` random sequences of exactly `seq` text tokens with random labels."""
+    synchronize = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
+    seconds, losses = [], []
+    for step in range(warmup + steps):
+        inputs = random_inputs(run.model_config, batch, seq, generator, full=True)
+        labels = torch.randint(0, run.model_config.num_classes, (batch,), generator=generator)
+        synchronize()
+        started = time.perf_counter()
+        losses.append(run.train_step(inputs, labels, total_steps=1000))  # .item() inside: the step has finished
+        if step >= warmup:
+            seconds.append(time.perf_counter() - started)
+    return seconds, losses
+
+
 def main() -> None:
     """Time the trainer's step; rank 0 prints and writes the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -78,21 +103,9 @@ def main() -> None:
 
     cuda = args.device == "cuda"
     peak = bf16_matmul_tflops() if cuda else None
-    synchronize = torch.cuda.synchronize if cuda else (lambda: None)
-    config = TrainConfig(model=args.config, batch_size=args.batch, max_text_tokens=args.seq, device=args.device,
-                         data_path=args.data, train_rows=args.batch, eval_rows=64, warmup_steps=10, baseline=False)
-    run = _Run.start(config, Path("/tmp/train_distributed"), Console(stderr=True))
+    run = start_run(args.config, args.batch, args.seq, args.device, args.data, Path("/tmp/train_distributed"))
     world = run.parallel.world_size if run.parallel is not None else 1
-    generator = torch.Generator().manual_seed(0)
-    seconds, losses = [], []
-    for step in range(args.warmup + args.steps):
-        inputs = random_inputs(run.model_config, args.batch, args.seq, generator, full=True)
-        labels = torch.randint(0, run.model_config.num_classes, (args.batch,), generator=generator)
-        synchronize()
-        started = time.perf_counter()
-        losses.append(run.train_step(inputs, labels, total_steps=1000))  # .item() inside: the step has finished
-        if step >= args.warmup:
-            seconds.append(time.perf_counter() - started)
+    seconds, losses = timed_steps(run, args.batch, args.seq, args.warmup, args.steps, torch.Generator().manual_seed(0))
     memory = {"peak_allocated_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None,
               "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2 ** 30 if cuda else None,
               "bf16_matmul_tflops": peak}

@@ -29,13 +29,35 @@ def route_tokens(router_logits: Tensor, mask: Tensor, top_k: int,
     weights = top_probs / top_probs.sum(dim=-1, keepdim=True)
     keep = mask.bool()[:, None].expand(num_tokens, k)
     if capacity_factor > 0:
-        valid = int(mask.bool().sum())
-        capacity = math.ceil(capacity_factor * valid * k / num_experts)
-        # Rank-major order: all first choices (by position), then all second choices, ...
-        ranked = F.one_hot(experts.t().reshape(-1), num_experts) * keep.t().reshape(-1, 1)
-        queue_position = (ranked.cumsum(dim=0) * ranked).sum(dim=-1)  # 1-based, 0 where not kept
-        keep = keep & (queue_position <= capacity).reshape(k, num_tokens).t()
+        # A tensor, not int(): reading the count on the host would stop the GPU, once per MoE layer per step.
+        # float64, in the order the Triton kernel's expert_capacity computes it, so that both round alike.
+        valid = mask.bool().sum().to(torch.float64)
+        capacity = torch.ceil(capacity_factor * valid * k / num_experts).long()
+        keep = keep & (queue_positions(experts, keep, num_experts) <= capacity)
     return weights, experts, keep
+
+
+def queue_positions(experts: Tensor, keep: Tensor, num_experts: int) -> Tensor:
+    """[T, k] 1-based position of each assignment in its expert's queue, 0 where keep is False.
+
+    The queue is served rank-major: all first choices (by token position), then all second choices, ...
+    """
+    num_tokens, k = experts.shape
+    ranked = F.one_hot(experts.t().reshape(-1), num_experts) * keep.t().reshape(-1, 1)
+    return (ranked.cumsum(dim=0) * ranked).sum(dim=-1).reshape(k, num_tokens).t()
+
+
+def check_shapes(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tensor) -> None:
+    """Raise ValueError unless x [T, D], router_logits [T, E], mask [T], w1 [E, 2H, D] and w2 [E, D, H] agree."""
+    num_tokens, d_model = x.shape
+    num_experts = w1.shape[0]
+    if router_logits.shape != (num_tokens, num_experts) or mask.shape != (num_tokens,):
+        raise ValueError(f"moe_ffn: expected router_logits [{num_tokens}, {num_experts}] and mask "
+                         f"[{num_tokens}], got {tuple(router_logits.shape)} and {tuple(mask.shape)}")
+    if (w1.dim() != 3 or w1.shape[2] != d_model or w1.shape[1] % 2
+            or w2.shape != (num_experts, d_model, w1.shape[1] // 2)):
+        raise ValueError(f"moe_ffn: expected w1 [E, 2H, {d_model}] and w2 [E, {d_model}, H], "
+                         f"got {tuple(w1.shape)} and {tuple(w2.shape)}")
 
 
 def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tensor,
@@ -46,15 +68,9 @@ def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tens
     gate rows then the up rows, w2 [E, D, H]. Expert matmuls run in x's dtype; the weighted combine
     accumulates in float32 (float64 for float64 inputs). Masked tokens get y = 0.
     """
+    check_shapes(x, router_logits, mask, w1, w2)
     num_tokens, d_model = x.shape
     num_experts = w1.shape[0]
-    if router_logits.shape != (num_tokens, num_experts) or mask.shape != (num_tokens,):
-        raise ValueError(f"moe_ffn: expected router_logits [{num_tokens}, {num_experts}] and mask "
-                         f"[{num_tokens}], got {tuple(router_logits.shape)} and {tuple(mask.shape)}")
-    if (w1.dim() != 3 or w1.shape[2] != d_model or w1.shape[1] % 2
-            or w2.shape != (num_experts, d_model, w1.shape[1] // 2)):
-        raise ValueError(f"moe_ffn: expected w1 [E, 2H, {d_model}] and w2 [E, {d_model}, H], "
-                         f"got {tuple(w1.shape)} and {tuple(w2.shape)}")
     weights, experts, keep = route_tokens(router_logits, mask, top_k, capacity_factor)
     accumulate = torch.float64 if x.dtype == torch.float64 else torch.float32
     out = torch.zeros(num_tokens, d_model, dtype=accumulate, device=x.device)
@@ -65,4 +81,43 @@ def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tens
         gate, up = (x[token] @ w1[e].t()).chunk(2, dim=-1)
         expert_out = (F.silu(gate) * up) @ w2[e].t()
         out.index_add_(0, token, expert_out.to(accumulate) * weights[token, slot, None].to(accumulate))
+    return out.to(x.dtype)
+
+
+def moe_ffn_capacity(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tensor,
+                     top_k: int, capacity_factor: float) -> Tensor:
+    """moe_ffn for capacity_factor > 0, computed without a host synchronisation; equal to moe_ffn.
+
+    It exists for training: `mahia::moe_ffn`'s backward recomputes the reference under autograd, and moe_ffn's
+    loop finds each expert's tokens with torch.nonzero, which waits for the GPU once per expert per MoE layer per
+    step. Here every shape follows from the inputs' shapes: an expert takes at most
+    C = min(T, ceil(capacity_factor * T * k / E)) assignments (route_tokens' capacity counts the real tokens
+    only, so it is at most C). Each kept assignment's x row is copied to row (queue position - 1) of its expert's
+    [C, D] slice of a buffer, the experts' SwiGLU FFNs run as two batched matmuls over [E, C, .], and each token
+    sums its k output rows, weighted, in float32 (float64 for float64 inputs). Dropped assignments (masked
+    tokens' too) are copied to a spare row that no expert reads, and read back zeros. Dropless routing is refused:
+    its bound is C = T, a buffer of E rows per token where the loop gathers k.
+    """
+    if capacity_factor <= 0:
+        raise ValueError(f"moe_ffn_capacity: capacity_factor must be > 0 (dropless routing is moe_ffn's), "
+                         f"got {capacity_factor}")
+    check_shapes(x, router_logits, mask, w1, w2)
+    num_tokens, d_model = x.shape
+    num_experts = w1.shape[0]
+    weights, experts, keep = route_tokens(router_logits, mask, top_k, capacity_factor)
+    k = experts.shape[1]
+    capacity = min(num_tokens, math.ceil(capacity_factor * num_tokens * k / num_experts))
+    spare = num_experts * capacity  # the buffer's last row
+    # Counted over the kept assignments only: they are the first of each queue, so their positions are as routed.
+    position = queue_positions(experts, keep, num_experts)
+    row = torch.where(keep, experts * capacity + position - 1, spare).reshape(-1)  # [T * k], token-major
+    buffer = x.new_zeros(spare + 1, d_model).index_put((row,), x.repeat_interleave(k, dim=0))
+    expert_in = buffer[:spare].reshape(num_experts, capacity, d_model)
+    gate, up = torch.bmm(expert_in, w1.transpose(1, 2)).chunk(2, dim=-1)
+    expert_out = torch.bmm(F.silu(gate) * up, w2.transpose(1, 2)).reshape(spare, d_model)
+    accumulate = torch.float64 if x.dtype == torch.float64 else torch.float32
+    gathered = torch.cat([expert_out, expert_out.new_zeros(1, d_model)])[row].to(accumulate)
+    # A sum over each token's own k rows rather than index_add_: one writer per output element, where CUDA's
+    # index_add_ adds with atomics in no fixed order.
+    out = (gathered.reshape(num_tokens, k, d_model) * weights[..., None].to(accumulate)).sum(dim=1)
     return out.to(x.dtype)
