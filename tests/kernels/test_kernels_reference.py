@@ -177,79 +177,13 @@ def test_moe_capacity_is_the_ceiling_over_real_tokens(capacity_factor: float) ->
         assert int(keep.sum()) == min(valid, math.ceil(capacity_factor * valid * 1 / 4)), valid
 
 
-def output_and_grads(fn, x, logits, mask, w1, w2, grad_output):
-    """(fn's output, its gradients for x, logits, w1, w2 against grad_output)."""
-    leaves = [t.clone().requires_grad_(True) for t in (x, logits, w1, w2)]
-    out = fn(leaves[0], leaves[1], mask, leaves[2], leaves[3])
-    return out, torch.autograd.grad(out, leaves, grad_output)
-
-
-# (tokens, top_k, capacity_factor, whether assignments must be dropped) over 4 experts, about 30% of tokens masked:
-# top_k = E (4) and clamped to E (9); capacities below the load (a factor under 1 drops by pigeonhole) and above it.
-CAPACITY_CASES = [(37, 2, 0.5, True), (1, 1, 1.25, False), (3 * 37, 4, 0.5, True), (3 * 37, 9, 0.3, True),
-                  (3 * 37, 2, 100.0, False)]
-
-
-@pytest.mark.parametrize("tokens,top_k,capacity_factor,drops", CAPACITY_CASES)
-def test_moe_capacity_form_matches_the_loop_with_gradients(tokens: int, top_k: int, capacity_factor: float,
-                                                         drops: bool, generator: torch.Generator) -> None:
-    x, logits, mask, w1, w2 = moe_inputs(tokens, 6, 10, 4, generator)
-    _, experts, keep = reference.route_tokens(logits, mask, top_k, capacity_factor)
-    assert bool(keep.sum() < mask.sum() * experts.shape[1]) == drops
-    grad_output = torch.randn(tokens, 6, dtype=torch.float64, generator=generator)
-    loop, loop_grads = output_and_grads(lambda *t: reference.moe_ffn(*t, top_k, capacity_factor),
-                                        x, logits, mask, w1, w2, grad_output)
-    batched, batched_grads = output_and_grads(lambda *t: reference.moe_ffn_capacity(*t, top_k, capacity_factor),
-                                              x, logits, mask, w1, w2, grad_output)
-    assert relative_error(batched, loop) < 1e-12
-    for name, got, want in zip(("x", "router_logits", "w1", "w2"), batched_grads, loop_grads):
-        if want.norm() == 0:  # top-1 routing: a token's weight is 1 whatever its logits
-            assert torch.all(got == 0), name
-        else:
-            assert relative_error(got, want) < 1e-12, name
-    assert torch.all(batched[~mask] == 0)
-
-
-def test_moe_capacity_form_is_for_capacity_limited_routing_only(generator: torch.Generator) -> None:
-    with pytest.raises(ValueError, match="capacity_factor must be > 0"):
-        reference.moe_ffn_capacity(*moe_inputs(5, 4, 8, 3, generator), 2, 0.0)
-
-
-@pytest.mark.parametrize("capacity_factor", [1.25, 0.5])
-def test_moe_op_backward_on_the_cpu_is_the_loop_bit_for_bit(capacity_factor: float,
-                                                            generator: torch.Generator) -> None:
-    # CPU training keeps the loop's summation order: the shipped default model's recorded prefix depends on it.
-    x, logits, mask, w1, w2 = moe_inputs(3 * 37, 6, 10, 4, generator)
-    grad_output = torch.randn(3 * 37, 6, dtype=torch.float64, generator=generator)
-    op, op_grads = output_and_grads(lambda *t: kernels.moe_ffn(*t, 2, capacity_factor),
-                                    x, logits, mask, w1, w2, grad_output)
-    loop, loop_grads = output_and_grads(lambda *t: reference.moe_ffn(*t, 2, capacity_factor),
-                                        x, logits, mask, w1, w2, grad_output)
-    assert torch.equal(op, loop)
-    for name, got, want in zip(("x", "router_logits", "w1", "w2"), op_grads, loop_grads):
-        assert torch.equal(got, want), name
-
-
-def test_moe_training_backward_off_the_cpu_has_no_data_dependent_value(generator: torch.Generator) -> None:
-    # No GPU here to watch for synchronisations, so trace instead, on the meta device (off the CPU, as a GPU is):
-    # make_fx with symbolic shapes raises on any value read from a tensor's data (int() of a tensor, nonzero's
-    # size), which on a GPU is a host synchronisation.
+def test_moe_routing_reads_no_value_from_the_data(generator: torch.Generator) -> None:
+    # The capacity is a tensor, not int() of the real-token count: on a GPU that read would wait for the device
+    # once per MoE layer. make_fx with symbolic shapes (on the meta device) raises on any value read from data.
     from torch.fx.experimental.proxy_tensor import make_fx
-    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
-    def forward_and_backward(capacity_factor: float):
-        def fn(x, logits, mask, w1, w2):
-            leaves = [t.requires_grad_(True) for t in (x, logits, w1, w2)]
-            out = kernels.moe_ffn(x, logits, mask, w1, w2, 2, capacity_factor)
-            return torch.autograd.grad(out.square().sum(), leaves)
-        return fn
-
-    inputs = [t.to("meta") for t in moe_inputs(37, 6, 10, 4, generator)]
-    make_fx(forward_and_backward(1.25), tracing_mode="symbolic")(*inputs)
-    make_fx(lambda logits, mask: reference.route_tokens(logits, mask, 2, 1.25), tracing_mode="symbolic")(
-        inputs[1], inputs[2])
-    with pytest.raises(GuardOnDataDependentSymNode):  # the control: the dropless loop's nonzero is caught
-        make_fx(forward_and_backward(0.0), tracing_mode="symbolic")(*inputs)
+    _, logits, mask, _, _ = (t.to("meta") for t in moe_inputs(37, 6, 10, 4, generator))
+    make_fx(lambda logits, mask: reference.route_tokens(logits, mask, 2, 1.25), tracing_mode="symbolic")(logits, mask)
 
 
 @pytest.mark.parametrize("op", ["long_conv", "ssd_scan", "moe_ffn"])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -83,41 +81,3 @@ def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tens
         out.index_add_(0, token, expert_out.to(accumulate) * weights[token, slot, None].to(accumulate))
     return out.to(x.dtype)
 
-
-def moe_ffn_capacity(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tensor,
-                     top_k: int, capacity_factor: float) -> Tensor:
-    """moe_ffn for capacity_factor > 0, computed without a host synchronisation; equal to moe_ffn.
-
-    It exists for training: `mahia::moe_ffn`'s backward recomputes the reference under autograd, and moe_ffn's
-    loop finds each expert's tokens with torch.nonzero, which waits for the GPU once per expert per MoE layer per
-    step. Here every shape follows from the inputs' shapes: an expert takes at most
-    C = min(T, ceil(capacity_factor * T * k / E)) assignments (route_tokens' capacity counts the real tokens
-    only, so it is at most C). Each kept assignment's x row is copied to row (queue position - 1) of its expert's
-    [C, D] slice of a buffer, the experts' SwiGLU FFNs run as two batched matmuls over [E, C, .], and each token
-    sums its k output rows, weighted, in float32 (float64 for float64 inputs). Dropped assignments (masked
-    tokens' too) are copied to a spare row that no expert reads, and read back zeros. Dropless routing is refused:
-    its bound is C = T, a buffer of E rows per token where the loop gathers k.
-    """
-    if capacity_factor <= 0:
-        raise ValueError(f"moe_ffn_capacity: capacity_factor must be > 0 (dropless routing is moe_ffn's), "
-                         f"got {capacity_factor}")
-    check_shapes(x, router_logits, mask, w1, w2)
-    num_tokens, d_model = x.shape
-    num_experts = w1.shape[0]
-    weights, experts, keep = route_tokens(router_logits, mask, top_k, capacity_factor)
-    k = experts.shape[1]
-    capacity = min(num_tokens, math.ceil(capacity_factor * num_tokens * k / num_experts))
-    spare = num_experts * capacity  # the buffer's last row
-    # Counted over the kept assignments only: they are the first of each queue, so their positions are as routed.
-    position = queue_positions(experts, keep, num_experts)
-    row = torch.where(keep, experts * capacity + position - 1, spare).reshape(-1)  # [T * k], token-major
-    buffer = x.new_zeros(spare + 1, d_model).index_put((row,), x.repeat_interleave(k, dim=0))
-    expert_in = buffer[:spare].reshape(num_experts, capacity, d_model)
-    gate, up = torch.bmm(expert_in, w1.transpose(1, 2)).chunk(2, dim=-1)
-    expert_out = torch.bmm(F.silu(gate) * up, w2.transpose(1, 2)).reshape(spare, d_model)
-    accumulate = torch.float64 if x.dtype == torch.float64 else torch.float32
-    gathered = torch.cat([expert_out, expert_out.new_zeros(1, d_model)])[row].to(accumulate)
-    # A sum over each token's own k rows rather than index_add_: one writer per output element, where CUDA's
-    # index_add_ adds with atomics in no fixed order.
-    out = (gathered.reshape(num_tokens, k, d_model) * weights[..., None].to(accumulate)).sum(dim=1)
-    return out.to(x.dtype)
