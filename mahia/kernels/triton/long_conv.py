@@ -193,29 +193,26 @@ def plan(batch: int, channels: int, length: int, causal: bool, dtype: torch.dtyp
 
 
 # Toeplitz kernel against torch.fft (the reference), H200, bf16, 768 channels, fft time / Toeplitz time in
-# CUDA-graph replay (`do_bench_cudagraph`: the GPU work alone, what backend="cuda" pays), 2026-12-01 05:25 UTC
-# (`python3 benchmarks/long_conv_crossover.py --batches 1,8,32`, whole table in benchmarks/RESULTS.md):
-#   L                     128    512    1024   2048   2304   2560   3072   4096   8192
-#   batch 1    causal     5.74x  1.81x  1.43x  0.81x  0.67x  0.68x  0.72x  0.47x  0.30x
-#              two-sided  4.01x  1.05x  0.84x  0.49x  0.44x  0.43x  0.42x  0.28x  0.17x
-#   batch 8    causal     8.56x  5.05x  4.45x  2.85x  2.33x  2.56x  2.74x  1.73x  1.01x
-#              two-sided  5.89x  2.94x  2.49x  1.55x  1.46x  1.51x  1.46x  0.93x  0.54x
-#   batch 32   causal     12.4x  9.19x  5.74x  3.22x  3.70x  3.52x  2.97x  1.81x  1.04x
-#              two-sided  8.14x  5.75x  3.21x  1.79x  2.02x  1.89x  1.61x  0.98x  0.55x
-# So the kernel runs up to the last measured length where it was faster, torch.fft beyond: causal to 4096 (at 8192
-# the two tie), two-sided to 3072. A batch of 1 fills one column in 16 of a program's tiles: causal to 1024,
-# two-sided to 512 (517: 0.97x) in that table. With the shifted copies and the remainder taken first (later the
-# same day, benchmarks/long_conv_gather.py), batch 1 ran torch.fft / kernel 1.63x causal at 2064 (0.112 / 0.069 ms)
-# and 0.78x two-sided (0.120 / 0.154), 1.34x two-sided at 528: so causal to 2064, two-sided to 528 at batch 1
-# (untimed lengths between keep the nearer measured limit). Batch 2 was not timed and takes batch 1's limits, the
-# safe side, since the kernel's share of a program grows with the batch. Ragged lengths pay the padding to
-# LENGTH_ALIGNMENT (the model's 133 at batch 1: 0.015 ms against 0.004 at 128), which is why backend "cuda" aligns
-# its buckets.
+# CUDA-graph replay (`do_bench_cudagraph`: the GPU work alone, what backend="cuda" pays), 2026-12-01, with the
+# shifted copies from 512 and the remainder block group first (`python3 benchmarks/long_conv_crossover.py --batches
+# 1,8,32 --lengths 128,512,528,1024,2048,2064,4096`; whole table in benchmarks/RESULTS.md):
+#   L                      128    512    528   1024   2048   2064   4096
+#   batch 1    causal     5.99x  2.14x  2.32x  1.68x  1.35x  1.65x  0.96x
+#              two-sided  4.07x  1.29x  1.38x  1.06x  0.80x  0.78x  0.58x
+#   batch 8    causal     8.12x  5.35x  5.17x  4.20x  3.32x  3.96x  2.07x
+#              two-sided  5.70x  3.17x  3.12x  2.39x  1.87x  1.93x  1.10x
+#   batch 32   causal    12.63x  9.76x 10.39x  6.66x  4.31x  5.31x  2.67x
+#              two-sided  8.24x  6.02x  5.73x  3.76x  2.45x  2.64x  1.40x
+# So the kernel runs up to the last measured length where it was faster, torch.fft beyond: at batch 8 and 32 both
+# filters to 4096 (causal was even with torch.fft at 8192 before the copies, not timed since); at batch 1 causal
+# to 2064, two-sided to 1024. Batch 2 was not timed and takes batch 1's limits, the safe side, since the kernel's
+# share of a program grows with the batch. Ragged lengths pay the padding to LENGTH_ALIGNMENT (the model's 133 at
+# batch 1: 0.015 ms against 0.004 at 128), which is why backend "cuda" aligns its buckets.
 # Eager calls pay ~0.15 ms of host time per Toeplitz launch, which makes torch.fft faster eagerly below L = 1024;
 # eager with the Triton ops is launch-bound as a whole, so the choice follows the replayed numbers. Past these
 # lengths the way forward is an FFT on tensor cores (FlashFFTConv), not this choice.
-TOEPLITZ_MAX_LENGTH = {True: 4096, False: 3072}  # causal -> longest length that runs the kernel (batch >= 3)
-TOEPLITZ_MAX_LENGTH_BATCH_1_2 = {True: 2064, False: 528}
+TOEPLITZ_MAX_LENGTH = {True: 4096, False: 4096}  # causal -> longest length that runs the kernel (batch >= 3)
+TOEPLITZ_MAX_LENGTH_BATCH_1_2 = {True: 2064, False: 1024}
 
 
 def choose_algorithm(length: int, causal: bool, batch: int) -> str:
