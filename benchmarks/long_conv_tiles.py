@@ -6,7 +6,7 @@ torch.fft at size 2L against a 7-smooth size.
 The model's sequence is the text plus the tabular tokens (5 for the reviews data), so `base` at 512 and 2048 words
 convolves L = 517 and 2053, not the powers of two that benchmarks/long_conv_crossover.py times. bf16, 768 channels,
 `do_bench_cudagraph` (the GPU work alone, what backend="cuda" pays); every config is checked against float64.
-`mahia.kernels.triton.long_conv.choose_config` is set from these numbers.
+`mahia.kernels.triton.long_conv.gather_config` (the one-launch tiles) is set from these numbers.
 """
 
 from __future__ import annotations
