@@ -54,7 +54,7 @@ def main() -> None:
                 fft_2l = triton.testing.do_bench_cudagraph(lambda: fft_conv(x, filt, causal, 2 * length), rep=40)
                 fft_smooth = triton.testing.do_bench_cudagraph(
                     lambda: fft_conv(x, filt, causal, fft_length(length)), rep=40)
-                chosen = kernel.choose_config(batch, length)["NT"]
+                chosen = kernel.gather_config(batch, length)["NT"]
                 rows.append({"length": length, "causal": causal, "batch": batch, "nt_ms": times,
                              "chosen_nt": chosen, "fft_2l_ms": fft_2l, "fft_smooth_ms": fft_smooth,
                              "fft_size": fft_length(length), "worst_rel_error": worst})

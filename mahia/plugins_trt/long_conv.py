@@ -52,8 +52,7 @@ def _launch(s: Sizes, alg: Algebra) -> LaunchFormula:
         "long_conv", "long_conv_kernel_entry",
         (s.D, alg.cdiv(num_blocks, cfg["NT"]), alg.cdiv(s.B, rows_per_program)), cfg["num_warps"], cfg["num_stages"],
         (("CAUSAL", bool(s.causal)), ("SHIFTED_COPIES", False), ("BLOCK_K", cfg["BLOCK_K"]), ("NT", cfg["NT"]),
-         ("BLOCK_N", cfg["BLOCK_N"]),
-         ("MMA", MMA_NAMES[dtype]), ("DOT_PRECISION", dot_precision(dtype))),
+         ("BLOCK_N", cfg["BLOCK_N"]), ("MMA", MMA_NAMES[dtype]), ("DOT_PRECISION", dot_precision(dtype))),
         (("batch", s.B), ("length", s.L), ("filt_len", s.F), ("filt_shift", 0 if s.causal else s.L - 1),
          ("stride_xb", s.L * s.D), ("stride_xd", s.L), ("stride_fd", s.F)))
 

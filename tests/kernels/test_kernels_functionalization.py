@@ -50,6 +50,7 @@ from mahia.kernels.triton import gate_combine, long_conv, moe_ffn, ssd_scan
 
 report = {"analysis": [], "graphs": {}}
 plans = [gate_combine.plan(37, 48, torch.bfloat16), long_conv.plan(3, 4, 70, False, torch.bfloat16),
+         long_conv.plan(2, 3, 528, False, torch.bfloat16),
          ssd_scan.plan(1, 37, 2, 16, 16, 16, torch.bfloat16, a_dtype=torch.float32),
          moe_ffn.plan(37, 16, 16, 4, 2, 1.25, torch.bfloat16),
          moe_ffn.plan(1061, 16, 16, 4, 2, 0.0, torch.bfloat16),

@@ -34,6 +34,7 @@ PLANS = [
     gate_combine.plan(3 * 37, 300, torch.bfloat16),
     long_conv.plan(1, 3, 1, True, torch.float32),
     long_conv.plan(3, 2, 300, False, torch.float16),
+    long_conv.plan(2, 3, 528, False, torch.bfloat16),  # the shifted copies: two launches
     ssd_scan.plan(1, 37, 3, 24, 20, 100, torch.bfloat16, a_dtype=torch.float32),
     ssd_scan.plan(2, 17, 2, 16, 16, 16, torch.float32, strides={"b": (37 * 50, 50, 1), "c": (37 * 50, 50, 1)}),
     moe_ffn.plan(1, 32, 48, 4, 2, 0.0, torch.float32),
@@ -244,7 +245,8 @@ def test_long_conv_takes_the_shifted_copies_from_512_positions():
                                                 "num_stages": 4, "SHIFTED_COPIES": 1}
     assert long_conv.choose_config(1, 2064)["NT"] == 32
     assert long_conv.choose_config(32, 528) == {"BLOCK_K": 64, "NT": 4, "BLOCK_N": 128, "num_warps": 4,
-                                                "num_stages": 2, "SHIFTED_COPIES": 1}
+                                                "num_stages": 4, "SHIFTED_COPIES": 1}
+    assert long_conv.choose_config(1, 528)["num_stages"] == 2
     assert long_conv.choose_config(1, 528)["NT"] == 16, "no more output blocks per program than there are blocks"
     assert long_conv.choose_config(64, 528)["BLOCK_N"] == 128, "at most 32 batch rows per program"
     copies_plan = long_conv.plan(8, 4, 2064, False, torch.bfloat16)

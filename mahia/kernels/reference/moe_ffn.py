@@ -80,4 +80,3 @@ def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tens
         expert_out = (F.silu(gate) * up) @ w2[e].t()
         out.index_add_(0, token, expert_out.to(accumulate) * weights[token, slot, None].to(accumulate))
     return out.to(x.dtype)
-

@@ -3,10 +3,12 @@
 Split time into blocks of K. For one channel, output block t1 is sum over block lags delta of
 H_delta @ x_block(t1 - delta), where H_delta[i, j] = filt[delta*K + i - j (+ L - 1 if two-sided)] is
 a K x K Toeplitz tile. A program owns one channel and NT consecutive output blocks for a group of
-batch rows; the columns of its matmul are (batch, output block) pairs, so each Toeplitz tile (read
-from the L1-resident filter) is reused across BLOCK_N columns and the products run on tensor cores.
-Work is L^2 * B per channel (half of it for a causal filter) instead of the FFT's O(L log L), but on
-tensor cores and in one pass over memory, which wins for L <= 4096 (numbers in benchmarks/RESULTS.md).
+batch rows; the columns of its matmul are (batch, output block) pairs, so each Toeplitz tile is reused
+across BLOCK_N columns and the products run on tensor cores. The tile is gathered element by element from
+the filter, or, from SHIFTED_COPIES_MIN_LENGTH, read as 16-byte vectors from shifted copies of the reversed
+filter that a first launch writes. Work is L^2 * B per channel (half of it for a causal filter) instead of
+the FFT's O(L log L), but on tensor cores and in one pass over memory, which wins up to 4096 positions from
+batch 3 and to 1024-2064 at batch 1 (choose_algorithm; numbers in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def long_conv_kernel(x_ptr, filt_ptr, copies_ptr, out_ptr, batch, length, filt_l
     num_blocks = tl.cdiv(length, BLOCK_K)
     # The first program takes the remainder when NT does not divide the blocks (its columns before block 0 are
     # masked): its blocks need the fewest lags. Ragged counts are the model's (2064 = 33 blocks of 64): with the
-    # remainder last, causal 8 x 2064 looped over 1.7x the lags of 8 x 2048 (long_conv_gather.py, H200).
+    # remainder last, a program held block 32 alone and looped over all 33 lags, and causal 8 x 2064 took 0.251 ms
+    # against 0.150 at 8 x 2048, for 3% more positions (long_conv_gather.py, H200).
     t1_first = tl.program_id(1) * NT - (tl.cdiv(num_blocks, NT) * NT - num_blocks)
     b_first = tl.program_id(2) * (BLOCK_N // NT)
 
@@ -56,27 +59,31 @@ def long_conv_kernel(x_ptr, filt_ptr, copies_ptr, out_ptr, batch, length, filt_l
     col_t1 = t1_first + cols % NT
     col_ok = (col_b < batch) & (col_t1 >= 0)
     x_base = x_ptr + d * stride_xd + col_b * stride_xb  # [BLOCK_N]
-    f_base = filt_ptr + d * stride_fd
-    toeplitz = rows[:, None] - rows[None, :]  # i - j
+    if SHIFTED_COPIES:
+        # as copies_size(); computed here, not passed, so that the compiler knows copy_len is a multiple of 8
+        copy_pad = BLOCK_K + COPIES
+        copy_len = tl.cdiv(filt_len + 2 * copy_pad, COPIES) * COPIES
+        copies_base = copies_ptr + d * (COPIES * copy_len)
+    else:
+        f_base = filt_ptr + d * stride_fd
+        toeplitz = rows[:, None] - rows[None, :]  # i - j
 
     if CAUSAL:
         lag_lo = 0
     else:
         lag_lo = tl.maximum(t1_first, 0) - num_blocks + 1
-    # exclusive; the last lag of the program's last output block
-    lag_hi = tl.minimum(t1_first + NT, num_blocks)
+    lag_hi = t1_first + NT  # exclusive; the last program ends at the last block, the remainder being first
 
     acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
     for delta in range(lag_lo, lag_hi):
         if SHIFTED_COPIES:
-            # Row i of the tile, filt[c + i - j] over j, is the reversed filter from p_i = filt_len - 1 - c - i on:
-            # in copy p_i % 8 that run starts at a multiple of 8, so the row loads as 16-byte vectors.
-            copy_pad = BLOCK_K + COPIES  # as copies_size()
-            copy_len = tl.cdiv(filt_len + 2 * copy_pad, COPIES) * COPIES
+            # Row i of the tile, filt[c + i - j] over j with c = delta * BLOCK_K + filt_shift, is the reversed
+            # filter from filt_len - 1 - c - i on, which sits at p_i = that + copy_pad in the copies' coordinates:
+            # in copy p_i % 8 the run starts at the multiple of 8 p_i - p_i % 8, so the row loads as 16-byte vectors.
             p = filt_len - 1 - delta * BLOCK_K - filt_shift + copy_pad - rows
             shift = p % COPIES
             start = tl.multiple_of(shift * copy_len + p - shift, COPIES)
-            tile = tl.load(copies_ptr + d * (COPIES * copy_len) + start[:, None] + rows[None, :])
+            tile = tl.load(copies_base + start[:, None] + rows[None, :])
         else:
             f_idx = delta * BLOCK_K + toeplitz + filt_shift
             tile = tl.load(f_base + f_idx, mask=(f_idx >= 0) & (f_idx < filt_len), other=0.0)
@@ -102,21 +109,23 @@ def long_conv_kernel_entry(x_ptr, filt_ptr, batch, length, filt_len, filt_shift,
 
 
 # From this length the Toeplitz tiles load as vectors from shifted filter copies (SHIFTED_COPIES). At the model's
-# lengths 528 and 2064 (512 and 2048 words) that was faster at batch 1, 8 and 32 for both filters, building the
-# copies included: 2064 causal at batch 32 0.379 ms against 0.489 with the element gather at its best config,
-# two-sided 0.746 against 0.954 (H200, `python3 benchmarks/long_conv_gather.py`, 2026-12-01; table in
-# benchmarks/RESULTS.md). Below 512 (16-step tiles) it was not measured.
+# lengths 528 and 2064 (512 and 2048 words), each way at its best config, that was faster at batch 1, 8 and 32 for
+# both filters, building the copies included: 2064 causal at batch 32 0.379 ms against 0.489 with the element
+# gather, two-sided 0.746 against 0.954 (H200, bf16, `python3 benchmarks/long_conv_gather.py`, 2026-12-01; table
+# in benchmarks/RESULTS.md). Below 512 it was not measured; float32 (which the op also serves) was not timed.
 SHIFTED_COPIES_MIN_LENGTH = 512
 COPY_BLOCK = 1024  # filter taps a program of long_conv_copies_kernel writes
 
 
 def choose_config(batch: int, length: int) -> dict[str, int]:
     """Tile sizes by shape; no autotuning at call time: gather_config's below SHIFTED_COPIES_MIN_LENGTH, from it the
-    shifted-copies tiles benchmarks/long_conv_gather.py found fastest at 528 and 2064 positions: NT = 32 (batch 1),
-    16 (batch 8), 8 or 4 (batch 32: 256 columns where there are 32 blocks or more); 4 stages at 2064, 2 at 528."""
+    shifted-copies tiles from benchmarks/long_conv_gather.py's sweep at 528 and 2064 positions: NT = 32 (batch 1),
+    16 (batch 8), 8 or 4 (batch 32: 256 columns where there are 32 blocks or more); 4 stages from batch 3, 2 below.
+    Against each shape's fastest config in that sweep, these are at most 10% slower (528 causal at batch 8: NT = 8
+    was faster causal, 16 two-sided; one config serves both)."""
     if length < SHIFTED_COPIES_MIN_LENGTH:
         return gather_config(batch, length)
-    num_blocks = triton.cdiv(length, 64)
+    num_blocks = triton.cdiv(length, 64)  # tile_config's BLOCK_K from 256 positions
     nt = 32 if batch <= 2 else 16 if batch <= 8 else 8 if num_blocks >= 32 else 4
     return tile_config(batch, length, min(nt, triton.next_power_of_2(num_blocks)), shifted_copies=True)
 
@@ -133,25 +142,28 @@ def gather_config(batch: int, length: int) -> dict[str, int]:
 
 
 def tile_config(batch: int, length: int, nt: int, shifted_copies: bool = False) -> dict[str, int]:
-    """The tiles for NT output blocks per program: as many batch rows as fill 128 columns (256 with the shifted
-    copies), at least 16 columns."""
+    """The tiles for NT output blocks per program: as many batch rows as fill 128 columns (with the shifted copies
+    256, at most 32 rows), at least 16 columns."""
     block_k = 64 if length >= 256 else 16
-    rows_per_program = max(1, min(triton.next_power_of_2(batch), 32, (256 if shifted_copies else 128) // nt))
+    if shifted_copies:
+        rows_per_program = max(1, min(triton.next_power_of_2(batch), 32, 256 // nt))
+    else:
+        rows_per_program = max(1, min(triton.next_power_of_2(batch), 128 // nt))
     block_n = max(16, nt * rows_per_program)
     # the copies' vector loads pipeline deeper; 8 warps from 64 x 256 tiles (64 x 128 with the element gather)
     max_4_warps = 8192 if shifted_copies else 4096
     return {"BLOCK_K": block_k, "NT": nt, "BLOCK_N": block_n,
             "num_warps": 4 if block_k * block_n <= max_4_warps else 8,
-            "num_stages": 4 if shifted_copies and length >= 2048 else 2, "SHIFTED_COPIES": int(shifted_copies)}
+            "num_stages": 4 if shifted_copies and batch > 2 else 2, "SHIFTED_COPIES": int(shifted_copies)}
 
 
 def copies_size(filt_len: int, block_k: int) -> tuple[int, int]:
     """(copy_len, copy_pad) of the shifted copies: each copy is the reversed filter between copy_pad zeros on the
     left and at least as many on the right, enough for every tile row the kernel reads, rounded up to 8 taps.
     long_conv_kernel computes the same two numbers from filt_len and BLOCK_K."""
-    copies = COPIES.value
-    pad = block_k + copies
-    return triton.cdiv(filt_len + 2 * pad, copies) * copies, pad
+    num_copies = COPIES.value
+    pad = block_k + num_copies
+    return triton.cdiv(filt_len + 2 * pad, num_copies) * num_copies, pad
 
 
 def plan(batch: int, channels: int, length: int, causal: bool, dtype: torch.dtype,
