@@ -31,31 +31,11 @@ def route_tokens(router_logits: Tensor, mask: Tensor, top_k: int,
         # float64, in the order the Triton kernel's expert_capacity computes it, so that both round alike.
         valid = mask.bool().sum().to(torch.float64)
         capacity = torch.ceil(capacity_factor * valid * k / num_experts).long()
-        keep = keep & (queue_positions(experts, keep, num_experts) <= capacity)
+        # Rank-major order: all first choices (by position), then all second choices, ...
+        ranked = F.one_hot(experts.t().reshape(-1), num_experts) * keep.t().reshape(-1, 1)
+        queue_position = (ranked.cumsum(dim=0) * ranked).sum(dim=-1)  # 1-based, 0 where not kept
+        keep = keep & (queue_position <= capacity).reshape(k, num_tokens).t()
     return weights, experts, keep
-
-
-def queue_positions(experts: Tensor, keep: Tensor, num_experts: int) -> Tensor:
-    """[T, k] 1-based position of each assignment in its expert's queue, 0 where keep is False.
-
-    The queue is served rank-major: all first choices (by token position), then all second choices, ...
-    """
-    num_tokens, k = experts.shape
-    ranked = F.one_hot(experts.t().reshape(-1), num_experts) * keep.t().reshape(-1, 1)
-    return (ranked.cumsum(dim=0) * ranked).sum(dim=-1).reshape(k, num_tokens).t()
-
-
-def check_shapes(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tensor) -> None:
-    """Raise ValueError unless x [T, D], router_logits [T, E], mask [T], w1 [E, 2H, D] and w2 [E, D, H] agree."""
-    num_tokens, d_model = x.shape
-    num_experts = w1.shape[0]
-    if router_logits.shape != (num_tokens, num_experts) or mask.shape != (num_tokens,):
-        raise ValueError(f"moe_ffn: expected router_logits [{num_tokens}, {num_experts}] and mask "
-                         f"[{num_tokens}], got {tuple(router_logits.shape)} and {tuple(mask.shape)}")
-    if (w1.dim() != 3 or w1.shape[2] != d_model or w1.shape[1] % 2
-            or w2.shape != (num_experts, d_model, w1.shape[1] // 2)):
-        raise ValueError(f"moe_ffn: expected w1 [E, 2H, {d_model}] and w2 [E, {d_model}, H], "
-                         f"got {tuple(w1.shape)} and {tuple(w2.shape)}")
 
 
 def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tensor,
@@ -66,9 +46,15 @@ def moe_ffn(x: Tensor, router_logits: Tensor, mask: Tensor, w1: Tensor, w2: Tens
     gate rows then the up rows, w2 [E, D, H]. Expert matmuls run in x's dtype; the weighted combine
     accumulates in float32 (float64 for float64 inputs). Masked tokens get y = 0.
     """
-    check_shapes(x, router_logits, mask, w1, w2)
     num_tokens, d_model = x.shape
     num_experts = w1.shape[0]
+    if router_logits.shape != (num_tokens, num_experts) or mask.shape != (num_tokens,):
+        raise ValueError(f"moe_ffn: expected router_logits [{num_tokens}, {num_experts}] and mask "
+                         f"[{num_tokens}], got {tuple(router_logits.shape)} and {tuple(mask.shape)}")
+    if (w1.dim() != 3 or w1.shape[2] != d_model or w1.shape[1] % 2
+            or w2.shape != (num_experts, d_model, w1.shape[1] // 2)):
+        raise ValueError(f"moe_ffn: expected w1 [E, 2H, {d_model}] and w2 [E, {d_model}, H], "
+                         f"got {tuple(w1.shape)} and {tuple(w2.shape)}")
     weights, experts, keep = route_tokens(router_logits, mask, top_k, capacity_factor)
     accumulate = torch.float64 if x.dtype == torch.float64 else torch.float32
     out = torch.zeros(num_tokens, d_model, dtype=accumulate, device=x.device)
