@@ -1,13 +1,13 @@
-"""Which Inductor options and compile-time module swaps backend "cuda" compiles the deployable module with: its
-forward time in CUDA-graph replay and its compile time, per variant, at the bench's aligned buckets.
+"""Which Inductor options and module swaps backend "cuda" runs the deployable module with: its forward time in
+CUDA-graph replay and its compile time, per variant, at the bench's aligned buckets.
 
     PYTHONPATH=$PWD python3 benchmarks/compile_options.py [--config base] [--shapes 8x523,32x2059]
-        [--options default,coordinate_descent,stacked_gate]
+        [--options default,coordinate_descent,max_autotune_pointwise,nd_tiling,uncompiled]
 
-The deployable bf16 module (random weights, seed 0; `mahia.runtime.backends.cuda.deployable_module`), with the swaps
-DeployedModel(compile=True) makes (`inline_gate_combines`) unless the variant says otherwise, compiled with
-torch.compile(dynamic=False, options=...) after `torch._dynamo.reset()`; each shape's first call is its compile
-time; then `do_bench_cudagraph` (what the deployment replays). Outputs are compared with the first variant's.
+The deployable bf16 module (random weights, seed 0; `mahia.runtime.backends.cuda.deployable_module`) compiled with
+torch.compile(dynamic=False, options=...) after `torch._dynamo.reset()`, or uncompiled; each shape's first call is
+its compile time; then `do_bench_cudagraph` (what the deployment replays). Outputs are compared with the first
+variant's.
 """
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ import triton.testing
 
 from mahia.model import build_model, get_config
 from mahia.model.inputs import random_inputs
-from mahia.runtime.backends.cuda import add_filter_lengths, deployable_module, inline_gate_combines
+from mahia.runtime.backends.cuda import add_filter_lengths, deployable_module
 
-OPTIONS = {
+# name: Inductor options (None: the module runs uncompiled)
+VARIANTS = {
     "default": {},
     "coordinate_descent": {"coordinate_descent_tuning": True},
     "max_autotune_pointwise": {"max_autotune_pointwise": True, "coordinate_descent_tuning": True},
-    "stacked_gate": {},  # default options, the model's stack + mahia::gate_combine kept (no InlineGateCombine)
+    "nd_tiling": {"triton.prefer_nd_tiling": True},
+    "uncompiled": None,
 }
 
 
@@ -53,10 +55,8 @@ def main() -> None:
     results, reference = [], {}
     for name in args.options.split(","):
         torch._dynamo.reset()
-        variant = copy.deepcopy(module)
-        if name != "stacked_gate":
-            inline_gate_combines(variant)
-        compiled = torch.compile(variant, dynamic=False, options=OPTIONS[name])
+        variant, options = copy.deepcopy(module), VARIANTS[name]
+        compiled = variant if options is None else torch.compile(variant, dynamic=False, options=options)
         for shape, inputs in feeds.items():
             with torch.inference_mode():
                 start = time.perf_counter()

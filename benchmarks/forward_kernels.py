@@ -4,7 +4,7 @@
         [--deployed [--precision fp8 --data REVIEWS.parquet]] [--ops]
 
 --deployed profiles what backend="cuda" runs with CudaOptions(compile=True) instead: the deployable bf16 module
-(ShiftedShortConv, InlineGateCombine, ...) compiled with torch.compile(dynamic=False), the kernels its CUDA graph
+(FusedMetaAttention, Float32Router, ...) compiled with torch.compile(dynamic=False), the kernels its CUDA graph
 replays.
 --precision fp8 profiles the fp8 deployment (FP8 GEMMs, FP8 experts) instead, its activation scales calibrated on
 32 real reviews as mahia-bench calibrates them.
@@ -69,7 +69,7 @@ def main() -> None:
     device = torch.device("cuda")
     config = get_config(args.config)
     if args.deployed:
-        from mahia.runtime.backends.cuda import add_filter_lengths, deployable_module, inline_gate_combines
+        from mahia.runtime.backends.cuda import add_filter_lengths, deployable_module
 
         model = build_model(config, 0).eval()
         scales = None
@@ -78,7 +78,6 @@ def main() -> None:
 
             scales = calibrated_scales(model, 32, args.data)
         module = deployable_module(model, args.precision, device, scales)[0]
-        inline_gate_combines(module)  # as DeployedModel(compile=True) does
         # as DeployedModel does for its buckets: the filter taps of each shape's length, precomputed
         add_filter_lengths(module, [int(shape.split("x")[1]) + config.num_tabular_tokens
                                     for shape in args.shapes.split(",")])

@@ -4,6 +4,7 @@
                                                     # the project is not installed)
     python benchmarks/kernels.py --bench            # timings, roofline measured in the same run
     python benchmarks/kernels.py --check --bench --sweep --out DIR
+    python benchmarks/kernels.py --check --only hyena_short_conv,meta_attention_combine   # some ops' checks
 
 Needs a CUDA GPU. Every check draws fresh random inputs, poisons the allocator's free memory with
 NaN first (so an output element the kernel never writes shows up), and compares with the float64
@@ -103,11 +104,13 @@ def conv_inputs(batch: int, channels: int, length: int, causal: bool, dtype: tor
 
 # ---------------------------------------------------------------- check
 
-def check() -> list[dict]:
-    """Every op against its float64 reference over the issue's grid; returns one row per case."""
+def check(only: frozenset[str] | None = None) -> list[dict]:
+    """Every op (or those in `only`) against its float64 reference over the issue's grid; one row per case."""
     rows = []
 
     def guarded(name: str, shape: str, dtype: torch.dtype, compute: Callable[[], tuple[float, str]]) -> None:
+        if only is not None and name not in only:
+            return
         try:
             err, note = compute()
         except Exception as exc:
@@ -161,7 +164,29 @@ def check() -> list[dict]:
         out = kernels.gate_combine(branches, logits)
         return rel_error(out, reference.gate_combine(branches.double(), logits.double())), ""
 
+    def short_conv_case(batch, length, dtype):
+        proj = torch.randn(batch, length, 3 * 768, device="cuda").to(dtype)
+        weight, bias = torch.randn(3, 3 * 768, device="cuda") / 2, torch.randn(3 * 768, device="cuda")
+        poison_free_memory()
+        q, kv = kernels.hyena_short_conv(proj, weight, bias)
+        want_q, want_kv = reference.hyena_short_conv(proj.double(), weight.double(), bias.double())
+        return max(rel_error(q, want_q), rel_error(kv, want_kv)), "worse of q and kv"
+
+    def combine_case(batch, length, dtype):
+        by_token, by_channel = (batch, length, 768), (batch, 768, length)
+        args = [torch.randn(shape, device="cuda").to(dtype) for shape in
+                (by_token, by_channel, by_channel, (768,), by_token, by_channel)]
+        logits = (torch.randn(batch, length, 8, device="cuda") * 2).to(dtype)[..., :3]  # a padded gate's view
+        poison_free_memory()
+        out = kernels.meta_attention_combine(*args, logits)
+        return rel_error(out, reference.meta_attention_combine(*(t.double() for t in args), logits.double())), ""
+
     dtypes = (torch.bfloat16, torch.float16, torch.float32)
+    for dtype, (batch, length) in itertools.product(dtypes, ((1, 1), (3, 37), (2, 523), (32, 2064))):
+        guarded("hyena_short_conv", f"B={batch} L={length} D=768 w=3", dtype,
+                lambda: short_conv_case(batch, length, dtype))
+        guarded("meta_attention_combine", f"B={batch} L={length} D=768", dtype,
+                lambda: combine_case(batch, length, dtype))
     for dtype, (d_model, hidden), tokens, top_k in itertools.product(
             dtypes, ((768, 2048), (1024, 2816)), (1, 7, 64, 1000, 16384), (1, 2, 8)):
         for capacity in ((0.0, 1.25) if tokens == 1000 else (0.0,)):
@@ -468,6 +493,7 @@ def main() -> None:
     parser.add_argument("--bench", action="store_true")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--profile", action="store_true", help="per-kernel GPU times (torch.profiler)")
+    parser.add_argument("--only", default=None, help="--check: these ops only (comma-separated names)")
     parser.add_argument("--out", type=Path, default=None, help="write results.json and log.txt here")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -492,7 +518,7 @@ def main() -> None:
                     say(traceback.format_exc())
                     failures += 1
         if args.check:
-            result["check"] = check()
+            result["check"] = check(frozenset(args.only.split(",")) if args.only else None)
             failed = sum(not r["pass"] for r in result["check"])
             failures += failed
             say(f"check: {len(result['check']) - failed} passed, {failed} failed")

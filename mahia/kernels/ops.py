@@ -140,6 +140,41 @@ def _gate_combine_fake(branches: Tensor, gate_logits: Tensor) -> Tensor:
     return branches.new_empty(branches.shape[:-1])
 
 
+@torch.library.triton_op("mahia::hyena_short_conv", mutates_args=())
+def hyena_short_conv(proj: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """The Hyena short conv of proj [B, L, 3D] (weight [w, 3D], bias [3D]) -> q [B, L, D], k * v [B, D, L]
+    (backend "cuda", inference only: no autograd formula)."""
+    if _use_triton(proj, weight, bias):
+        from mahia.kernels.triton import meta_attention as kernel
+
+        return kernel.hyena_short_conv(proj, weight, bias)
+    return reference.hyena_short_conv(proj, weight, bias)
+
+
+@hyena_short_conv.register_fake
+def _hyena_short_conv_fake(proj: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    batch, length, channels = proj.shape
+    return proj.new_empty(batch, length, channels // 3), proj.new_empty(batch, channels // 3, length)
+
+
+@torch.library.triton_op("mahia::meta_attention_combine", mutates_args=())
+def meta_attention_combine(q: Tensor, hyena_conv: Tensor, kv: Tensor, skip: Tensor, ssd: Tensor,
+                           fourier_conv: Tensor, gate_logits: Tensor) -> Tensor:
+    """The meta-attention gate's weighted sum of the three branches, with the Hyena product and the Fourier GELU,
+    from the long convs' [B, D, L] outputs (backend "cuda", inference only: no autograd formula)."""
+    if _use_triton(q, hyena_conv, kv, skip, ssd, fourier_conv, gate_logits):
+        from mahia.kernels.triton import meta_attention as kernel
+
+        return kernel.meta_attention_combine(q, hyena_conv, kv, skip, ssd, fourier_conv, gate_logits)
+    return reference.meta_attention_combine(q, hyena_conv, kv, skip, ssd, fourier_conv, gate_logits)
+
+
+@meta_attention_combine.register_fake
+def _meta_attention_combine_fake(q: Tensor, hyena_conv: Tensor, kv: Tensor, skip: Tensor, ssd: Tensor,
+                                 fourier_conv: Tensor, gate_logits: Tensor) -> Tensor:
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
 def _register_recompute_autograd(op: torch._library.custom_ops.CustomOpDef, fn: Callable[..., Tensor],
                                  num_tensor_args: int) -> None:
     """Backward by recomputing `fn` (the reference) under autograd on the saved inputs.

@@ -242,3 +242,67 @@ def test_moe_fp8_activations_round_input_and_hidden_to_e4m3(tokens: int, top_k: 
         reference.moe_ffn_fp8(x, logits, mask, w1_q, s1, w2_q, s2, top_k, 0.0, x_scale, hidden_scale[:3])
     with pytest.raises(ValueError, match="FP8 activations take"):
         reference.moe_ffn_fp8(x, logits, mask, w1_q, s1, w2_q, s2, top_k, 0.0, x_scale, None)
+
+
+def depthwise_short_conv(channels: int, width: int, bias: bool = True) -> torch.nn.Conv1d:
+    """A Hyena short conv (as HyenaBranch builds it) with random weights and bias."""
+    conv = torch.nn.Conv1d(channels, channels, width, groups=channels, padding=width - 1, bias=bias)
+    for parameter in conv.parameters():
+        torch.nn.init.normal_(parameter)
+    return conv
+
+
+def short_conv_args(conv: torch.nn.Conv1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight [w, C], bias [C]) in float32, as backend "cuda" passes them."""
+    bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
+    return conv.weight.detach().float()[:, 0].t(), bias.detach().float()
+
+
+@pytest.mark.parametrize("width, bias", [(3, True), (1, True), (4, False)])
+@pytest.mark.parametrize("batch, seq", [(1, 37), (3, 37), (1, 1), (3, 1)])
+def test_hyena_short_conv_is_the_models_causal_conv_and_product(width: int, bias: bool, batch: int, seq: int,
+                                                                generator: torch.Generator) -> None:
+    from mahia.model.meta_attention import causal_depthwise_conv
+
+    conv = depthwise_short_conv(12, width, bias)
+    proj = torch.randn(batch, seq, 12, generator=generator)
+    with torch.inference_mode():
+        q, k, v = causal_depthwise_conv(proj.transpose(1, 2), conv).chunk(3, dim=1)
+        got_q, got_kv = reference.hyena_short_conv(proj, *short_conv_args(conv))
+    assert got_q.shape == (batch, seq, 4) and got_kv.shape == (batch, 4, seq)
+    # float32 rounding (measured on this CPU: bitwise equal)
+    assert relative_error(got_q, q.transpose(1, 2)) < 1e-6 and relative_error(got_kv, k * v) < 1e-6
+
+
+def test_hyena_short_conv_rounds_bf16_once_as_the_aten_conv_does(generator: torch.Generator) -> None:
+    # Relative error of q to the float64 conv of the same bf16 weights and inputs, measured on this CPU: 1.66e-3 for
+    # both the aten conv and the reference (the output's one bf16 rounding); summing the taps in bf16 gives 3.0e-3.
+    from mahia.model.meta_attention import causal_depthwise_conv
+
+    conv = depthwise_short_conv(3 * 64, 3).to(torch.bfloat16)
+    proj = torch.randn(4, 256, 3 * 64, generator=generator).to(torch.bfloat16)
+    with torch.inference_mode():
+        exact = causal_depthwise_conv(proj.transpose(1, 2).double(), conv.double())[:, :64].transpose(1, 2)
+        aten = causal_depthwise_conv(proj.transpose(1, 2), conv.to(torch.bfloat16))[:, :64].transpose(1, 2)
+        q, _ = reference.hyena_short_conv(proj, *short_conv_args(conv))
+    assert q.dtype == torch.bfloat16
+    assert relative_error(q, exact) < 2e-3 and relative_error(q, exact) <= 1.01 * relative_error(aten, exact)
+
+
+def test_meta_attention_combine_is_the_gates_softmax_sum_of_the_branches(generator: torch.Generator) -> None:
+    batch, length, dim = 3, 37, 5
+    q, ssd = (torch.randn(batch, length, dim, dtype=torch.float64, generator=generator) for _ in range(2))
+    hyena_conv, kv, fourier_conv = (torch.randn(batch, dim, length, dtype=torch.float64, generator=generator)
+                                    for _ in range(3))
+    skip = torch.randn(dim, dtype=torch.float64, generator=generator)
+    logits = torch.randn(batch, length, 3, dtype=torch.float64, generator=generator) * 3
+    got = reference.meta_attention_combine(q, hyena_conv, kv, skip, ssd, fourier_conv, logits)
+    for b, t, d in [(0, 0, 0), (2, 36, 4), (1, 17, 2)]:
+        weights = [math.exp(logits[b, t, j]) for j in range(3)]
+        hyena = q[b, t, d] * (hyena_conv[b, d, t] + skip[d] * kv[b, d, t])
+        x = fourier_conv[b, d, t]
+        fourier = 0.5 * x * (1 + math.erf(x / math.sqrt(2)))
+        want = (weights[0] * hyena + weights[1] * ssd[b, t, d] + weights[2] * fourier) / sum(weights)
+        assert abs(float(got[b, t, d]) - want) < 1e-12 * max(1.0, abs(want))
+    with pytest.raises(ValueError, match=r"kv must be \[3, 5, 37\]"):
+        reference.meta_attention_combine(q, hyena_conv, kv.transpose(1, 2), skip, ssd, fourier_conv, logits)

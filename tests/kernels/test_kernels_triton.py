@@ -34,10 +34,11 @@ INTERPRETED = not isinstance(tl.standard.sum, JITFunction)
 if INTERPRETED:
     from mahia.kernels.triton import gate_combine as gate_kernels
     from mahia.kernels.triton import long_conv as conv_kernels
+    from mahia.kernels.triton import meta_attention as meta_kernels
     from mahia.kernels.triton import moe_ffn as moe_kernels
     from mahia.kernels.triton import ssd_scan as ssd_kernels
 
-    for _module in (gate_kernels, conv_kernels, moe_kernels, ssd_kernels):
+    for _module in (gate_kernels, conv_kernels, meta_kernels, moe_kernels, ssd_kernels):
         if any(isinstance(v, JITFunction) for v in vars(_module).values()):
             importlib.reload(_module)
 
@@ -101,6 +102,36 @@ def test_gate_combine_matches_reference(gen, dtype, shape):
     out = gate_kernels.gate_combine(branches, logits)
     ref = reference.gate_combine(branches.double(), logits.double())
     assert out.shape == ref.shape and out.dtype == dtype
+    assert rel_error(out, ref) < TOLERANCE[dtype], f"seed {gen.initial_seed()}"
+
+
+# Under the interpreter a bf16 rounding truncates (numpy has no bf16): each bf16 output is up to 2^-8 off the
+# rounded value, and kv takes three roundings; the GPU check (benchmarks/kernels.py --check) rounds to nearest.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1, 5, 3), (3, 37, 70, 3), (2, 130, 64, 4)])
+@pytestmark_interpreted
+def test_hyena_short_conv_matches_reference(gen, dtype, shape):
+    batch, length, dim, width = shape
+    proj = randn(gen, batch, length, 3 * dim, dtype=dtype)
+    weight, bias = randn(gen, width, 3 * dim, scale=0.5), randn(gen, 3 * dim)
+    q, kv = meta_kernels.hyena_short_conv(proj, weight, bias)
+    want_q, want_kv = reference.hyena_short_conv(proj.double(), weight.double(), bias.double())
+    assert q.shape == (batch, length, dim) and kv.shape == (batch, dim, length) and q.dtype == kv.dtype == dtype
+    assert rel_error(q, want_q) < TOLERANCE[dtype], f"seed {gen.initial_seed()}"
+    assert rel_error(kv, want_kv) < TOLERANCE[dtype], f"seed {gen.initial_seed()}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1, 5), (3, 37, 70), (2, 130, 64)])
+@pytestmark_interpreted
+def test_meta_attention_combine_matches_reference(gen, dtype, shape):
+    batch, length, dim = shape
+    by_token, by_channel = (batch, length, dim), (batch, dim, length)
+    args = [randn(gen, *s, dtype=dtype) for s in (by_token, by_channel, by_channel, (dim,), by_token, by_channel)]
+    logits = randn(gen, batch, length, 8, dtype=dtype, scale=2.0)[..., :3]  # the padded gate's view
+    out = meta_kernels.meta_attention_combine(*args, logits)
+    ref = reference.meta_attention_combine(*(t.double() for t in args), logits.double())
+    assert out.shape == by_token and out.dtype == dtype
     assert rel_error(out, ref) < TOLERANCE[dtype], f"seed {gen.initial_seed()}"
 
 

@@ -1,5 +1,5 @@
 """The CUDA backend's CPU-side logic: shape buckets and padding (exact by padding invariance), the FP8 modules'
-arithmetic, which layers go FP8, the shifted Hyena short convs, options and errors. The GPU runs are
+arithmetic, which layers go FP8, the fused meta-attention, options and errors. The GPU runs are
 benchmarks/cuda_backend_check.py."""
 
 from __future__ import annotations
@@ -18,18 +18,17 @@ from mahia.kernels import reference
 from mahia.model import build_model, get_config, random_inputs
 from mahia.model.config import CLS_ID
 from mahia.model.filters import ImplicitFilter
-from mahia.model.meta_attention import HyenaBranch, MetaAttention, causal_depthwise_conv
+from mahia.model.meta_attention import MetaAttention
 from mahia.model.moe import MixtureOfExperts
 from mahia.runtime.backends.cuda import (
     CudaOptions,
     DeployedModel,
     Float32Router,
-    InlineGateCombine,
+    FusedMetaAttention,
     PaddedLinear,
     PrecomputedFilter,
-    ShiftedShortConv,
     deployable_module,
-    inline_gate_combines,
+    fuse_meta_attentions,
     load_artifact,
     rebuild_model,
 )
@@ -167,64 +166,33 @@ def test_fp8_layers_follow_the_export_rule_and_the_whole_model_stays_close(gener
     module, deployed_layers = deployable_module(model, "fp8", "cpu", scales)
     assert deployed_layers == layers
     assert isinstance(module.blocks[1].moe, Fp8MixtureOfExperts)
-    assert isinstance(module.blocks[1].attention.hyena.short_conv, ShiftedShortConv)
+    assert isinstance(module.blocks[1].attention, FusedMetaAttention)
     assert module.head.weight.dtype == torch.bfloat16
     got = DeployedModel(module, Buckets((4,), (48,)), torch.device("cpu")).forward(inputs)
     assert relative_error(got.float(), want) < 0.1  # E4M3 activations and weights, bf16 elsewhere
 
 
-def short_conv(channels: int, width: int, bias: bool = True) -> nn.Conv1d:
-    """A Hyena short conv (as HyenaBranch builds it) with random weights and bias."""
-    conv = nn.Conv1d(channels, channels, width, groups=channels, padding=width - 1, bias=bias)
-    for parameter in conv.parameters():
-        nn.init.normal_(parameter)
-    return conv
-
-
-@pytest.mark.parametrize("width", [get_config("tiny").short_conv_width, 1, 4])
-@pytest.mark.parametrize("batch, seq", [(1, 37), (3, 37), (1, 1), (3, 1)])
-def test_shifted_short_conv_is_the_causal_conv(batch: int, seq: int, width: int, generator: torch.Generator) -> None:
-    conv = short_conv(12, width)
-    x = torch.randn(batch, 12, seq, generator=generator)
-    with torch.inference_mode():
-        want = causal_depthwise_conv(x, conv)
-        got = causal_depthwise_conv(x, ShiftedShortConv(conv))
-        unbiased = short_conv(12, width, bias=False)
-        unbiased_error = relative_error(causal_depthwise_conv(x, ShiftedShortConv(unbiased)),
-                                        causal_depthwise_conv(x, unbiased))
-    assert got.shape == want.shape == (batch, 12, seq)
-    assert relative_error(got, want) < 1e-6 and unbiased_error < 1e-6  # float32 rounding (measured: bitwise equal)
-
-
-def test_shifted_short_conv_rounds_bf16_once_as_the_conv_does(generator: torch.Generator) -> None:
-    # Relative error to the float64 conv of the same bf16 weights and inputs, measured on this CPU: 1.66e-3 for
-    # both (bitwise equal: the output's one bf16 rounding); summing the taps in bf16 instead gives 3.0e-3.
-    conv = short_conv(192, get_config("tiny").short_conv_width).to(torch.bfloat16)
-    x = torch.randn(4, 192, 256, generator=generator).to(torch.bfloat16)
-    with torch.inference_mode():
-        want = causal_depthwise_conv(x.double(), copy.deepcopy(conv).double())
-        aten = causal_depthwise_conv(x, conv)
-        got = causal_depthwise_conv(x, ShiftedShortConv(conv))
-    assert got.dtype == torch.bfloat16
-    assert relative_error(got, want) < 2e-3 and relative_error(got, want) <= 1.01 * relative_error(aten, want)
-
-
-def test_shifted_short_conv_takes_only_padded_depthwise_convs() -> None:
+def test_the_fused_meta_attention_takes_only_padded_depthwise_short_convs() -> None:
+    attention = build_model(get_config("tiny"), seed=0).blocks[0].attention
+    channels = attention.hyena.short_conv.in_channels
+    attention.hyena.short_conv = nn.Conv1d(channels, channels, 3, groups=channels, padding=1)
     with pytest.raises(ValueError, match="takes a depthwise Conv1d of stride 1 padded by width - 1"):
-        ShiftedShortConv(nn.Conv1d(12, 12, 3, groups=12, padding=1))
+        FusedMetaAttention(attention)
+    attention.hyena.short_conv = nn.Conv1d(channels, channels, 3, groups=channels // 2, padding=2)
     with pytest.raises(ValueError, match="takes a depthwise Conv1d"):
-        ShiftedShortConv(nn.Conv1d(12, 12, 3, groups=4, padding=2))
+        FusedMetaAttention(attention)
 
 
-def test_only_the_short_convs_routers_filters_and_unaligned_linears_are_swapped(generator: torch.Generator) -> None:
+def test_only_the_meta_attentions_routers_filters_and_unaligned_linears_are_swapped(
+        generator: torch.Generator) -> None:
     model = build_model(get_config("tiny"), seed=4).eval()
     module, _ = deployable_module(model, "fp32", "cpu")
-    hyena = [f"{path}.short_conv" for path, m in model.named_modules() if isinstance(m, HyenaBranch)]
+    attentions = [path for path, m in model.named_modules() if isinstance(m, MetaAttention)]
     routers = [f"{path}.router" for path, m in model.named_modules() if isinstance(m, MixtureOfExperts)]
     filters = [path for path, m in model.named_modules() if isinstance(m, ImplicitFilter)]
     unaligned = [path for path, m in model.named_modules()
                  if isinstance(m, nn.Linear) and m.out_features % 8 and path not in routers]
-    assert len(hyena) == len(routers) == model.config.n_layers == 2
+    assert len(attentions) == len(routers) == model.config.n_layers == 2
     # tiny's fabric (32 -> 4), SSD projections (32 -> 82), gates (32 -> 3) and head (32 -> 2)
     assert len(unaligned) == 2 + 2 * model.config.n_layers
     assert {path.rsplit(".", 1)[-1] for path in unaligned} == {"gate", "proj", "head"}
@@ -236,13 +204,13 @@ def test_only_the_short_convs_routers_filters_and_unaligned_linears_are_swapped(
     original, deployed = outside_filters(model), outside_filters(module)
     assert deployed.keys() == original.keys()
     assert sorted(path for path in original if type(deployed[path]) is not type(original[path])) == \
-        sorted(hyena + routers + unaligned + filters)
-    assert all(isinstance(deployed[path], ShiftedShortConv) for path in hyena)
+        sorted(attentions + routers + unaligned + filters)
+    assert all(isinstance(deployed[path], FusedMetaAttention) for path in attentions)
     assert all(isinstance(deployed[path], Float32Router) for path in routers)
     assert all(isinstance(deployed[path], PaddedLinear) for path in unaligned)
     assert all(isinstance(deployed[path], PrecomputedFilter) for path in filters)
     kept = {name: value for name, value in model.state_dict().items()
-            if not name.startswith(tuple(hyena + unaligned + filters))}
+            if not name.startswith(tuple(unaligned + filters))}
     assert all(torch.equal(module.state_dict()[name], value) for name, value in kept.items())
     for batch, seq in [(1, 37), (3, 37), (1, 1), (3, 1)]:
         inputs = random_inputs(model.config, batch, seq, generator)
@@ -375,21 +343,21 @@ def test_the_artifact_must_be_deployable_and_its_weights_must_match(tiny_export:
 
 
 @pytest.mark.parametrize("dtype, bound", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
-def test_inline_gate_combine_is_the_meta_attention(dtype: torch.dtype, bound: float,
-                                                   generator: torch.Generator) -> None:
+def test_the_fused_meta_attention_is_the_meta_attention(dtype: torch.dtype, bound: float,
+                                                        generator: torch.Generator) -> None:
     model = build_model(get_config("tiny"), seed=6).eval()
-    module, _ = deployable_module(model, "fp32" if dtype == torch.float32 else "bf16", "cpu")
-    attention = module.blocks[1].attention
+    cast = copy.deepcopy(model).to(dtype)
+    attention = cast.blocks[1].attention
+    fused = copy.deepcopy(cast)
+    fuse_meta_attentions(fused)
+    swapped = fused.blocks[1].attention
+    assert isinstance(swapped, FusedMetaAttention) and not any(type(m) is MetaAttention for m in fused.modules())
     x = torch.randn(3, 37, model.config.d_model, generator=generator).to(dtype)
     mask = torch.ones(3, 37, dtype=dtype)  # as MahiaX passes it: in the activations' dtype
     mask[1, 20:] = 0
-    inline_gate_combines(module)
-    swapped = module.blocks[1].attention
-    assert isinstance(swapped, InlineGateCombine) and swapped.hyena is attention.hyena
-    assert not any(type(m) is MetaAttention for m in module.modules())
     with torch.inference_mode():
         got, want = swapped(x, mask), attention(x, mask)
-        # bf16: the Triton kernel's reference rounds the gate weights and products to bf16; the swap sums in float32
+        # bf16: the model rounds each branch, the gate weights and products to bf16; the fused ends round once
         assert got.dtype == dtype and relative_error(got.float(), want.float()) < bound
         exact = copy.deepcopy(model.blocks[1].attention).double()(x.double(), mask.double())  # the fp32 model's
         assert relative_error(got.double(), exact) <= 1.5 * relative_error(want.double(), exact) + 1e-7

@@ -16,12 +16,11 @@ bf16, fp16 and fp32 artifacts run in their dtype; fp8 artifacts run bf16 activat
 experts (cuda_fp8.py) scaled by the artifact's calibration.json. Every input is validated as on the other
 backends (Deployment.check_inputs), then padded to its (batch, seq) bucket (cuda_buckets.py).
 
-Every precision runs the Hyena short convolutions as ShiftedShortConv (width shifted multiply-adds that
-torch.compile fuses into one elementwise kernel) instead of PyTorch's generic depthwise-conv kernel, and the MoE
-routers in float32 (Float32Router: the top-k choice is discrete), the long filters' taps precomputed per bucket
+Every precision runs the meta-attention's elementwise ends (the Hyena short conv, the gate's weighted sum with the
+branches' last steps) as two Triton kernels that change layout through shared memory (FusedMetaAttention), the
+MoE routers in float32 (Float32Router: the top-k choice is discrete), the long filters' taps precomputed per bucket
 length (PrecomputedFilter), and Linear layers whose output width is not a multiple of 8 with zero-padded weights
-(PaddedLinear: cuBLAS's aligned kernels). Compiled, the meta-attention gate's weighted sum is left to Inductor
-(InlineGateCombine), which fuses it with the branch outputs.
+(PaddedLinear: cuBLAS's aligned kernels).
 """
 
 from __future__ import annotations
@@ -36,13 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mahia import kernels
 from mahia.artifact import ArtifactIntegrityError, Manifest
 from mahia.calibration.table import read_table_json
 from mahia.default import load_model
-from mahia.kernels import use_reference_ops
 from mahia.model import INPUT_NAMES, MahiaX, ModelSource, weights_sha256
 from mahia.model.filters import ImplicitFilter
-from mahia.model.meta_attention import HyenaBranch, MetaAttention
+from mahia.model.meta_attention import MetaAttention
 from mahia.model.moe import MixtureOfExperts
 from mahia.runtime.backends.base import BackendUnavailableError, Runner
 from mahia.runtime.backends.cuda_buckets import Buckets, fill_padded, pad_inputs
@@ -86,57 +85,6 @@ def require_cuda(device: str, precision: str) -> None:
     if precision == "fp8" and capability < FP8_CAPABILITY:
         raise BackendUnavailableError(f"backend 'cuda': fp8 needs compute capability >= 8.9 (FP8 tensor cores); "
                                       f"{torch.cuda.get_device_name(index)} has {capability[0]}.{capability[1]}")
-
-
-class ShiftedShortConv(nn.Module):
-    """A Hyena short convolution (depthwise nn.Conv1d of width w, padded by w - 1) as w shifted multiply-adds over
-    the input padded by w - 1 on the left: y[..., t] = b + sum_j W[:, j] * x[..., t - (w - 1) + j], for t < L.
-
-    Why: on CUDA the nn.Conv1d runs as PyTorch's generic `conv_depthwise2d_forward_kernel_generic`, and
-    torch.compile leaves convolutions to that aten kernel. Measured on an H200 (bf16 base config,
-    `PYTHONPATH=$PWD python3 benchmarks/forward_kernels.py --shapes 1x128,8x512,32x2048`, 2026-12-01): 12.4 ms of
-    a 164.7 ms forward at 32 x 2048 tokens (8 calls of 1.55 ms, ~10x their memory traffic), 0.8 ms of 11.1 ms at
-    8 x 512. These multiply-adds are elementwise, so torch.compile fuses them into one kernel.
-
-    The output has the L causal positions only, not the conv's L + w - 1: the one call site,
-    `causal_depthwise_conv(x, conv)`, returns `conv(x)[..., :L]`, and of a length-L output that slice is the
-    whole tensor, so the call gives the same [B, C, L] as with the nn.Conv1d (the right padding the conv adds
-    only feeds the positions from L on, which the call drops).
-
-    bf16 and fp16 inputs are multiplied and summed in float32 and rounded once, as the aten kernel accumulates;
-    the weights are the (already cast) conv's, held in float32. Measured on the CPU (tests/runtime/
-    test_cuda_backend.py): bitwise equal to the nn.Conv1d in float32 and bf16, a relative error of 1.66e-3 to
-    the float64 conv in bf16 (the output's rounding), where summing in bf16 would give 3.0e-3. Compiled (Inductor
-    on the CPU), the pad, the w multiply-adds and the cast are one fused kernel; uncompiled, they are w + 2
-    elementwise kernels.
-    """
-
-    def __init__(self, conv: nn.Conv1d) -> None:
-        super().__init__()
-        channels, _, width = conv.weight.shape
-        if (conv.groups, conv.in_channels, conv.stride, conv.dilation, conv.padding, conv.padding_mode) != \
-                (channels, channels, (1,), (1,), (width - 1,), "zeros"):
-            raise ValueError(f"ShiftedShortConv takes a depthwise Conv1d of stride 1 padded by width - 1, got {conv}")
-        self.width = width
-        self.register_buffer("weight", conv.weight.detach().float()[:, 0].t()[:, :, None].contiguous())  # [w, C, 1]
-        bias = torch.zeros(channels, device=conv.weight.device) if conv.bias is None else conv.bias.detach().float()
-        self.register_buffer("bias", bias[:, None].clone())  # [C, 1]
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x [B, C, L] -> the causal positions [B, C, L] of the conv's output, in x's dtype."""
-        length = x.shape[-1]
-        padded = F.pad(x, (self.width - 1, 0))
-        y = self.bias  # float32, as the weight: each addcmul below computes and returns float32
-        for j in range(self.width):
-            y = torch.addcmul(y, self.weight[j], padded[..., j:j + length])
-        return y.to(x.dtype)
-
-
-def shift_short_convs(module: nn.Module) -> None:
-    """Replace, in place, the short conv of every HyenaBranch in `module` by its ShiftedShortConv."""
-    for branch in module.modules():
-        if isinstance(branch, HyenaBranch):
-            branch.short_conv = ShiftedShortConv(branch.short_conv)
 
 
 class Float32Router(nn.Module):
@@ -274,42 +222,61 @@ def add_filter_lengths(module: nn.Module, lengths: Iterable[int]) -> None:
                 filt.add_length(length)
 
 
-class InlineGateCombine(nn.Module):
-    """A MetaAttention whose gate combines the three branch outputs in plain PyTorch arithmetic (float32 softmax and
-    weighted sum, rounded once) instead of stacking them into [B, L, D, 3] for `mahia::gate_combine`: compiled,
-    Inductor fuses the sum with the branches' last elementwise steps and their transposes back to [B, L, D].
+class FusedMetaAttention(nn.Module):
+    """A MetaAttention whose elementwise ends run as two kernels that read each layout along its contiguous axis:
+    `mahia::hyena_short_conv` (the Hyena short conv and k * v, from the projection's [B, L, 3D] to q [B, L, D] and
+    kv [B, D, L]) and `mahia::meta_attention_combine` (the Hyena product with its skip, the Fourier GELU and the
+    gate's softmax-weighted sum, from the long convs' [B, D, L] outputs to [B, L, D]).
 
-    Why: in the compiled deployment the stack was its own fused kernel that read the Hyena and Fourier outputs
-    across their [B, D, L] layout and wrote the stack interleaved, 5.7 ms per forward at 32 x 2059 on the H200, and
-    gate_combine read it again, 1.5 ms (`benchmarks/forward_kernels.py --deployed`, 2026-12-01). Uncompiled, the
-    stack and the Triton kernel are the faster pair, so only DeployedModel(compile=True) makes this swap.
+    Why, measured on the H200 (bf16 base config, random weights, CUDA-graph replay; `PYTHONPATH=$PWD python3
+    benchmarks/compile_options.py`, 2026-12-01): compiled, 4.79 -> 4.41 ms at 8 x 523 and 63.4 -> 58.0 ms at 32 x
+    2059 against the earlier swaps (the short conv as shifted multiply-adds and the gate's sum in PyTorch, for
+    Inductor to fuse: it tiled them in one dimension, see mahia.kernels.triton.meta_attention); uncompiled, 9.10 ->
+    6.53 and 122.9 -> 83.7 ms against the model's own stack and `mahia::gate_combine`. Without it, the short conv
+    runs as PyTorch's generic depthwise-conv kernel, which torch.compile leaves alone: 12.4 ms of a 164.7 ms eager
+    forward at 32 x 2048 (`benchmarks/forward_kernels.py`, 2026-12-01), about ten times its memory traffic.
+
+    The short conv's weights are kept in float32, of the deployed (already cast) conv, as its bf16 or fp16 output
+    is summed in float32 and rounded once, as the aten conv accumulates.
     """
 
     def __init__(self, attention: MetaAttention) -> None:
         super().__init__()
         self.in_proj, self.gate, self.out_proj = attention.in_proj, attention.gate, attention.out_proj
         self.hyena, self.ssd, self.fourier = attention.hyena, attention.ssd, attention.fourier
+        conv = attention.hyena.short_conv
+        channels, _, width = conv.weight.shape
+        if (conv.groups, conv.in_channels, conv.stride, conv.dilation, conv.padding, conv.padding_mode) != \
+                (channels, channels, (1,), (1,), (width - 1,), "zeros"):
+            raise ValueError(f"FusedMetaAttention takes a depthwise Conv1d of stride 1 padded by width - 1, got {conv}")
+        bias = torch.zeros(channels, device=conv.weight.device) if conv.bias is None else conv.bias.detach().float()
+        self.register_buffer("short_conv_weight", conv.weight.detach().float()[:, 0].t().contiguous())  # [w, 3D]
+        self.register_buffer("short_conv_bias", bias.clone())  # [3D]
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x [B, L, D] (normalised), mask [B, L] -> [B, L, D], as MetaAttention.forward."""
+        length = x.shape[1]
         u_hyena, u_ssd, u_fourier = self.in_proj(x).chunk(3, dim=-1)
-        weights = torch.softmax(self.gate(x).float(), dim=-1)
-        branches = (self.hyena(u_hyena), self.ssd(u_ssd), self.fourier(u_fourier, mask))
-        combined = sum(weights[..., j, None] * branch.float() for j, branch in enumerate(branches))
-        return self.out_proj(combined.to(x.dtype))
+        q, kv = kernels.hyena_short_conv(self.hyena.proj(u_hyena), self.short_conv_weight, self.short_conv_bias)
+        hyena_conv = kernels.long_conv(kv, self.hyena.filter(length, x), True)
+        fourier_input = (self.fourier.proj(u_fourier) * mask[..., None]).transpose(1, 2)
+        fourier_conv = kernels.long_conv(fourier_input, self.fourier.filter(length, x), False)
+        combined = kernels.meta_attention_combine(q, hyena_conv, kv, self.hyena.skip, self.ssd(u_ssd), fourier_conv,
+                                                  self.gate(x))
+        return self.out_proj(combined)
 
 
-def inline_gate_combines(module: nn.Module) -> None:
-    """Replace, in place, every MetaAttention of `module` by its InlineGateCombine (same submodules, shared)."""
+def fuse_meta_attentions(module: nn.Module) -> None:
+    """Replace, in place, every MetaAttention of `module` by its FusedMetaAttention (same submodules, shared)."""
     for path, attention in list(module.named_modules()):
         if type(attention) is MetaAttention:
-            module.set_submodule(path, InlineGateCombine(attention))
+            module.set_submodule(path, FusedMetaAttention(attention))
 
 
 def deployable_module(model: MahiaX, precision: str, device: str | torch.device,
                       scales: Mapping[str, float] | None = None) -> tuple[nn.Module, list[str]]:
     """The eager fp32 `model` as it runs deployed at `precision` on `device`: (module, paths of FP8 GEMM layers).
-    Its Hyena short convs are ShiftedShortConv, of the cast weights; its MoE routers are Float32Router; its long
+    Its meta-attentions are FusedMetaAttention, of the cast weights; its MoE routers are Float32Router; its long
     filters are PrecomputedFilter (for no length yet); its Linear layers of unaligned widths are PaddedLinear."""
     if precision not in ACTIVATION_DTYPES:
         raise ValueError(f"backend 'cuda' runs {', '.join(ACTIVATION_DTYPES)} artifacts, not {precision!r}; "
@@ -320,7 +287,7 @@ def deployable_module(model: MahiaX, precision: str, device: str | torch.device,
         module, fp8_layers = to_fp8(model, scales, device)
     else:
         module, fp8_layers = copy.deepcopy(model).to(device=device, dtype=ACTIVATION_DTYPES[precision]).eval(), []
-    shift_short_convs(module)
+    fuse_meta_attentions(module)
     float32_routers(module, model, ACTIVATION_DTYPES[precision])
     precompute_filters(module, model, ACTIVATION_DTYPES[precision])
     pad_linears(module)
@@ -368,7 +335,6 @@ class DeployedModel:
         # (8 by default, counted per code object) is raised to let every bucket compile rather than run uncompiled.
         if self.compile:
             raise_recompile_limit(len(self.buckets.batch) * len(self.buckets.seq) + 8)
-            inline_gate_combines(self.module)
         self.call = torch.compile(self.module, dynamic=False) if self.compile else self.module
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None  # one pool for every bucket's graph
 
@@ -377,7 +343,7 @@ class DeployedModel:
         batch, seq = inputs["input_ids"].shape
         bucket = self.buckets.bucket(batch, seq)
         inputs = {name: inputs[name].to(self.device, INPUT_DTYPES[name], non_blocking=True) for name in INPUT_NAMES}
-        with torch.inference_mode(), use_reference_ops(False):
+        with torch.inference_mode(), kernels.use_reference_ops(False):
             if not self.cuda_graphs:
                 return self.call(**pad_inputs(inputs, *bucket))[:batch]
             graph = self.graphs.get(bucket) or self._capture(bucket, inputs)
