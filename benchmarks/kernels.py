@@ -4,7 +4,7 @@
                                                     # the project is not installed)
     python benchmarks/kernels.py --bench            # timings, roofline measured in the same run
     python benchmarks/kernels.py --check --bench --sweep --out DIR
-    python benchmarks/kernels.py --check --only hyena_short_conv,meta_attention_combine   # some ops' checks
+    python benchmarks/kernels.py --check --only hyena_short_conv,meta_attention_combine,ssd_gated_norm  # some ops
 
 Needs a CUDA GPU. Every check draws fresh random inputs, poisons the allocator's free memory with
 NaN first (so an output element the kernel never writes shows up), and compares with the float64
@@ -181,8 +181,20 @@ def check(only: frozenset[str] | None = None) -> list[dict]:
         out = kernels.meta_attention_combine(*args, logits)
         return rel_error(out, reference.meta_attention_combine(*(t.double() for t in args), logits.double())), ""
 
+    def gated_norm_case(batch, length, dtype):
+        y = torch.randn(batch, length, 12, 64, device="cuda").to(dtype)
+        proj = torch.randn(batch, length, 1808, device="cuda").to(dtype)  # base's padded SSD projection
+        x, z = proj[..., :768].reshape(batch, length, 12, 64), proj[..., 768:1536]
+        skip, weight = torch.randn(12, device="cuda").to(dtype), torch.randn(768, device="cuda").to(dtype)
+        poison_free_memory()
+        out = kernels.ssd_gated_norm(y, x, skip, z, weight, 1e-5)
+        want = reference.ssd_gated_norm(y.double(), x.double(), skip.double(), z.double(), weight.double(), 1e-5)
+        return rel_error(out, want), "x, z views of a [B, L, 1808] projection"
+
     dtypes = (torch.bfloat16, torch.float16, torch.float32)
     for dtype, (batch, length) in itertools.product(dtypes, ((1, 1), (3, 37), (2, 523), (32, 2064))):
+        guarded("ssd_gated_norm", f"B={batch} L={length} H=12 P=64", dtype,
+                lambda: gated_norm_case(batch, length, dtype))
         guarded("hyena_short_conv", f"B={batch} L={length} D=768 w=3", dtype,
                 lambda: short_conv_case(batch, length, dtype))
         guarded("meta_attention_combine", f"B={batch} L={length} D=768", dtype,

@@ -175,6 +175,22 @@ def _meta_attention_combine_fake(q: Tensor, hyena_conv: Tensor, kv: Tensor, skip
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
+@torch.library.triton_op("mahia::ssd_gated_norm", mutates_args=())
+def ssd_gated_norm(y: Tensor, x: Tensor, skip: Tensor, z: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """The SSD branch's skip, SiLU gate and RMSNorm of the scan's output y [B, L, H, P] -> [B, L, H * P]
+    (backend "cuda", inference only: no autograd formula)."""
+    if _use_triton(y, x, skip, z, weight):
+        from mahia.kernels.triton import meta_attention as kernel
+
+        return kernel.ssd_gated_norm(y, x, skip, z, weight, eps)
+    return reference.ssd_gated_norm(y, x, skip, z, weight, eps)
+
+
+@ssd_gated_norm.register_fake
+def _ssd_gated_norm_fake(y: Tensor, x: Tensor, skip: Tensor, z: Tensor, weight: Tensor, eps: float) -> Tensor:
+    return y.new_empty(*y.shape[:2], y.shape[2] * y.shape[3])
+
+
 def _register_recompute_autograd(op: torch._library.custom_ops.CustomOpDef, fn: Callable[..., Tensor],
                                  num_tensor_args: int) -> None:
     """Backward by recomputing `fn` (the reference) under autograd on the saved inputs.

@@ -61,16 +61,21 @@ class SSDBranch(nn.Module):
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
         self.skip = nn.Parameter(torch.ones(self.heads))
 
-    def forward(self, u: Tensor) -> Tensor:
-        """u [B, L, D] -> [B, L, D]; causal."""
+    def scan(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """u [B, L, D] -> the scan's output y and input x [B, L, heads, head_dim], and the gate z [B, L, inner]."""
         batch, length, _ = u.shape
         inner = self.heads * self.head_dim
         x, z, b, c, dt = self.proj(u).split([inner, inner, self.state, self.state, self.heads], dim=-1)
         x = x.reshape(batch, length, self.heads, self.head_dim)
         dt = F.softplus(dt + self.dt_bias)
         a = -torch.exp(self.a_log)
-        y = kernels.ssd_scan(x, dt, a, b, c, self.chunk_size) + self.skip[:, None] * x
-        return self.out_proj(self.norm(y.reshape(batch, length, inner) * F.silu(z)))
+        return kernels.ssd_scan(x, dt, a, b, c, self.chunk_size), x, z
+
+    def forward(self, u: Tensor) -> Tensor:
+        """u [B, L, D] -> [B, L, D]; causal."""
+        y, x, z = self.scan(u)
+        y = y + self.skip[:, None] * x
+        return self.out_proj(self.norm(y.flatten(2) * F.silu(z)))
 
 
 class FourierBranch(nn.Module):

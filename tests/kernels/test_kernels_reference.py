@@ -306,3 +306,19 @@ def test_meta_attention_combine_is_the_gates_softmax_sum_of_the_branches(generat
         assert abs(float(got[b, t, d]) - want) < 1e-12 * max(1.0, abs(want))
     with pytest.raises(ValueError, match=r"kv must be \[3, 5, 37\]"):
         reference.meta_attention_combine(q, hyena_conv, kv.transpose(1, 2), skip, ssd, fourier_conv, logits)
+
+
+def test_ssd_gated_norm_is_the_ssd_branchs_skip_gate_and_norm(generator: torch.Generator) -> None:
+    from mahia.model.config import get_config
+    from mahia.model.meta_attention import SSDBranch
+
+    branch = SSDBranch(get_config("tiny")).double()
+    for parameter in (branch.skip, branch.norm.weight):
+        torch.nn.init.normal_(parameter, generator=generator)
+    u = torch.randn(3, 37, get_config("tiny").d_model, dtype=torch.float64, generator=generator)
+    with torch.no_grad():
+        y, x, z = branch.scan(u)
+        got = branch.out_proj(reference.ssd_gated_norm(y, x, branch.skip, z, branch.norm.weight, branch.norm.eps))
+        assert relative_error(got, branch(u)) < 1e-6  # RMSNorm normalises in float32 even for float64 inputs
+    with pytest.raises(ValueError, match=r"skip must be \["):
+        reference.ssd_gated_norm(y, x, branch.skip[:1], z, branch.norm.weight, branch.norm.eps)

@@ -136,6 +136,22 @@ def test_meta_attention_combine_matches_reference(gen, dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1, 2, 4), (3, 37, 3, 20), (2, 9, 12, 64)])
+@pytestmark_interpreted
+def test_ssd_gated_norm_matches_reference(gen, dtype, shape):
+    batch, length, heads, head_dim = shape
+    inner = heads * head_dim
+    y = randn(gen, batch, length, heads, head_dim, dtype=dtype)
+    proj = randn(gen, batch, length, 2 * inner + 7, dtype=dtype)  # x and z are views of the projection, as in SSDBranch
+    x, z = proj[..., :inner].reshape(batch, length, heads, head_dim), proj[..., inner:2 * inner]
+    skip, weight = randn(gen, heads, dtype=dtype), randn(gen, inner, dtype=dtype)
+    out = meta_kernels.ssd_gated_norm(y, x, skip, z, weight, 1e-5)
+    ref = reference.ssd_gated_norm(y.double(), x.double(), skip.double(), z.double(), weight.double(), 1e-5)
+    assert out.shape == (batch, length, inner) and out.dtype == dtype
+    assert rel_error(out, ref) < TOLERANCE[dtype], f"seed {gen.initial_seed()}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("shape", [(1, 3, 1), (2, 3, 17), (3, 2, 64), (2, 2, 300)])
 @pytestmark_interpreted

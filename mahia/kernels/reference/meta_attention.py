@@ -1,7 +1,7 @@
 """Reference of the meta-attention's elementwise ends as backend "cuda" fuses them (mahia.kernels.triton.
-meta_attention): the Hyena short convolution with its k * v product, and the gate's weighted sum with the branches'
-last steps. Float32 arithmetic (float64 for float64 inputs), each output rounded once to the input dtype (k and v
-too, before their product)."""
+meta_attention): the Hyena short convolution with its k * v product, the gate's weighted sum with the branches'
+last steps, and the SSD branch's gated RMSNorm. Float32 arithmetic (float64 for float64 inputs), each output
+rounded once to the input dtype (k and v too, before their product)."""
 
 from __future__ import annotations
 
@@ -52,3 +52,22 @@ def meta_attention_combine(q: Tensor, hyena_conv: Tensor, kv: Tensor, skip: Tens
     fourier = F.gelu(fourier_conv.to(compute)).transpose(1, 2)
     out = weights[..., 0, None] * hyena + weights[..., 1, None] * ssd.to(compute) + weights[..., 2, None] * fourier
     return out.to(q.dtype)
+
+
+def ssd_gated_norm(y: Tensor, x: Tensor, skip: Tensor, z: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """out [B, L, H * P] = g * rsqrt(mean(g^2) + eps) * weight, rounded once to y's dtype, where g = (y + skip[h] * x)
+    * silu(z) over the flattened heads: the SSD branch's skip, SiLU gate and RMSNorm.
+
+    y, x [B, L, H, P] (the scan's output and input), skip [H], z [B, L, H * P], weight [H * P].
+    """
+    batch, length, heads, head_dim = y.shape
+    shapes = {"x": (x, (batch, length, heads, head_dim)), "skip": (skip, (heads,)),
+              "z": (z, (batch, length, heads * head_dim)), "weight": (weight, (heads * head_dim,))}
+    for name, (tensor, shape) in shapes.items():
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"ssd_gated_norm: {name} must be {list(shape)} for y {list(y.shape)}, "
+                             f"got {list(tensor.shape)}")
+    compute = torch.promote_types(y.dtype, torch.float32)
+    gated = (y.to(compute) + skip.to(compute)[:, None] * x.to(compute)).flatten(2) * F.silu(z.to(compute))
+    normed = gated * torch.rsqrt(gated.square().mean(dim=-1, keepdim=True) + eps)
+    return (normed * weight.to(compute)).to(y.dtype)

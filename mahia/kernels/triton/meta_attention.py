@@ -1,6 +1,6 @@
 """Triton kernels of the meta-attention's elementwise ends, for backend "cuda": the Hyena short convolution that
-feeds the long conv (`mahia::hyena_short_conv`), and the gate's weighted sum with the branches' last steps
-(`mahia::meta_attention_combine`).
+feeds the long conv (`mahia::hyena_short_conv`), the gate's weighted sum with the branches' last steps
+(`mahia::meta_attention_combine`), and the SSD branch's skip, SiLU gate and RMSNorm (`mahia::ssd_gated_norm`).
 
 Why: half the meta-attention's tensors are [B, D, L] (the long convs run along L) and half [B, L, D] (the GEMMs),
 and the elementwise steps between them change layout. Compiled, Inductor tiled those steps in one dimension, so the
@@ -8,7 +8,9 @@ and the elementwise steps between them change layout. Compiled, Inductor tiled t
 the H200 at 32 x 2059 tokens (base config, `benchmarks/forward_kernels.py --deployed`, 2026-12-01) the three kernels
 took 8.9 ms of 59.6 ms a forward: the short conv 2.54 ms (a float32 [B, L, 3D] written), the kv transpose 0.96 ms,
 the gate's sum 5.36 ms (1.5 TB/s). Here each program holds a [BLOCK_L, BLOCK_D] tile: Triton loads the [B, D, L]
-side along L and the [B, L, D] side along D, and exchanges them through shared memory.
+side along L and the [B, L, D] side along D, and exchanges them through shared memory. The SSD's gated norm was a
+two-pass Inductor reduction at that size, its gated rows written in float32 and read back: 1.84 ms; here each
+program holds whole rows.
 
 Both kernels compute in float32 and round each output once; they have no AOT entry (no TensorRT plugin runs them).
 """
@@ -94,6 +96,26 @@ def meta_attention_combine_kernel(q_ptr, hyena_conv_ptr, kv_ptr, skip_ptr, ssd_p
     tl.store(out_ptr + by_token, out.to(out_ptr.dtype.element_ty), mask=ok)
 
 
+@triton.jit
+def ssd_gated_norm_kernel(y_ptr, x_ptr, z_ptr, skip_ptr, weight_ptr, out_ptr, num_tokens, inner, head_dim, x_stride,
+                          z_stride, EPS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[t] = g * rsqrt(mean(g^2) + EPS) * weight with g = (y[t] + skip[head] * x[t]) * silu(z[t]), for BLOCK_T
+    tokens; y rows of `inner` elements, x and z rows of x_stride and z_stride; each whole row is held in registers."""
+    rows = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+    cols = tl.arange(0, BLOCK_C)
+    col_ok = cols < inner
+    ok = (rows < num_tokens)[:, None] & col_ok[None, :]
+    y = tl.load(y_ptr + rows[:, None] * inner + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + rows[:, None] * x_stride + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + rows[:, None] * z_stride + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+    skip = tl.load(skip_ptr + cols // head_dim, mask=col_ok, other=0.0).to(tl.float32)
+    weight = tl.load(weight_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    gated = (y + skip[None, :] * x) * (z / (1.0 + tl.exp(-z)))
+    inv_rms = 1.0 / tl.sqrt(tl.sum(gated * gated, axis=1) / inner + EPS)
+    out = gated * inv_rms[:, None] * weight[None, :]
+    tl.store(out_ptr + rows[:, None] * inner + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=ok)
+
+
 # Tiles of 64 x 64: each row of a [B, D, L] tile is 128 contiguous bytes.
 CONFIG = {"BLOCK_L": 64, "BLOCK_D": 64, "num_warps": 4}
 
@@ -135,6 +157,29 @@ def combine_plan(batch: int, length: int, dim: int, logits_stride: int, dtype: t
                        "logits_dtype": logits_dtype})
 
 
+NORM_TOKENS = 4  # rows of the gated norm per program (whole rows of `inner` elements each)
+
+
+def gated_norm_plan(num_tokens: int, inner: int, head_dim: int, x_stride: int, z_stride: int, eps: float,
+                    dtype: torch.dtype) -> KernelPlan:
+    """One launch: y [T, inner], x and z (rows of x_stride, z_stride), skip [inner / head_dim], weight [inner]
+    -> out [T, inner]."""
+    block_c = triton.next_power_of_2(inner)
+    step = launch("meta_attention", "ssd_gated_norm_kernel", (triton.cdiv(num_tokens, NORM_TOKENS),),
+                  4 if block_c <= 1024 else 8, 1, {"EPS": eps, "BLOCK_T": NORM_TOKENS, "BLOCK_C": block_c},
+                  [pointer("y_ptr"), pointer("x_ptr"), pointer("z_ptr"), pointer("skip_ptr"), pointer("weight_ptr"),
+                   pointer("out_ptr"), scalar("num_tokens", num_tokens), scalar("inner", inner),
+                   scalar("head_dim", head_dim), scalar("x_stride", x_stride), scalar("z_stride", z_stride)],
+                  reads=("y", "x", "z", "skip", "weight"), writes=("out",), entry=None)
+    rows = max(num_tokens - 1, 0)
+    buffers = (Buffer("y", dtype, num_tokens * inner), Buffer("x", dtype, rows * x_stride + inner),
+               Buffer("z", dtype, rows * z_stride + inner), Buffer("skip", dtype, inner // head_dim),
+               Buffer("weight", dtype, inner), Buffer("out", dtype, num_tokens * inner))
+    return KernelPlan("ssd_gated_norm", ("y", "x", "z", "skip", "weight"), ("out",), buffers, (step,),
+                      {"num_tokens": num_tokens, "inner": inner, "head_dim": head_dim, "x_stride": x_stride,
+                       "z_stride": z_stride, "eps": eps, "dtype": dtype})
+
+
 def hyena_short_conv(proj: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
     """Launch the kernel: proj [B, L, 3D], weight [width, 3D], bias [3D] -> q [B, L, D], kv [B, D, L]."""
     batch, length, channels = proj.shape
@@ -164,4 +209,22 @@ def meta_attention_combine(q: Tensor, hyena_conv: Tensor, kv: Tensor, skip: Tens
                "skip": skip.to(q.dtype).contiguous(), "ssd": ssd.contiguous(),
                "fourier_conv": fourier_conv.contiguous(), "logits": logits, "out": out}
     execute(cached_plan(combine_plan, batch, length, dim, logits.stride(0), q.dtype, logits.dtype), tensors)
+    return out
+
+
+def ssd_gated_norm(y: Tensor, x: Tensor, skip: Tensor, z: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """Launch the kernel: y, x [B, L, H, P] (x may be a view of wider rows), skip [H], z [B, L, H * P] (a view of
+    wider rows too), weight [H * P] -> [B, L, H * P]."""
+    batch, length, heads, head_dim = y.shape
+    inner = heads * head_dim
+    out = y.new_empty(batch, length, inner)
+    if out.numel() == 0:
+        return out
+    tokens = batch * length
+    rows = {"y": y.reshape(tokens, inner), "x": x.reshape(tokens, inner), "z": z.reshape(tokens, inner)}
+    rows = {name: t if t.stride(1) == 1 else t.contiguous() for name, t in rows.items()}
+    rows["y"] = rows["y"].contiguous()
+    execute(cached_plan(gated_norm_plan, tokens, inner, head_dim, rows["x"].stride(0), rows["z"].stride(0), eps,
+                        y.dtype),
+            {**rows, "skip": skip.to(y.dtype).contiguous(), "weight": weight.to(y.dtype).contiguous(), "out": out})
     return out
