@@ -167,6 +167,7 @@ def test_fp8_layers_follow_the_export_rule_and_the_whole_model_stays_close(gener
     assert deployed_layers == layers
     assert isinstance(module.blocks[1].moe, Fp8MixtureOfExperts)
     assert isinstance(module.blocks[1].attention, FusedMetaAttention)
+    assert not module.blocks[1].attention.ssd_gated_norm  # fp8: Inductor fuses the norm with the FP8 quantisation
     assert module.head.weight.dtype == torch.bfloat16
     got = DeployedModel(module, Buckets((4,), (48,)), torch.device("cpu")).forward(inputs)
     assert relative_error(got.float(), want) < 0.1  # E4M3 activations and weights, bf16 elsewhere
@@ -205,7 +206,7 @@ def test_only_the_meta_attentions_routers_filters_and_unaligned_linears_are_swap
     assert deployed.keys() == original.keys()
     assert sorted(path for path in original if type(deployed[path]) is not type(original[path])) == \
         sorted(attentions + routers + unaligned + filters)
-    assert all(isinstance(deployed[path], FusedMetaAttention) for path in attentions)
+    assert all(isinstance(deployed[path], FusedMetaAttention) and deployed[path].ssd_gated_norm for path in attentions)
     assert all(isinstance(deployed[path], Float32Router) for path in routers)
     assert all(isinstance(deployed[path], PaddedLinear) for path in unaligned)
     assert all(isinstance(deployed[path], PrecomputedFilter) for path in filters)
@@ -342,16 +343,18 @@ def test_the_artifact_must_be_deployable_and_its_weights_must_match(tiny_export:
         rebuild_model(directory, manifest, str(tmp_path / "missing.safetensors"))
 
 
+@pytest.mark.parametrize("ssd_gated_norm", [True, False])
 @pytest.mark.parametrize("dtype, bound", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
-def test_the_fused_meta_attention_is_the_meta_attention(dtype: torch.dtype, bound: float,
+def test_the_fused_meta_attention_is_the_meta_attention(dtype: torch.dtype, bound: float, ssd_gated_norm: bool,
                                                         generator: torch.Generator) -> None:
     model = build_model(get_config("tiny"), seed=6).eval()
     cast = copy.deepcopy(model).to(dtype)
     attention = cast.blocks[1].attention
     fused = copy.deepcopy(cast)
-    fuse_meta_attentions(fused)
+    fuse_meta_attentions(fused, ssd_gated_norm)
     swapped = fused.blocks[1].attention
     assert isinstance(swapped, FusedMetaAttention) and not any(type(m) is MetaAttention for m in fused.modules())
+    assert swapped.ssd_gated_norm is ssd_gated_norm
     x = torch.randn(3, 37, model.config.d_model, generator=generator).to(dtype)
     mask = torch.ones(3, 37, dtype=dtype)  # as MahiaX passes it: in the activations' dtype
     mask[1, 20:] = 0

@@ -226,25 +226,32 @@ class FusedMetaAttention(nn.Module):
     """A MetaAttention whose elementwise ends run as kernels that read each layout along its contiguous axis:
     `mahia::hyena_short_conv` (the Hyena short conv and k * v, from the projection's [B, L, 3D] to q [B, L, D] and
     kv [B, D, L]), `mahia::meta_attention_combine` (the Hyena product with its skip, the Fourier GELU and the
-    gate's softmax-weighted sum, from the long convs' [B, D, L] outputs to [B, L, D]), and `mahia::ssd_gated_norm`
-    (the SSD branch's skip, SiLU gate and RMSNorm in one pass over whole rows).
+    gate's softmax-weighted sum, from the long convs' [B, D, L] outputs to [B, L, D]), and, if `ssd_gated_norm`,
+    `mahia::ssd_gated_norm` (the SSD branch's skip, SiLU gate and RMSNorm in one pass over whole rows).
 
-    Why, measured on the H200 (bf16 base config, random weights, CUDA-graph replay; `PYTHONPATH=$PWD python3
-    benchmarks/compile_options.py`, 2026-12-01): compiled, 4.79 -> 4.41 ms at 8 x 523 and 63.4 -> 58.0 ms at 32 x
-    2059 against the earlier swaps (the short conv as shifted multiply-adds and the gate's sum in PyTorch, for
-    Inductor to fuse: it tiled them in one dimension, see mahia.kernels.triton.meta_attention); uncompiled, 9.10 ->
-    6.53 and 122.9 -> 83.7 ms against the model's own stack and `mahia::gate_combine`. Without it, the short conv
-    runs as PyTorch's generic depthwise-conv kernel, which torch.compile leaves alone: 12.4 ms of a 164.7 ms eager
-    forward at 32 x 2048 (`benchmarks/forward_kernels.py`, 2026-12-01), about ten times its memory traffic.
+    Why, measured on the H200 (base config, random weights, CUDA-graph replay), the first two: `PYTHONPATH=$PWD
+    python3 benchmarks/compile_options.py` (bf16, 2026-12-01): compiled, 4.79 -> 4.41 ms at 8 x 523 and 63.4 ->
+    58.0 ms at 32 x 2059 against the earlier swaps (the short conv as shifted multiply-adds and the gate's sum in
+    PyTorch, for Inductor to fuse: it tiled them in one dimension, see mahia.kernels.triton.meta_attention);
+    uncompiled, 9.10 -> 6.53 and 122.9 -> 83.7 ms against the model's own stack and `mahia::gate_combine`. Without
+    them, the short conv runs as PyTorch's generic depthwise-conv kernel, which torch.compile leaves alone: 12.4 ms
+    of a 164.7 ms eager forward at 32 x 2048 (`benchmarks/forward_kernels.py`), about ten times its memory traffic.
+
+    The gated norm replaces a two-pass Inductor reduction that wrote its rows in float32 and read them back (1.84 ms
+    of 32 x 2059's kernels in bf16). `mahia-bench --config base` in two calls, before and with it (compiled, graphs):
+    bf16 56.45 -> 55.83 ms at 32 x 2048, 4.44 -> 4.50 ms at 8 x 512; fp8 50.77 -> 51.02 and 4.49 -> 4.58 ms. Those
+    differences are within the 1-2% that separate calls differ by, so only the mechanism decides: backend "cuda"
+    keeps it off for fp8, where Inductor otherwise fuses the norm with the FP8 out_proj's input quantisation.
 
     The short conv's weights are kept in float32, of the deployed (already cast) conv, as its bf16 or fp16 output
     is summed in float32 and rounded once, as the aten conv accumulates.
     """
 
-    def __init__(self, attention: MetaAttention) -> None:
+    def __init__(self, attention: MetaAttention, ssd_gated_norm: bool = True) -> None:
         super().__init__()
         self.in_proj, self.gate, self.out_proj = attention.in_proj, attention.gate, attention.out_proj
         self.hyena, self.ssd, self.fourier = attention.hyena, attention.ssd, attention.fourier
+        self.ssd_gated_norm = ssd_gated_norm
         conv = attention.hyena.short_conv
         channels, _, width = conv.weight.shape
         if (conv.groups, conv.in_channels, conv.stride, conv.dilation, conv.padding, conv.padding_mode) != \
@@ -262,25 +269,31 @@ class FusedMetaAttention(nn.Module):
         hyena_conv = kernels.long_conv(kv, self.hyena.filter(length, x), True)
         fourier_input = (self.fourier.proj(u_fourier) * mask[..., None]).transpose(1, 2)
         fourier_conv = kernels.long_conv(fourier_input, self.fourier.filter(length, x), False)
-        y, ssd_input, ssd_gate = self.ssd.scan(u_ssd)
-        ssd = self.ssd.out_proj(kernels.ssd_gated_norm(y, ssd_input, self.ssd.skip, ssd_gate, self.ssd.norm.weight,
-                                                       self.ssd.norm.eps))
-        combined = kernels.meta_attention_combine(q, hyena_conv, kv, self.hyena.skip, ssd, fourier_conv, self.gate(x))
+        combined = kernels.meta_attention_combine(q, hyena_conv, kv, self.hyena.skip, self._ssd(u_ssd), fourier_conv,
+                                                  self.gate(x))
         return self.out_proj(combined)
 
+    def _ssd(self, u: Tensor) -> Tensor:
+        if not self.ssd_gated_norm:
+            return self.ssd(u)
+        y, ssd_input, ssd_gate = self.ssd.scan(u)
+        norm = self.ssd.norm
+        return self.ssd.out_proj(kernels.ssd_gated_norm(y, ssd_input, self.ssd.skip, ssd_gate, norm.weight, norm.eps))
 
-def fuse_meta_attentions(module: nn.Module) -> None:
+
+def fuse_meta_attentions(module: nn.Module, ssd_gated_norm: bool = True) -> None:
     """Replace, in place, every MetaAttention of `module` by its FusedMetaAttention (same submodules, shared)."""
     for path, attention in list(module.named_modules()):
         if type(attention) is MetaAttention:
-            module.set_submodule(path, FusedMetaAttention(attention))
+            module.set_submodule(path, FusedMetaAttention(attention, ssd_gated_norm))
 
 
 def deployable_module(model: MahiaX, precision: str, device: str | torch.device,
                       scales: Mapping[str, float] | None = None) -> tuple[nn.Module, list[str]]:
     """The eager fp32 `model` as it runs deployed at `precision` on `device`: (module, paths of FP8 GEMM layers).
-    Its meta-attentions are FusedMetaAttention, of the cast weights; its MoE routers are Float32Router; its long
-    filters are PrecomputedFilter (for no length yet); its Linear layers of unaligned widths are PaddedLinear."""
+    Its meta-attentions are FusedMetaAttention, of the cast weights (the SSD's gated norm left to PyTorch in fp8);
+    its MoE routers are Float32Router; its long filters are PrecomputedFilter (for no length yet); its Linear layers
+    of unaligned widths are PaddedLinear."""
     if precision not in ACTIVATION_DTYPES:
         raise ValueError(f"backend 'cuda' runs {', '.join(ACTIVATION_DTYPES)} artifacts, not {precision!r}; "
                          "deploy integer precisions with backend='onnx'")
@@ -290,7 +303,7 @@ def deployable_module(model: MahiaX, precision: str, device: str | torch.device,
         module, fp8_layers = to_fp8(model, scales, device)
     else:
         module, fp8_layers = copy.deepcopy(model).to(device=device, dtype=ACTIVATION_DTYPES[precision]).eval(), []
-    fuse_meta_attentions(module)
+    fuse_meta_attentions(module, ssd_gated_norm=precision != "fp8")
     float32_routers(module, model, ACTIVATION_DTYPES[precision])
     precompute_filters(module, model, ACTIVATION_DTYPES[precision])
     pad_linears(module)
