@@ -12,7 +12,7 @@ side along L and the [B, L, D] side along D, and exchanges them through shared m
 two-pass Inductor reduction at that size, its gated rows written in float32 and read back: 1.84 ms; here each
 program holds whole rows.
 
-Both kernels compute in float32 and round each output once; they have no AOT entry (no TensorRT plugin runs them).
+All three compute in float32 and round each output once; they have no AOT entry (no TensorRT plugin runs them).
 """
 
 from __future__ import annotations
@@ -221,10 +221,9 @@ def ssd_gated_norm(y: Tensor, x: Tensor, skip: Tensor, z: Tensor, weight: Tensor
     if out.numel() == 0:
         return out
     tokens = batch * length
-    rows = {"y": y.reshape(tokens, inner), "x": x.reshape(tokens, inner), "z": z.reshape(tokens, inner)}
-    rows = {name: t if t.stride(1) == 1 else t.contiguous() for name, t in rows.items()}
-    rows["y"] = rows["y"].contiguous()
-    execute(cached_plan(gated_norm_plan, tokens, inner, head_dim, rows["x"].stride(0), rows["z"].stride(0), eps,
-                        y.dtype),
-            {**rows, "skip": skip.to(y.dtype).contiguous(), "weight": weight.to(y.dtype).contiguous(), "out": out})
+    x_rows, z_rows = (t.reshape(tokens, inner) for t in (x, z))  # views of the projection's rows where they are
+    x_rows, z_rows = (t if t.stride(1) == 1 else t.contiguous() for t in (x_rows, z_rows))
+    execute(cached_plan(gated_norm_plan, tokens, inner, head_dim, x_rows.stride(0), z_rows.stride(0), eps, y.dtype),
+            {"y": y.contiguous(), "x": x_rows, "z": z_rows, "skip": skip.to(y.dtype).contiguous(),
+             "weight": weight.to(y.dtype).contiguous(), "out": out})
     return out
