@@ -26,16 +26,20 @@ from mahia.kernels.triton.plan import Buffer, KernelPlan, cached_plan, execute, 
 
 
 @triton.jit
+def tile_indices(BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's (batch as int64, positions, channels) on the grid (L blocks, D blocks, batch)."""
+    rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+    feats = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    return tl.program_id(2).to(tl.int64), rows, feats
+
+
+@triton.jit
 def hyena_short_conv_kernel(proj_ptr, weight_ptr, bias_ptr, q_ptr, kv_ptr, length, dim,
                             WIDTH: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
     """q = conv(proj)[:, :D] as [B, L, D], kv = conv(proj)[:, D:2D] * conv(proj)[:, 2D:] as [B, D, L]; conv is the
     causal depthwise conv of width WIDTH over proj [B, L, 3D]: c[t] = bias + sum_j weight[j] * proj[t - WIDTH + 1 + j],
     summed in that order in float32, each channel rounded to the output dtype before the product (as the model)."""
-    pid_l = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    batch = tl.program_id(2).to(tl.int64)
-    rows = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    feats = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    batch, rows, feats = tile_indices(BLOCK_L, BLOCK_D)
     feat_ok = feats < dim
     channels = 3 * dim
     proj_ptr += batch * length * channels
@@ -65,11 +69,7 @@ def meta_attention_combine_kernel(q_ptr, hyena_conv_ptr, kv_ptr, skip_ptr, ssd_p
                                   BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
     """out [B, L, D] = w0 * q * (hyena_conv + skip * kv) + w1 * ssd + w2 * gelu(fourier_conv), w = softmax(logits);
     q, ssd [B, L, D]; hyena_conv, kv, fourier_conv [B, D, L]; logits rows of `logits_stride` elements, 3 used."""
-    pid_l = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    batch = tl.program_id(2).to(tl.int64)
-    rows = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    feats = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    batch, rows, feats = tile_indices(BLOCK_L, BLOCK_D)
     row_ok = rows < length
     ok = row_ok[:, None] & (feats < dim)[None, :]
 
