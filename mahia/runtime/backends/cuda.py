@@ -17,10 +17,10 @@ experts (cuda_fp8.py) scaled by the artifact's calibration.json. Every input is 
 backends (Deployment.check_inputs), then padded to its (batch, seq) bucket (cuda_buckets.py).
 
 Every precision runs the meta-attention's elementwise ends (the Hyena short conv, the gate's weighted sum with the
-branches' last steps) as two Triton kernels that change layout through shared memory (FusedMetaAttention), the
-MoE routers in float32 (Float32Router: the top-k choice is discrete), the long filters' taps precomputed per bucket
-length (PrecomputedFilter), and Linear layers whose output width is not a multiple of 8 with zero-padded weights
-(PaddedLinear: cuBLAS's aligned kernels).
+branches' last steps and, except in fp8, the SSD's gated norm) as Triton kernels that change layout through shared
+memory (FusedMetaAttention), the MoE routers in float32 (Float32Router: the top-k choice is discrete), the long
+filters' taps precomputed per bucket length (PrecomputedFilter), and Linear layers whose output width is not a
+multiple of 8 with zero-padded weights (PaddedLinear: cuBLAS's aligned kernels).
 """
 
 from __future__ import annotations
