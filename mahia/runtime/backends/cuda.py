@@ -237,11 +237,12 @@ class FusedMetaAttention(nn.Module):
     them, the short conv runs as PyTorch's generic depthwise-conv kernel, which torch.compile leaves alone: 12.4 ms
     of a 164.7 ms eager forward at 32 x 2048 (`benchmarks/forward_kernels.py`), about ten times its memory traffic.
 
-    The gated norm replaces a two-pass Inductor reduction that wrote its rows in float32 and read them back (1.84 ms
-    of 32 x 2059's kernels in bf16). `mahia-bench --config base` in two calls, before and with it (compiled, graphs):
-    bf16 56.45 -> 55.83 ms at 32 x 2048, 4.44 -> 4.50 ms at 8 x 512; fp8 50.77 -> 51.02 and 4.49 -> 4.58 ms. Those
-    differences are within the 1-2% that separate calls differ by, so only the mechanism decides: backend "cuda"
-    keeps it off for fp8, where Inductor otherwise fuses the norm with the FP8 out_proj's input quantisation.
+    The gated norm replaces, at 32 x 2059, a two-pass Inductor reduction that wrote its rows in float32 and read them
+    back (1.84 ms of the bf16 forward's kernels); at 8 x 523 Inductor's kernel is one pass already (0.088 ms), and in
+    fp8 one persistent kernel with the FP8 out_proj's input quantisation (0.111 ms), which this kernel splits in two.
+    `mahia-bench --config base` in two calls, before and with it (compiled, graphs): bf16 56.45 -> 55.83 ms at 32 x
+    2048, 4.44 -> 4.50 ms at 8 x 512; fp8 50.77 -> 51.02 and 4.49 -> 4.58 ms. Separate calls differ by 1-2%, so
+    these say little alone; with the kernel profiles, backend "cuda" runs it in bf16, fp16 and fp32, not in fp8.
 
     The short conv's weights are kept in float32, of the deployed (already cast) conv, as its bf16 or fp16 output
     is summed in float32 and rounded once, as the aten conv accumulates.
