@@ -1,8 +1,8 @@
 """Kernel launch plans as data: what an op launches, in order, at concrete sizes.
 
-Each kernel module (`gate_combine`, `long_conv`, `ssd_scan`, `moe_ffn`) has `plan(sizes..., dtype) ->
-KernelPlan`: every buffer the op touches (its inputs and outputs, and the workspace it allocates: name,
-dtype, element count) and its launches in order (kernel, grid, warps, stages, constexprs, each argument
+Each kernel module (`gate_combine`, `long_conv`, `ssd_scan`, `moe_ffn`; `meta_attention` one per op) has
+`plan(sizes..., dtype) -> KernelPlan`: every buffer the op touches (its inputs and outputs, and the workspace it
+allocates: name, dtype, element count) and its launches in order (kernel, grid, warps, stages, constexprs, each argument
 by name: the buffer a pointer receives or an int32 scalar's value, and the buffers each launch reads
 and writes). The same plan is used three ways, so launch logic exists once:
 - the torch launcher executes it (`execute`: one allocation per workspace buffer, launches in order);
