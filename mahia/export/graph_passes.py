@@ -33,3 +33,28 @@ def share_equal_shapes(graph: ir.Graph) -> int:
         else:
             first[key] = node.outputs[0]
     return merged
+
+
+def drop_cast_round_trips(graph: ir.Graph) -> int:
+    """Read every Cast(to float32) of a Cast(to float16) of a float32 value from that value instead, and drop the
+    casts left unused; returns how many round trips it removed. Needs the values' types (shape inference).
+
+    ONNX Runtime's fp16 converter keeps a blocked node in fp32 by casting its inputs up and its outputs down, node
+    by node: between two blocked nodes the value still passes through float16, and overflows there as before.
+    """
+    removed = 0
+    for node in list(graph):
+        if node.op_type != "Cast" or node.attributes.get_int("to") != ir.DataType.FLOAT:
+            continue
+        down = node.inputs[0].producer()
+        if down is None or down.op_type != "Cast" or down.attributes.get_int("to") != ir.DataType.FLOAT16:
+            continue
+        source, up = down.inputs[0], node.outputs[0]
+        if source.dtype != ir.DataType.FLOAT or up.is_graph_output():
+            continue
+        ir.convenience.replace_all_uses_with(up, source)
+        graph.remove(node, safe=True)
+        removed += 1
+        if not down.outputs[0].uses() and not down.outputs[0].is_graph_output():
+            graph.remove(down, safe=True)
+    return removed

@@ -136,12 +136,16 @@ class ParityResult:
         return bool(self.rows) and all(r.passed for r in self.rows)
 
     def worst(self) -> ParityRow:
-        """The row with the largest rel. L2 error, a failed row before any passing one (one budget for all rows)."""
-        return max(self.rows, key=lambda r: (not r.passed, r.rel_l2_error))
+        """The row with the largest rel. L2 error, a failed row before any passing one (one budget for all rows) and
+        a non-finite one (NaN or inf in the output) before any other."""
+        return max(self.rows, key=lambda r: (not r.passed, not _finite(r), r.rel_l2_error if _finite(r) else 0.0))
 
-    def to_pass(self) -> Tolerances:
+    def to_pass(self) -> Tolerances | None:
         """The budget this run's graphs would pass: the run's own, with max_rel_error (and atol, when the
-        elementwise check failed) raised to 1.25x the worst error rounded up to one significant digit."""
+        elementwise check failed) raised to 1.25x the worst error rounded up to one significant digit; None when an
+        output is not finite, which no budget passes."""
+        if not all(_finite(r) for r in self.rows):
+            return None
         t = self.tolerances
         max_rel = max(t.max_rel_error, _round_up(1.25 * max(r.rel_l2_error for r in self.rows)))
         atol = t.atol
@@ -153,7 +157,16 @@ class ParityResult:
         """JSON-ready form (parity.json); a failed run also records `to_pass`."""
         return {"passed": self.passed, "tolerances": asdict(self.tolerances),
                 "rows": [asdict(r) for r in self.rows], "worst": asdict(self.worst()) if self.rows else None,
-                **({"to_pass": asdict(self.to_pass())} if self.rows and not self.passed else {})}
+                **({"to_pass": self._to_pass_dict()} if self.rows and not self.passed else {})}
+
+    def _to_pass_dict(self) -> dict | None:
+        need = self.to_pass()
+        return None if need is None else asdict(need)
+
+
+def _finite(row: ParityRow) -> bool:
+    """True when the row's errors are numbers: the output had no NaN or inf where the reference had none."""
+    return math.isfinite(row.rel_l2_error) and math.isfinite(row.max_abs_error)
 
 
 def _round_up(value: float) -> float:
@@ -168,12 +181,16 @@ def failure_message(result: ParityResult, trained: bool, precision: str) -> str:
     """One line: the worst row and which check it failed, and the flags that would pass; for an untrained model,
     also why its error is over a budget that was set on trained weights."""
     worst, t = result.worst(), result.tolerances
+    need = result.to_pass()
+    if need is None:
+        return (f"Parity FAILED: the {worst.backend} output {worst.output!r} at batch {worst.batch} x seq {worst.seq} "
+                f"is not finite (NaN or inf; max abs error {worst.max_abs_error}), which no tolerance passes"
+                + (": in fp16, most likely a value past its range (65504)." if precision == "fp16" else "."))
     failed = [f"rel L2 error {worst.rel_l2_error:.3e} > {t.max_rel_error}"] if worst.rel_l2_error > t.max_rel_error \
         else []
     if not worst.polygraphy_passed:
         failed.append(f"elementwise |error| {worst.max_abs_error:.3e} over atol={t.atol} where the relative error "
                       f"{worst.max_elementwise_rel_error:.3e} is over rtol={t.rtol}")
-    need = result.to_pass()
     flags = f"--max-rel-error {need.max_rel_error:g}" + (f" --atol {need.atol:g}" if need.atol != t.atol else "")
     message = (f"Parity FAILED: worst {worst.backend} output {worst.output!r} at batch {worst.batch} x seq {worst.seq}:"
                f" {'; '.join(failed)} (max abs error {worst.max_abs_error:.3e}, logits norm "

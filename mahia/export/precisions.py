@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 import onnx
+import onnx_ir
 import torch
 
 from mahia.calibration.recipes import (
@@ -26,6 +27,7 @@ from mahia.calibration.recipes import (
     Recipe,
     RecipeType,
 )
+from mahia.export import graph_passes
 from mahia.export.config import TaskBudget
 from mahia.export.formats import formats as registered_formats
 from mahia.model import MahiaX
@@ -102,8 +104,35 @@ def fp16_block_list() -> list[str]:
     return list(float16.DEFAULT_OP_BLOCK_LIST) + list(FP16_EXTRA_BLOCKED_OPS)
 
 
+def fp32_nodes(graph: onnx.GraphProto) -> list[str]:
+    """The nodes the fp16 graph keeps in fp32 besides the blocked op types: those traced in an RMSNorm (the model
+    normalises in float32), and the SSD branches' scans and gated norms (traced in an SSDBranch, outside its Linear
+    layers).
+
+    Why: the trained default passes fp16's largest value, 65504. Measured on this CPU (`mahia-export --precision
+    fp16`, 2026-12-01): the third block's SSD chunk sums reached 62784 and inf, a pre-norm's squares 64928, and every
+    logit was NaN at all four parity points. Past the SSD's RMSNorm its largest value is about 400.
+    """
+    import ast
+
+    from torch import nn
+
+    from mahia.export.stages import CLASS_HIERARCHY_KEY
+    from mahia.model.meta_attention import SSDBranch
+    from mahia.model.norm import RMSNorm
+
+    norm, ssd, linear = (f"{cls.__module__}.{cls.__qualname__}" for cls in (RMSNorm, SSDBranch, nn.Linear))
+    names = []
+    for node in graph.node:
+        classes = next((ast.literal_eval(p.value) for p in node.metadata_props if p.key == CLASS_HIERARCHY_KEY), [])
+        if norm in classes or (ssd in classes and linear not in classes):
+            names.append(node.name)
+    return names
+
+
 def build_fp16(ctx: BuildContext) -> Built:
-    """fp16 ONNX: float16 weights and activations, fp32 inputs/outputs, blocked ops kept in fp32.
+    """fp16 ONNX: float16 weights and activations, fp32 inputs/outputs, blocked ops, the RMSNorms and the SSD scans
+    and gated norms (fp32_nodes) kept in fp32.
 
     Uses ONNX Runtime's float16 converter (onnxruntime.transformers.float16), the maintained copy of
     onnxconverter-common's: onnxconverter-common 1.16 leaves Cast(to=float) nodes fed by integer
@@ -119,13 +148,17 @@ def build_fp16(ctx: BuildContext) -> Built:
     source.CopyFrom(ctx.onnx_fp32)  # the converter edits its argument in place
     # Shape inference stays on: without value types the converter feeds blocked ops (ScatterND-add)
     # float16 inputs, which ONNX Runtime rejects (measured).
+    kept_fp32 = fp32_nodes(source.graph)
     converted = float16.convert_float_to_float16(source, keep_io_types=True, op_block_list=blocked,
-                                                 disable_shape_infer=False)
+                                                 node_block_list=kept_fp32, disable_shape_infer=False)
+    ir_model = onnx_ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(converted))
+    graph_passes.drop_cast_round_trips(ir_model.graph)  # adjacent fp32 nodes pass values in fp32
+    converted = onnx_ir.serde.serialize_model(ir_model)
     del converted.graph.value_info[:]  # as for fp32: DFT shapes must be re-inferred by the runtime
     OnnxModel(converted).topological_sort()  # the converter appends its input casts after their consumers
     present = sorted({n.op_type for n in ctx.onnx_fp32.graph.node} & set(blocked))
     return Built(onnx=converted, notes={"fp32_ops": present, "converter": "onnxruntime.transformers.float16",
-                                        "block_list": blocked})
+                                        "block_list": blocked, "fp32_nodes": len(kept_fp32)})
 
 
 def build_bf16(ctx: BuildContext) -> Built:

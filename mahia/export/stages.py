@@ -29,6 +29,10 @@ from mahia.export.errors import ExportError
 from mahia.export.flavours import LoweringSizes, get_flavour
 from mahia.model import INPUT_NAMES, OUTPUT_NAMES, MahiaX, ModelConfig, ModelSource, get_config, random_inputs
 
+# torch.onnx's per-node list of the module classes (and, last, the op) a node was traced in, e.g.
+# ['mahia.model.mahia_x.MahiaX', ..., 'mahia.model.meta_attention.SSDBranch', 'aten.softplus.default'].
+CLASS_HIERARCHY_KEY = "pkg.torch.onnx.class_hierarchy"
+
 # What lower_to_onnx does after the exporter, as the manifest records it.
 OPTIMIZER = ("onnxscript (torch.onnx optimize=True), then graph_passes.share_equal_shapes and a second onnxscript "
              "pass (constant folding without size limits, CSE)")
@@ -104,8 +108,9 @@ def lower_to_onnx(program: torch.export.ExportedProgram, config: ModelConfig, pr
 
     The exporter runs the onnxscript optimizer (constant folding, dead code, common subexpressions).
     Afterwards: per-node debug metadata (stack traces with absolute paths) is dropped so the bytes do
-    not depend on where the code lives, and graph value_info is dropped because the exporter's DFT
-    shapes are those of the traced length (ONNX Runtime then fails at other lengths; it re-infers).
+    not depend on where the code lives, except each node's module classes (CLASS_HIERARCHY_KEY), which
+    the fp16 build reads; and graph value_info is dropped because the exporter's DFT shapes are those of
+    the traced length (ONNX Runtime then fails at other lengths; it re-infers).
     """
     try:
         flavour = get_flavour(flavour_name)
@@ -130,7 +135,10 @@ def lower_to_onnx(program: torch.export.ExportedProgram, config: ModelConfig, pr
     model = onnx_ir.serde.serialize_model(onnx_program.model)
     del model.graph.value_info[:]
     for node in model.graph.node:
+        kept = [(p.key, p.value) for p in node.metadata_props if p.key == CLASS_HIERARCHY_KEY]
         del node.metadata_props[:]
+        for key, value in kept:
+            node.metadata_props.add(key=key, value=value)
     del model.metadata_props[:]
     model.producer_name, model.producer_version = "mahia", __import__("mahia").__version__
     model.doc_string = f"MAHIA-X {config.name}, {flavour.name} ONNX flavour"

@@ -62,20 +62,24 @@ class SSDBranch(nn.Module):
         self.skip = nn.Parameter(torch.ones(self.heads))
 
     def scan(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """u [B, L, D] -> the scan's output y and input x [B, L, heads, head_dim], and the gate z [B, L, inner]."""
+        """u [B, L, D] -> the scan's output y and input x [B, L, heads, head_dim], and the gate z [B, L, inner];
+        in float32 for fp16 activations: the trained default's scan passes fp16's largest value, 65504 (its chunk
+        sums reached 62784 and inf, and every logit was NaN; benchmarks/RESULTS.md)."""
         batch, length, _ = u.shape
         inner = self.heads * self.head_dim
         x, z, b, c, dt = self.proj(u).split([inner, inner, self.state, self.state, self.heads], dim=-1)
+        if u.dtype == torch.float16:
+            x, z, b, c, dt = (t.float() for t in (x, z, b, c, dt))
         x = x.reshape(batch, length, self.heads, self.head_dim)
         dt = F.softplus(dt + self.dt_bias)
-        a = -torch.exp(self.a_log)
+        a = -torch.exp(self.a_log.to(x.dtype))
         return kernels.ssd_scan(x, dt, a, b, c, self.chunk_size), x, z
 
     def forward(self, u: Tensor) -> Tensor:
         """u [B, L, D] -> [B, L, D]; causal."""
         y, x, z = self.scan(u)
         y = y + self.skip[:, None] * x
-        return self.out_proj(self.norm(y.flatten(2) * F.silu(z)))
+        return self.out_proj(self.norm(y.flatten(2) * F.silu(z)).to(u.dtype))
 
 
 class FourierBranch(nn.Module):

@@ -1,4 +1,5 @@
-"""Post-export graph passes: equal symbolic sizes become one value, and what depends on them is built once."""
+"""Post-export graph passes: equal symbolic sizes become one value, and what depends on them is built once; float32
+values cast down to float16 and straight back up are read as they were."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import onnx_ir as ir
 
 from mahia.export import stages
 from mahia.export.config import DimRange
-from mahia.export.graph_passes import share_equal_shapes
+from mahia.export.graph_passes import drop_cast_round_trips, share_equal_shapes
 from mahia.model import build_model, get_config
 
 
@@ -75,3 +76,26 @@ def test_twiddle_matrices_are_built_once_per_graph_not_per_layer(tiny_export: di
               for g in (graph, onnx.load(str(tiny_export["dir"] / "model.onnx")))]
     assert get_config("tiny").n_layers == 2
     assert counts[0]["Sin"] == counts[1]["Sin"] > 0  # the two-layer graph builds no more DFT matrices
+
+
+def _cast(graph: ir.Graph, value: ir.Value, to: ir.DataType) -> ir.Value:
+    node = ir.node("Cast", [value], attributes={"to": to})
+    graph.append(node)
+    node.outputs[0].dtype = to
+    return node.outputs[0]
+
+
+def test_float32_values_cast_to_float16_and_back_are_read_directly() -> None:
+    x = ir.Value(name="x", shape=ir.Shape([4]), type=ir.TensorType(ir.DataType.FLOAT))
+    ids = ir.Value(name="ids", shape=ir.Shape([4]), type=ir.TensorType(ir.DataType.INT64))
+    graph = ir.Graph([x, ids], [], nodes=[], opset_imports={"": 21})
+    down = _cast(graph, x, ir.DataType.FLOAT16)
+    round_trip = _readers(graph, [_cast(graph, down, ir.DataType.FLOAT)])[0]  # the only reader of `down`
+    shared = _cast(graph, x, ir.DataType.FLOAT16)
+    both = _readers(graph, [_cast(graph, shared, ir.DataType.FLOAT), shared])  # `shared` is read in fp16 too
+    integer = _readers(graph, [_cast(graph, _cast(graph, ids, ir.DataType.FLOAT16), ir.DataType.FLOAT)])[0]
+    assert drop_cast_round_trips(graph) == 2
+    assert round_trip.inputs[0] is x and both[0].inputs[0] is x  # the float32 value, as it was
+    assert both[1].inputs[0] is shared  # the fp16 reader keeps its cast
+    assert integer.inputs[0].producer().op_type == "Cast"  # int64 -> fp16 -> fp32 is no round trip of a float32
+    assert [n.op_type for n in graph].count("Cast") == 3  # `down` and one up-cast gone; `shared` and two int casts

@@ -84,3 +84,18 @@ def test_the_suggested_flags_pass(tmp_path: Path) -> None:
     flags = re.search(r"pass (--max-rel-error \S+ --atol \S+)\. Kept for debugging", message).group(1).split()
     passed = CliRunner().invoke(main, [*base, *flags, "--out", str(tmp_path / "b")])
     assert passed.exit_code == 0, passed.output
+
+
+def test_a_non_finite_output_fails_with_its_own_message_and_no_flags() -> None:
+    # The fp16 export of the trained default produced NaN logits at every point (2026-12-01); parity then crashed
+    # computing the flags ("cannot convert float NaN to integer") instead of saying what failed.
+    budget = Tolerances(atol=0.1, rtol=0.1, max_rel_error=0.03)
+    nan = float("nan")
+    result = ParityResult(budget, (row(0.2, 0.15, False, budget), row(nan, nan, False, budget, 3),
+                                   row(0.01, 0.02, True, budget, 8)))
+    assert result.worst().batch == 3 and result.to_pass() is None
+    assert result.to_dict()["to_pass"] is None and not result.to_dict()["passed"]
+    assert failure_message(result, trained=True, precision="fp16") == (
+        "Parity FAILED: the onnxrt output 'logits' at batch 3 x seq 37 is not finite (NaN or inf; max abs error nan), "
+        "which no tolerance passes: in fp16, most likely a value past its range (65504).")
+    assert failure_message(result, trained=False, precision="bf16").endswith("which no tolerance passes.")

@@ -277,9 +277,10 @@ class FusedMetaAttention(nn.Module):
     def _ssd(self, u: Tensor) -> Tensor:
         if not self.ssd_gated_norm:
             return self.ssd(u)
-        y, ssd_input, ssd_gate = self.ssd.scan(u)
+        y, ssd_input, ssd_gate = self.ssd.scan(u)  # float32 for fp16 activations (SSDBranch.scan says why)
         norm = self.ssd.norm
-        return self.ssd.out_proj(kernels.ssd_gated_norm(y, ssd_input, self.ssd.skip, ssd_gate, norm.weight, norm.eps))
+        gated = kernels.ssd_gated_norm(y, ssd_input, self.ssd.skip, ssd_gate, norm.weight, norm.eps)
+        return self.ssd.out_proj(gated.to(u.dtype))
 
 
 def fuse_meta_attentions(module: nn.Module, ssd_gated_norm: bool = True) -> None:
