@@ -130,9 +130,13 @@ def fp32_nodes(graph: onnx.GraphProto) -> list[str]:
     return names
 
 
-def build_fp16(ctx: BuildContext) -> Built:
-    """fp16 ONNX: float16 weights and activations, fp32 inputs/outputs, blocked ops, the RMSNorms and the SSD scans
-    and gated norms (fp32_nodes) kept in fp32.
+def to_float16(fp32: onnx.ModelProto, dtypes: Mapping[str, int] | None = None) -> tuple[onnx.ModelProto, list[str]]:
+    """The fp16 graph of an fp32 graph, and the names of the nodes it keeps in fp32 (fp32_nodes) besides the blocked op
+    types: float16 weights and activations, fp32 inputs and outputs. The portable fp16 build and the TensorRT fp16
+    graph both come from here.
+
+    `dtypes` (tensor name -> ONNX elem type) types what ONNX shape inference cannot, the tensors after a plugin node
+    (trt_graphs.tensor_dtypes): the converter casts only the values it has a type for.
 
     Uses ONNX Runtime's float16 converter (onnxruntime.transformers.float16), the maintained copy of
     onnxconverter-common's: onnxconverter-common 1.16 leaves Cast(to=float) nodes fed by integer
@@ -141,21 +145,32 @@ def build_fp16(ctx: BuildContext) -> Built:
     from onnxruntime.transformers import float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    if ctx.onnx_fp32 is None:
-        raise ValueError("fp16 builds ONNX only: the portable fp32 ONNX is missing")
-    blocked = fp16_block_list()
     source = onnx.ModelProto()
-    source.CopyFrom(ctx.onnx_fp32)  # the converter edits its argument in place
+    source.CopyFrom(fp32)  # the converter edits its argument in place
+    if dtypes:
+        typed = {v.name for v in (*source.graph.input, *source.graph.output, *source.graph.value_info)}
+        source.graph.value_info.extend(onnx.helper.make_tensor_value_info(name, elem, None)
+                                       for name, elem in dtypes.items() if name not in typed)
+    kept_fp32 = fp32_nodes(source.graph)
     # Shape inference stays on: without value types the converter feeds blocked ops (ScatterND-add)
     # float16 inputs, which ONNX Runtime rejects (measured).
-    kept_fp32 = fp32_nodes(source.graph)
-    converted = float16.convert_float_to_float16(source, keep_io_types=True, op_block_list=blocked,
+    converted = float16.convert_float_to_float16(source, keep_io_types=True, op_block_list=fp16_block_list(),
                                                  node_block_list=kept_fp32, disable_shape_infer=False)
-    ir_model = onnx_ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(converted))
+    ir_model = onnx_ir.serde.deserialize_model(converted)  # typed by the converter's value_info
     graph_passes.drop_cast_round_trips(ir_model.graph)  # adjacent fp32 nodes pass values in fp32
     converted = onnx_ir.serde.serialize_model(ir_model)
     del converted.graph.value_info[:]  # as for fp32: DFT shapes must be re-inferred by the runtime
     OnnxModel(converted).topological_sort()  # the converter appends its input casts after their consumers
+    return converted, kept_fp32
+
+
+def build_fp16(ctx: BuildContext) -> Built:
+    """fp16 ONNX (to_float16): float16 weights and activations, fp32 inputs/outputs, blocked ops, the RMSNorms and
+    the SSD scans and gated norms kept in fp32."""
+    if ctx.onnx_fp32 is None:
+        raise ValueError("fp16 builds ONNX only: the portable fp32 ONNX is missing")
+    converted, kept_fp32 = to_float16(ctx.onnx_fp32)
+    blocked = fp16_block_list()
     present = sorted({n.op_type for n in ctx.onnx_fp32.graph.node} & set(blocked))
     return Built(onnx=converted, notes={"fp32_ops": present, "converter": "onnxruntime.transformers.float16",
                                         "block_list": blocked, "fp32_nodes": len(kept_fp32)})

@@ -2,8 +2,9 @@
 
 TensorRT 11 is strongly typed: the graph's own dtypes and Q/DQ nodes decide every precision. So:
 - fp32: the lowered graph as it is;
-- fp16: ONNX Runtime's float16 converter with the portable fp16 build's block list (precisions.fp16_block_list);
-  plugin nodes are converted like any other op, so a plugin whose float inputs are float16 runs in float16;
+- fp16: the portable fp16 build's conversion (precisions.to_float16: ONNX Runtime's float16 converter, its op
+  block list, the RMSNorms and SSD scans kept in fp32); plugin nodes are converted like any other op, so a plugin
+  whose float inputs are float16 runs in float16, and the SSD scan's plugins run in float32;
 - int8, fp8, int4, auto: the quantization is TRANSPLANTED from the precision's portable quantized graph (built from
   the one calibration table, calibration.json): for every quantized MatMul/Gemm outside the MoE experts, the
   Q/DQ (and AWQ) nodes and quantized initializers in front of it are copied in front of the same layer's node here
@@ -50,7 +51,10 @@ def tensorrt_graph(precision: str, fp32: onnx.ModelProto, ctx: BuildContext, por
         graph = onnx.ModelProto()
         graph.CopyFrom(fp32)
     elif precision == "fp16":
-        graph = to_float16(fp32)
+        from mahia.export.precisions import to_float16
+
+        graph, kept_fp32 = to_float16(fp32, tensor_dtypes(fp32))
+        notes["fp32_nodes"] = len(kept_fp32)
     elif ctx.recipe is not None:
         if portable is None or portable.onnx is None or ctx.onnx_fp32 is None:
             raise ExportError(f"{precision}: the TensorRT graph takes its quantization from the portable "
@@ -72,22 +76,6 @@ def tensorrt_graph(precision: str, fp32: onnx.ModelProto, ctx: BuildContext, por
     except ValueError as exc:
         raise ExportError(f"the {precision} TensorRT graph: {exc}") from None
     return graph, notes
-
-
-def to_float16(fp32: onnx.ModelProto) -> onnx.ModelProto:
-    """The fp16 graph: ONNX Runtime's float16 converter, fp32 I/O, the portable fp16 build's block list."""
-    from onnxruntime.transformers import float16
-    from onnxruntime.transformers.onnx_model import OnnxModel
-
-    from mahia.export.precisions import fp16_block_list
-
-    source = onnx.ModelProto()
-    source.CopyFrom(fp32)  # the converter edits its argument in place
-    converted = float16.convert_float_to_float16(source, keep_io_types=True, op_block_list=fp16_block_list(),
-                                                 disable_shape_infer=False)
-    del converted.graph.value_info[:]
-    OnnxModel(converted).topological_sort()
-    return converted
 
 
 def tensor_dtypes(model: onnx.ModelProto) -> dict[str, int]:

@@ -75,17 +75,18 @@ def _portable_error(lowered, portable: Built) -> float:
     return float(np.linalg.norm(logits - reference) / np.linalg.norm(reference))
 
 
-def _check_receives(notes: dict, float_type: str, expert_weights: str) -> None:
-    """Plugins take the float type on their float inputs, fixed dtypes elsewhere, never a DequantizeLinear output
-    (plugin_inputs refuses that), and the MoE expert weights as `expert_weights`."""
+def _check_receives(notes: dict, float_type: str, expert_weights: str, float32_plugins: tuple[str, ...] = ()) -> None:
+    """Plugins take the float type on their float inputs (float32 for `float32_plugins`), fixed dtypes elsewhere, never
+    a DequantizeLinear output (plugin_inputs refuses that), and the MoE expert weights as `expert_weights`."""
     for plugin, inputs in notes["plugin_inputs"].items():
         for name, kind in inputs.items():
             if name in FLOAT_INPUTS:
-                assert kind == float_type, (plugin, name, kind)
+                assert kind == ("float32" if plugin.startswith(float32_plugins) else float_type), (plugin, name, kind)
             elif name in FIXED:
                 assert kind == FIXED[name], (plugin, name, kind)
-            elif name == "a":  # SSD decay: a weight, in the float type or float32
-                assert kind in (f"{float_type} initializer", "float32 initializer"), (plugin, kind)
+            elif name == "a":  # SSD decay: a weight in the float type or float32, or cast up for a float32 plugin
+                fp32_cast = ("float32",) if plugin.startswith(float32_plugins) else ()
+                assert kind in (f"{float_type} initializer", "float32 initializer", *fp32_cast), (plugin, kind)
             else:
                 assert plugin.startswith("MoeUp") or plugin.startswith("MoeDown"), (plugin, name)
                 assert kind == expert_weights[name.endswith("_scale")], (plugin, name, kind)
@@ -96,7 +97,9 @@ def test_fp32_and_fp16_plugins_receive_the_graphs_float_type(lowered) -> None:
     _check_receives(notes, "float32", ("float32 initializer", ""))
     assert _wired_error(lowered, graph) < get_precision("fp32").max_rel_error
     graph, notes, _ = _build(lowered, "fp16")
-    _check_receives(notes, "float16", ("float16 initializer", ""))
+    # the SSD scan stays fp32 in the fp16 graphs (precisions.fp32_nodes: the trained default's passes fp16's range)
+    _check_receives(notes, "float16", ("float16 initializer", ""), float32_plugins=("SsdChunk",))
+    assert notes["fp32_nodes"] > 0
     assert _wired_error(lowered, graph) < get_precision("fp16").max_rel_error
 
 
