@@ -4,7 +4,7 @@
                                                     # the project is not installed)
     python benchmarks/kernels.py --bench            # timings, roofline measured in the same run
     python benchmarks/kernels.py --check --bench --sweep --out DIR
-    python benchmarks/kernels.py --check --only hyena_short_conv,meta_attention_combine,ssd_gated_norm  # some ops
+    python benchmarks/kernels.py --check --bench --only hyena_short_conv,meta_attention_combine,ssd_gated_norm
 
 Needs a CUDA GPU. Every check draws fresh random inputs, poisons the allocator's free memory with
 NaN first (so an output element the kernel never writes shows up), and compares with the float64
@@ -297,9 +297,24 @@ def timed(rows, kernel, shape, impl, fn, bytes_moved, flops, bandwidth, peak) ->
     row(rows, kernel, shape, impl, ms, bytes_moved, flops, bandwidth, peak)
 
 
-def bench_all(bandwidth: float, peak: float) -> list[dict]:
-    """The issue's timing table."""
+def bench_all(bandwidth: float, peak: float, only: frozenset[str] | None = None) -> list[dict]:
+    """The issue's timing table (or the rows of the ops in `only`)."""
     rows: list[dict] = []
+    wanted = lambda op: only is None or op in only  # noqa: E731
+    if wanted("moe_ffn"):
+        bench_moe(rows, bandwidth, peak)
+    if wanted("ssd_scan"):
+        bench_ssd(rows, bandwidth, peak)
+    if wanted("long_conv"):
+        bench_long_conv(rows, bandwidth, peak)
+    if wanted("gate_combine"):
+        bench_gate_combine(rows, bandwidth, peak)
+    bench_meta_attention_ends(rows, bandwidth, wanted)
+    return rows
+
+
+def bench_moe(rows: list[dict], bandwidth: float, peak: float) -> None:
+    """mahia::moe_ffn (bf16 and FP8 weights) against the per-expert loop, a dense masked form and _grouped_mm."""
     dtype = torch.bfloat16
     import triton.testing
 
@@ -346,6 +361,10 @@ def bench_all(bandwidth: float, peak: float) -> list[dict]:
             timed(rows, "moe_ffn", shape, "torch.compile(_grouped_mm)", lambda: compiled(*args, top_k),
                   bytes_moved, flops, bandwidth, peak)
 
+
+def bench_ssd(rows: list[dict], bandwidth: float, peak: float) -> None:
+    """mahia::ssd_scan against its fp32 eager reference."""
+    dtype = torch.bfloat16
     batch, length, heads, head_dim, state, chunk = 8, 4096, 16, 64, 128, 256
     make = lambda: ssd_inputs(batch, length, heads, head_dim, state, dtype)  # noqa: E731
     io_bytes = 2 * (2 * batch * length * heads * head_dim + 2 * batch * length * state + batch * length * heads)
@@ -361,6 +380,10 @@ def bench_all(bandwidth: float, peak: float) -> list[dict]:
           lambda ref_args=ref_args: reference.ssd_scan(*ref_args, chunk), io_bytes, flops, bandwidth, peak)
     del ref_args  # the fp32 copies are freed here, as the lambda that bound them is gone
 
+
+def bench_long_conv(rows: list[dict], bandwidth: float, peak: float) -> None:
+    """The Toeplitz kernel, mahia::long_conv's by-length choice and torch.fft."""
+    dtype = torch.bfloat16
     from mahia.kernels.triton import long_conv as conv_kernel
 
     for length in (1024, 2048, 4096):
@@ -377,6 +400,10 @@ def bench_all(bandwidth: float, peak: float) -> list[dict]:
             timed(rows, "long_conv", shape, "torch.fft (reference)",
                   lambda: reference.long_conv(*nxt(), causal), io_bytes, flops, bandwidth, peak)
 
+
+def bench_gate_combine(rows: list[dict], bandwidth: float, peak: float) -> None:
+    """mahia::gate_combine against the eager weighted sum."""
+    dtype = torch.bfloat16
     batch, length, dim = 8, 4096, 1024
     io_bytes = 2 * (4 * batch * length * dim + 3 * batch * length)
     make = lambda: (torch.randn(batch, length, dim, 3, device="cuda", dtype=dtype),  # noqa: E731
@@ -387,7 +414,59 @@ def bench_all(bandwidth: float, peak: float) -> list[dict]:
           io_bytes, 0, bandwidth, peak)
     timed(rows, "gate_combine", shape, "eager (MetaAttention inline)", lambda: reference.gate_combine(*nxt()),
           io_bytes, 0, bandwidth, peak)
-    return rows
+
+
+def graph_timed(rows, kernel, shape, impl, fn, bytes_moved, bandwidth) -> None:
+    """Time fn in CUDA-graph replay (how backend "cuda" runs it: no launch cost) and record it, or why it failed."""
+    import triton.testing
+
+    try:
+        fn()  # compiles a torch.compile'd fn before the capture
+        ms = float(triton.testing.do_bench_cudagraph(fn, rep=200, return_mode="median"))
+    except Exception as exc:
+        say(f"{kernel:12s} {shape:34s} {impl:28s} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+        rows.append({"kernel": kernel, "shape": shape, "impl": impl, "error": f"{type(exc).__name__}: {exc}"[:500]})
+        return
+    row(rows, kernel, shape, impl, ms, bytes_moved, 0, bandwidth, 1.0)
+
+
+def bench_meta_attention_ends(rows: list[dict], bandwidth: float, wanted: Callable[[str], bool]) -> None:
+    """The meta-attention's three elementwise kernels at base's width and the deployed bucket lengths of 8 x 512 and
+    32 x 2048 (528 and 2064 positions), in graph replay, against their references eager and torch.compile'd (what
+    Inductor made of the same arithmetic). Bytes moved: each tensor read or written once, at 2 bytes an element."""
+    dtype, dim = torch.bfloat16, 768
+    for batch, length in ((8, 528), (32, 2064)):
+        elements = batch * length * dim
+        if wanted("hyena_short_conv"):  # proj [B, L, 3D] in; q [B, L, D] and kv [B, D, L] out
+            make = lambda: (torch.randn(batch, length, 3 * dim, device="cuda").to(dtype),  # noqa: E731
+                            torch.randn(3, 3 * dim, device="cuda") / 2, torch.randn(3 * dim, device="cuda"))
+            ends_rows(rows, "hyena_short_conv", f"B={batch} L={length} D={dim} w=3", make, 10 * elements,
+                      bandwidth, kernels.hyena_short_conv, reference.hyena_short_conv)
+        if wanted("meta_attention_combine"):  # five [B, L, D]-sized inputs, the gate's logits; one output
+            def make():
+                by_token, by_channel = (batch, length, dim), (batch, dim, length)
+                args = [torch.randn(shape, device="cuda").to(dtype) for shape in
+                        (by_token, by_channel, by_channel, (dim,), by_token, by_channel)]
+                return (*args, (torch.randn(batch, length, 8, device="cuda") * 2).to(dtype)[..., :3])
+            ends_rows(rows, "meta_attention_combine", f"B={batch} L={length} D={dim}", make, 12 * elements,
+                      bandwidth, kernels.meta_attention_combine, reference.meta_attention_combine)
+        if wanted("ssd_gated_norm"):  # y, x, z in ([B, L, D] each; x and z views of the projection); one output
+            def make():
+                proj = torch.randn(batch, length, 1808, device="cuda").to(dtype)  # base's padded SSD projection
+                return (torch.randn(batch, length, 12, 64, device="cuda").to(dtype),
+                        proj[..., :dim].reshape(batch, length, 12, 64), torch.randn(12, device="cuda").to(dtype),
+                        proj[..., dim:2 * dim], torch.randn(dim, device="cuda").to(dtype), 1e-5)
+            ends_rows(rows, "ssd_gated_norm", f"B={batch} L={length} H=12 P=64", make, 8 * elements,
+                      bandwidth, kernels.ssd_gated_norm, reference.ssd_gated_norm)
+
+
+def ends_rows(rows, kernel, shape, make, bytes_moved, bandwidth, op, ref) -> None:
+    """One op's three rows: the Triton kernel, its reference eager and compiled, on rotating inputs."""
+    nxt = rotating(make, bytes_moved)
+    compiled = torch.compile(ref, dynamic=False)
+    for impl, fn in (("triton (mahia::" + kernel + ")", op), ("reference, eager", ref),
+                     ("torch.compile(reference)", compiled)):
+        graph_timed(rows, kernel, shape, impl, lambda fn=fn: fn(*nxt()), bytes_moved, bandwidth)
 
 
 def profile(bandwidth: float, peak: float) -> list[dict]:
@@ -505,7 +584,7 @@ def main() -> None:
     parser.add_argument("--bench", action="store_true")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--profile", action="store_true", help="per-kernel GPU times (torch.profiler)")
-    parser.add_argument("--only", default=None, help="--check: these ops only (comma-separated names)")
+    parser.add_argument("--only", default=None, help="--check, --bench: these ops only (comma-separated names)")
     parser.add_argument("--out", type=Path, default=None, help="write results.json and log.txt here")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -521,8 +600,9 @@ def main() -> None:
         if args.bench or args.sweep or args.profile:
             bandwidth, peak = roofline()
             result["roofline"] = {"hbm_bytes_per_s": bandwidth, "bf16_flops_per_s": peak}
-        for wanted, name, fn in ((args.bench, "bench", bench_all), (args.profile, "profile", profile),
-                                 (args.sweep, "sweep", sweep)):
+        only = frozenset(args.only.split(",")) if args.only else None
+        for wanted, name, fn in ((args.bench, "bench", lambda b, p: bench_all(b, p, only)),
+                                 (args.profile, "profile", profile), (args.sweep, "sweep", sweep)):
             if wanted:
                 try:
                     result[name] = fn(bandwidth, peak)
@@ -530,7 +610,7 @@ def main() -> None:
                     say(traceback.format_exc())
                     failures += 1
         if args.check:
-            result["check"] = check(frozenset(args.only.split(",")) if args.only else None)
+            result["check"] = check(only)
             failed = sum(not r["pass"] for r in result["check"])
             failures += failed
             say(f"check: {len(result['check']) - failed} passed, {failed} failed")
