@@ -2,7 +2,11 @@
 energy from NVML's total-energy counter, and peak GPU memory.
 
 Energy is read, never estimated: NVML's `nvmlDeviceGetTotalEnergyConsumption` (millijoules since the driver
-loaded) before and after the timed calls; where NVML or the counter is missing the result says why.
+loaded) before and after the timed calls; where NVML or the counter is missing the result says why. The counter
+advances in steps (its update interval is measured once per run), so a window's energy is known to about one step:
+a window shorter than MIN_COUNTER_UPDATES steps gets a reason instead of a figure. On the H200, windows of 10 calls
+(12-45 ms, mahia-bench --window 0, 2026-12-01) read 0.0000 J where the counter had not moved, and 2.14 J a call at
+1x128 where it had, against 0.26 J over a 0.5 s window.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import torch
 
 # Timed calls: enough to fill `window` seconds, at least MIN and at most MAX calls.
 MIN_CALLS, MAX_CALLS = 10, 1000
+# Energy is reported for windows of at least this many counter steps: one step's error is then <= 10%.
+MIN_COUNTER_UPDATES = 10
 
 
 @dataclass(frozen=True)
@@ -45,11 +51,35 @@ class Timing:
         return None if self.energy_joules is None else self.energy_joules / len(self.seconds)
 
 
+def counter_update_interval(read: Callable[[], int], clock: Callable[[], float] = time.perf_counter,
+                            limit: float = 1.0) -> float | None:
+    """Seconds between two successive changes of the counter `read()` polls, or None if it does not change twice
+    within `limit` seconds."""
+    deadline = clock() + limit
+    changes: list[float] = []
+    last = read()
+    while len(changes) < 2 and clock() < deadline:
+        value = read()
+        if value != last:
+            changes.append(clock())
+            last = value
+    return changes[1] - changes[0] if len(changes) == 2 else None
+
+
+def window_energy(before: int, after: int, wall: float, interval: float) -> tuple[float | None, str]:
+    """(joules, "nvml") for a window of `wall` seconds between counter readings `before` and `after` (millijoules),
+    or (None, why not) when the window spans under MIN_COUNTER_UPDATES steps of `interval` seconds."""
+    if wall < MIN_COUNTER_UPDATES * interval:
+        return None, (f"unavailable: the {wall * 1e3:.0f} ms window spans under {MIN_COUNTER_UPDATES} steps of NVML's "
+                      f"energy counter (one every {interval * 1e3:.0f} ms, measured); raise --window")
+    return (after - before) / 1e3, "nvml"
+
+
 class EnergyMeter:
-    """NVML's total-energy counter of one GPU, or the reason it cannot be read."""
+    """NVML's total-energy counter of one GPU and its measured update interval, or the reason it cannot be read."""
 
     def __init__(self, device: torch.device) -> None:
-        self.handle, self.reason = None, ""
+        self.handle, self.reason, self.interval = None, "", math.inf
         if device.type != "cuda":
             self.reason = "unavailable: NVML measures GPUs only (CPU run)"
             return
@@ -64,10 +94,15 @@ class EnergyMeter:
             uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
             self.handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}") if uuid is not None else \
                 pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-            pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
             self.pynvml = pynvml
+            interval = counter_update_interval(self.millijoules)
         except Exception as exc:  # noqa: BLE001 -- NVMLError_NotSupported, NoPermission, ...: recorded as the reason
             self.handle, self.reason = None, f"unavailable: NVML {type(exc).__name__}: {exc}"
+            return
+        if interval is None:
+            self.handle, self.reason = None, "unavailable: NVML's energy counter did not advance twice in 1 s"
+        else:
+            self.interval = interval
 
     def millijoules(self) -> int | None:
         """The counter now, or None."""
@@ -99,7 +134,7 @@ def time_calls(fn: Callable[[], object], device: torch.device, window: float, en
         wall, after, seconds = time.perf_counter() - start, None, tuple(seconds_list)
     if before is None or after is None:
         return Timing(seconds, wall, None, energy.reason)
-    return Timing(seconds, wall, (after - before) / 1e3, "nvml")
+    return Timing(seconds, wall, *window_energy(before, after, wall, energy.interval))
 
 
 def timed_first_call(fn: Callable[[], object], device: torch.device) -> float:

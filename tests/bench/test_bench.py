@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mahia.bench.cli import main, parse_shapes
 from mahia.bench.flops import forward_flops
-from mahia.bench.measure import Timing
+from mahia.bench.measure import MIN_COUNTER_UPDATES, Timing, counter_update_interval, window_energy
 from mahia.model import build_model, get_config, random_inputs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -49,6 +49,25 @@ def test_percentiles_are_nearest_rank() -> None:
     assert timing.p50 == 50.5 and timing.p99 == 99.0 and timing.joules_per_call is None
     assert Timing((3.0, 1.0, 2.0), 6.0, 0.6, "nvml").p99 == 3.0
     assert Timing((1.0, 1.0), 2.0, 0.5, "nvml").joules_per_call == 0.25
+
+
+def test_the_energy_counters_step_is_measured_between_two_changes() -> None:
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.001
+        return now[0]
+
+    counter = lambda: int(now[0] / 0.025) * 7  # noqa: E731 -- a counter that steps every 25 ms
+    assert counter_update_interval(counter, clock) == pytest.approx(0.025, abs=0.0021)
+    assert counter_update_interval(lambda: 5, clock, limit=0.2) is None  # a counter that never moves
+
+
+def test_energy_needs_a_window_of_enough_counter_steps() -> None:
+    step = 0.02
+    assert window_energy(1_000, 3_500, MIN_COUNTER_UPDATES * step, step) == (2.5, "nvml")
+    joules, why = window_energy(1_000, 1_000, 0.012, step)
+    assert joules is None and why.startswith("unavailable: the 12 ms window spans under") and "--window" in why
 
 
 def test_bench_runs_the_eager_model_on_a_cpu(tmp_path: Path) -> None:
