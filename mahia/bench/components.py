@@ -79,13 +79,13 @@ def profile_components(model: nn.Module, run: Callable[[], object], device: torc
                 torch.cuda.synchronize(device)
     events = prof.events()
     parts = dict.fromkeys([*COMPONENTS, "other"], 0.0)
-    for name, microseconds in (_kernel_times(events) if on_gpu else _cpu_times(events)):
+    for name, microseconds in (kernel_times(events) if on_gpu else cpu_times(events)):
         parts[name] += microseconds / 1e3 / calls  # us -> ms per forward
     return {"unit": "device ms per forward (kernel time)" if on_gpu else "CPU ms per forward",
             "total_ms": sum(parts.values()), "components": parts}
 
 
-def _kernel_times(events: list) -> Iterator[tuple[str, float]]:
+def kernel_times(events: list) -> Iterator[tuple[str, float]]:
     """(component, microseconds) of every kernel, once each, by the component range whose GPU-side span (from its
     first kernel to its last, on the one stream the model runs on) holds the kernel's start.
 
@@ -106,7 +106,7 @@ def _kernel_times(events: list) -> Iterator[tuple[str, float]]:
         yield name, kernel.time_range.elapsed_us()
 
 
-def _cpu_times(events: list) -> Iterator[tuple[str, float]]:
+def cpu_times(events: list) -> Iterator[tuple[str, float]]:
     """(component, microseconds) of every host op's own CPU time, by the innermost range around it."""
     for event in events:
         if event.device_type == DeviceType.CPU and not event.name.startswith(RANGE_PREFIX):

@@ -70,6 +70,28 @@ def test_energy_needs_a_window_of_enough_counter_steps() -> None:
     assert joules is None and why.startswith("unavailable: the 12 ms window spans under") and "--window" in why
 
 
+def test_gpu_kernels_are_counted_once_by_the_range_span_that_holds_them() -> None:
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from mahia.bench.components import RANGE_PREFIX, kernel_times
+
+    def event(name: str, start: float, end: float, annotation: bool = False,
+              device: DeviceType = DeviceType.CUDA) -> SimpleNamespace:
+        span = SimpleNamespace(start=start, end=end, elapsed_us=lambda: end - start)
+        return SimpleNamespace(name=name, time_range=span, is_user_annotation=annotation, device_type=device)
+
+    events = [event(RANGE_PREFIX + "hyena", 10, 40, annotation=True), event(RANGE_PREFIX + "moe", 50, 90, True),
+              event(RANGE_PREFIX + "moe", 0, 100, annotation=True, device=DeviceType.CPU),  # host side: not a span
+              event("long_conv_kernel", 10, 25), event("elementwise", 30, 40), event("gate_combine_kernel", 42, 45),
+              event("moe_up_kernel", 50, 80), event("moe_down_kernel", 81, 90), event("norm", 95, 99)]
+    totals: dict[str, float] = {}
+    for name, microseconds in kernel_times(events):
+        totals[name] = totals.get(name, 0.0) + microseconds
+    assert totals == {"hyena": 25.0, "meta-attention gate": 3.0, "moe": 39.0, "other": 4.0}
+
+
 def test_bench_runs_the_eager_model_on_a_cpu(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--config", "tiny", "--device", "cpu", "--variants", "eager-fp32",
                                        "--shapes", "3x37", "--window", "0", "--out", str(tmp_path)])
