@@ -4,7 +4,7 @@ built is reported with the reason, and the others still run).
 GPU (every one on the same inputs, in one process):
   eager-ref          eager bf16 model, `mahia::` ops on their PyTorch references (use_reference_ops)
   eager-triton       eager bf16 model, Triton kernels
-  compile            torch.compile of that eager model (Triton kernels inside)
+  compile            torch.compile of that eager model (Triton kernels inside), one static graph per shape
   cuda-bf16          the CUDA backend's bf16 deployment: CUDA graph per shape bucket
   cuda-bf16-compile  the same, torch.compile'd before capture
   cuda-fp8           the CUDA backend's fp8 deployment (FP8 GEMMs + FP8 experts), CUDA graphs
@@ -108,7 +108,11 @@ def gpu_variants(model: MahiaX, device: torch.device, buckets: Buckets,
         Variant("eager-triton", "eager bf16, Triton ops", "bf16", lambda: plain(eager()), module=eager),
         Variant("cuda-bf16", "cuda bf16 (CUDA graphs)", "bf16", backend("bf16", False)),
         Variant("cuda-fp8", "cuda fp8 (CUDA graphs)", "fp8", backend("fp8", False)),
-        Variant("compile", "torch.compile, Triton ops", "bf16", lambda: plain(torch.compile(eager())), phase=1),
+        # dynamic=False, as the deployment compiles each bucket. With the default, a shape after the first recompiles
+        # with dynamic sizes (torch's automatic dynamic shapes): first calls of 153 s at 8 x 512 and 147 s at
+        # 32 x 2048 after 37 s at 1 x 128 (H200, 2026-12-01), which kept one mahia-bench run from fitting in 10 minutes
+        Variant("compile", "torch.compile, Triton ops", "bf16",
+                lambda: plain(torch.compile(eager(), dynamic=False)), phase=1),
         Variant("cuda-bf16-compile", "cuda bf16 (CUDA graphs + compile)", "bf16", backend("bf16", True), phase=1),
         # last: the fp8 goal (against bf16 at the largest shape) is judged on the uncompiled deployments already
         Variant("cuda-fp8-compile", "cuda fp8 (CUDA graphs + compile)", "fp8", backend("fp8", True), phase=2),
