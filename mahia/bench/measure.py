@@ -3,10 +3,10 @@ energy from NVML's total-energy counter, and peak GPU memory.
 
 Energy is read, never estimated: NVML's `nvmlDeviceGetTotalEnergyConsumption` (millijoules since the driver
 loaded) before and after the timed calls; where NVML or the counter is missing the result says why. The counter
-advances in steps (its update interval is measured once per run), so a window's energy is known to about one step:
-a window shorter than MIN_COUNTER_UPDATES steps gets a reason instead of a figure. On the H200, windows of 10 calls
-(12-45 ms, mahia-bench --window 0, 2026-12-01) read 0.0000 J where the counter had not moved, and 2.14 J a call at
-1x128 where it had, against 0.26 J over a 0.5 s window.
+advances in steps (their interval is measured once per run), so a window's energy is known to about one step: a
+window shorter than MIN_COUNTER_UPDATES steps gets a reason instead of a figure. The H200's counter steps every
+100 ms (measured). There, windows of 10 calls (12-45 ms, mahia-bench --window 0, 2026-12-01) read 0.0000 J where
+the counter had not moved, and 2.14 J a call at 1x128 where it had, against 0.26 J over a 0.5 s window.
 """
 
 from __future__ import annotations
