@@ -129,8 +129,8 @@ def _select(variants: list[Variant], wanted: str | None, known: tuple[str, ...])
 @click.option("--variants", "wanted", default=None,
               help=f"Comma list of variants (GPU: {', '.join(GPU_VARIANTS)}; CPU: {', '.join(CPU_VARIANTS)}).")
 @click.option("--window", type=click.FloatRange(min=0.0), default=1.0,
-              help="Seconds of timed calls per variant and shape (at least 10 calls). Energy needs 10 steps of "
-                   "NVML's counter: 1 s on an H200, whose counter steps every 100 ms.")
+              help="Seconds of timed calls per variant and shape (at least 10 calls; on a GPU at least 12.5 steps "
+                   "of NVML's energy counter, 1.25 s on an H200, so that energy is read).")
 @click.option("--time-budget", type=click.FloatRange(min=0.0), default=None,
               help="Seconds; measurements that would start later are reported as skipped.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False, exists=True), default=None,

@@ -104,6 +104,12 @@ class EnergyMeter:
         else:
             self.interval = interval
 
+    @property
+    def min_window(self) -> float:
+        """Seconds of timed calls that give an energy figure: MIN_COUNTER_UPDATES steps and a quarter for the
+        per-call estimate's error (0 without NVML)."""
+        return 0.0 if self.handle is None else 1.25 * MIN_COUNTER_UPDATES * self.interval
+
     def millijoules(self) -> int | None:
         """The counter now, or None."""
         return None if self.handle is None else self.pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
@@ -111,7 +117,9 @@ class EnergyMeter:
 
 def time_calls(fn: Callable[[], object], device: torch.device, window: float, energy: EnergyMeter,
                estimate: float) -> Timing:
-    """Call fn() enough times to fill `window` seconds (given one call takes about `estimate` s), timing each."""
+    """Call fn() enough times to fill `window` seconds, or the energy meter's min_window if longer (given one call
+    takes about `estimate` s), timing each."""
+    window = max(window, energy.min_window)
     calls = max(MIN_CALLS, min(MAX_CALLS, math.ceil(window / max(estimate, 1e-6))))
     if device.type == "cuda":
         torch.cuda.synchronize(device)

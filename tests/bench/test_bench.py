@@ -4,7 +4,9 @@ the command on `tiny` (eager, and an artifact's ONNX graph), its outputs and its
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mahia.bench.cli import main, parse_shapes
 from mahia.bench.flops import forward_flops
-from mahia.bench.measure import MIN_COUNTER_UPDATES, Timing, counter_update_interval, window_energy
+from mahia.bench.measure import MIN_COUNTER_UPDATES, Timing, counter_update_interval, time_calls, window_energy
 from mahia.model import build_model, get_config, random_inputs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -70,9 +72,13 @@ def test_energy_needs_a_window_of_enough_counter_steps() -> None:
     assert joules is None and why.startswith("unavailable: the 12 ms window spans under") and "--window" in why
 
 
-def test_gpu_kernels_are_counted_once_by_the_range_span_that_holds_them() -> None:
-    from types import SimpleNamespace
+def test_the_timed_window_covers_the_energy_counters_steps() -> None:
+    meter = SimpleNamespace(min_window=0.05, millijoules=lambda: None, reason="unavailable: test")
+    timing = time_calls(lambda: time.sleep(0.001), torch.device("cpu"), 0.0, meter, 0.001)
+    assert len(timing.seconds) >= 50 and timing.wall_seconds >= 0.05
 
+
+def test_gpu_kernels_are_counted_once_by_the_range_span_that_holds_them() -> None:
     from torch.autograd import DeviceType
 
     from mahia.bench.components import RANGE_PREFIX, kernel_times
