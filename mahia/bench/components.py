@@ -2,9 +2,10 @@
 
 Forward pre/post hooks on the eager model's modules open and close a `record_function` range per component
 (nothing in the model changes, and the hooks exist only while profiling). On a GPU each kernel is counted once, in
-the range whose GPU-side span holds it; on a CPU each op's own time, in the innermost range around it. The gate is
-the `gate` Linear plus the `mahia::gate_combine` op. "other" is the rest of the forward's kernel time (norms,
-the in/out projections of meta-attention, residuals, pooling).
+the range whose GPU-side span holds it; the total is the forward's kernel time. On a CPU each op's own CPU time
+counts, in the innermost range around it; Python's time between ops does not, so the total is below the latency. The
+gate is the `gate` Linear plus the `mahia::gate_combine` op. "other" is the rest (norms, the in/out projections of
+meta-attention, residuals, pooling).
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def profile_components(model: nn.Module, run: Callable[[], object], device: torc
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with component_ranges(model):
         run()  # the hooks in place, before the profiler starts
+        if on_gpu:
+            torch.cuda.synchronize(device)  # that call's kernels are not the profiled calls'
         with torch.profiler.profile(activities=activities) as prof:
             for _ in range(calls):
                 run()
@@ -94,6 +97,10 @@ def kernel_times(events: list) -> Iterator[tuple[str, float]]:
     2026-12-01)."""
     spans = sorted((e.time_range.start, e.time_range.end, e.name.removeprefix(RANGE_PREFIX)) for e in events
                    if e.device_type == DeviceType.CUDA and e.is_user_annotation and e.name.startswith(RANGE_PREFIX))
+    if not spans and any(e.name.startswith(RANGE_PREFIX) for e in events):
+        # every kernel would land in "other" with a plausible total: say so instead
+        raise RuntimeError("the profiler returned the component ranges on the host but no GPU-side copies of them "
+                           f"(user annotations named {RANGE_PREFIX}*): cannot attribute kernels to components")
     starts = [span[0] for span in spans]
     for kernel in events:
         if kernel.device_type != DeviceType.CUDA or kernel.is_user_annotation:

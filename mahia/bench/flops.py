@@ -69,8 +69,3 @@ def forward_flops(config: ModelConfig, batch: int, seq: int) -> dict[str, int]:
         "ssd": layers * rows * (2 * chunk * n + heads * (2 * chunk * p + 4 * n * p)),
         "long_conv": int(layers * 2 * batch * d * long_conv_per_channel),
     }
-
-
-def total_flops(config: ModelConfig, batch: int, seq: int) -> int:
-    """All counted FLOPs of one forward."""
-    return sum(forward_flops(config, batch, seq).values())

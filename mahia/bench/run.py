@@ -35,7 +35,7 @@ class BenchOptions:
     """How long and on what a run measures."""
 
     shapes: tuple[tuple[int, int], ...]  # (batch, text tokens)
-    window: float = 1.0  # seconds of timed calls per variant and shape (at least 10 calls)
+    window: float = 1.0  # seconds of timed calls per variant and shape (at least 10 calls; see time_calls)
     warmup: int = 2  # calls after the first (which compiles and captures) before timing
     time_budget: float | None = None  # seconds; later measurements are skipped
     seed: int = 0
@@ -87,8 +87,8 @@ def describe_device(device: torch.device) -> dict[str, object]:
 class _Runner:
     """Measures (variant, shape) pairs against the run's shared inputs, references, peak and clock."""
 
-    def __init__(self, model: MahiaX, device: torch.device, options: BenchOptions, log: Callable[[str], None]) -> None:
-        self.model, self.device, self.options, self.log = model, device, options, log
+    def __init__(self, model: MahiaX, device: torch.device, options: BenchOptions) -> None:
+        self.model, self.device, self.options = model, device, options
         self.started = time.perf_counter()
         self.energy = EnergyMeter(device)
         self.peak = matmul_peak(device)
@@ -140,7 +140,7 @@ def run_bench(model: MahiaX, variants: Sequence[Variant], device: torch.device, 
               on_row: Callable[[dict[str, object]], None] = lambda document: None) -> dict[str, object]:
     """Measure every variant at every shape; returns the bench.json document (without the command). `on_row`
     gets the document so far after each measurement (to save partial results of a run that may be cut short)."""
-    runner = _Runner(model, device, options, log)
+    runner = _Runner(model, device, options)
     log(f"matmul peak: {float(runner.peak['flops_per_s']) / 1e9:.1f} GFLOP/s ({runner.peak['dtype']}); "
         f"energy: {runner.energy.reason or 'nvml'}")
     rows: list[dict[str, object]] = []

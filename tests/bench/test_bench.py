@@ -63,19 +63,34 @@ def test_the_energy_counters_step_is_measured_between_two_changes() -> None:
     counter = lambda: int(now[0] / 0.025) * 7  # noqa: E731 -- a counter that steps every 25 ms
     assert counter_update_interval(counter, clock) == pytest.approx(0.025, abs=0.0021)
     assert counter_update_interval(lambda: 5, clock, limit=0.2) is None  # a counter that never moves
+    # one early update (2 ms after the one before) among 25 ms steps does not set the step: the median of three does
+    updates = iter([0.0, 0.025, 0.027, 0.052, 0.077, 0.102])
+    due = [next(updates)]
+    steps = [0]
+
+    def irregular() -> int:
+        while now[0] >= due[0]:
+            steps[0] += 1
+            due[0] = next(updates, float("inf"))
+        return steps[0]
+
+    now[0] = 0.0
+    assert counter_update_interval(irregular, clock) == pytest.approx(0.025, abs=0.0021)
 
 
 def test_energy_needs_a_window_of_enough_counter_steps() -> None:
     step = 0.02
     assert window_energy(1_000, 3_500, MIN_COUNTER_UPDATES * step, step) == (2.5, "nvml")
     joules, why = window_energy(1_000, 1_000, 0.012, step)
-    assert joules is None and why.startswith("unavailable: the 12 ms window spans under") and "--window" in why
+    assert joules is None and why.startswith("unavailable: the 12 ms window spans under") and "20 ms" in why
 
 
 def test_the_timed_window_covers_the_energy_counters_steps() -> None:
     meter = SimpleNamespace(min_window=0.05, millijoules=lambda: None, reason="unavailable: test")
     timing = time_calls(lambda: time.sleep(0.001), torch.device("cpu"), 0.0, meter, 0.001)
     assert len(timing.seconds) >= 50 and timing.wall_seconds >= 0.05
+    # past the 1000-call cap where a call is short (here estimated at 10 us)
+    assert len(time_calls(lambda: None, torch.device("cpu"), 0.0, meter, 1e-5).seconds) == 5000
 
 
 def test_gpu_kernels_are_counted_once_by_the_range_span_that_holds_them() -> None:
@@ -96,6 +111,9 @@ def test_gpu_kernels_are_counted_once_by_the_range_span_that_holds_them() -> Non
     for name, microseconds in kernel_times(events):
         totals[name] = totals.get(name, 0.0) + microseconds
     assert totals == {"hyena": 25.0, "meta-attention gate": 3.0, "moe": 39.0, "other": 4.0}
+    host_only = [e for e in events if not (e.is_user_annotation and e.device_type == DeviceType.CUDA)]
+    with pytest.raises(RuntimeError, match="no GPU-side copies"):
+        list(kernel_times(host_only))
 
 
 def test_bench_runs_the_eager_model_on_a_cpu(tmp_path: Path) -> None:
