@@ -9,6 +9,7 @@ calibration recipe type (mahia.calibration.recipes), which says what its quantiz
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -17,6 +18,7 @@ from typing import Any
 import onnx
 import onnx_ir
 import torch
+from torch import nn
 
 from mahia.calibration.recipes import (
     AutoRecipe,
@@ -30,7 +32,10 @@ from mahia.calibration.recipes import (
 from mahia.export import graph_passes
 from mahia.export.config import TaskBudget
 from mahia.export.formats import formats as registered_formats
+from mahia.export.stages import CLASS_HIERARCHY_KEY
 from mahia.model import MahiaX
+from mahia.model.meta_attention import SSDBranch
+from mahia.model.norm import RMSNorm
 
 
 @dataclass(frozen=True)
@@ -113,14 +118,6 @@ def fp32_nodes(graph: onnx.GraphProto) -> list[str]:
     fp16`, 2026-12-01): the third block's SSD chunk sums reached 62784 and inf, a pre-norm's squares 64928, and every
     logit was NaN at all four parity points. Past the SSD's RMSNorm its largest value is about 400.
     """
-    import ast
-
-    from torch import nn
-
-    from mahia.export.stages import CLASS_HIERARCHY_KEY
-    from mahia.model.meta_attention import SSDBranch
-    from mahia.model.norm import RMSNorm
-
     norm, ssd, linear = (f"{cls.__module__}.{cls.__qualname__}" for cls in (RMSNorm, SSDBranch, nn.Linear))
     names = []
     for node in graph.node:
