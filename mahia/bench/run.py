@@ -125,6 +125,7 @@ class _Runner:
             return {**row, "status": f"failed: {type(exc).__name__}: {message}"}
         p50 = timing.p50
         row.update(status="ok", p50_ms=p50 * 1e3, p99_ms=timing.p99 * 1e3, calls=len(timing.seconds),
+                   window_s=timing.wall_seconds,
                    samples_per_s=batch / p50, tokens_per_s=batch * seq / p50,
                    mfu=sum(flops.values()) / p50 / float(self.peak["flops_per_s"]),
                    energy_j_per_inference=timing.joules_per_call, energy=timing.energy_note,
@@ -142,12 +143,13 @@ def run_bench(model: MahiaX, variants: Sequence[Variant], device: torch.device, 
     gets the document so far after each measurement (to save partial results of a run that may be cut short)."""
     runner = _Runner(model, device, options)
     log(f"matmul peak: {float(runner.peak['flops_per_s']) / 1e9:.1f} GFLOP/s ({runner.peak['dtype']}); "
-        f"energy: {runner.energy.reason or 'nvml'}")
+        f"energy: {runner.energy.reason or f'nvml, its counter steps every {runner.energy.interval * 1e3:.0f} ms'}")
     rows: list[dict[str, object]] = []
     components: dict[str, object] = {}
 
     def document() -> dict[str, object]:
         return {"device": describe_device(device), "peak": runner.peak, "energy_source": runner.energy.reason or "nvml",
+                "energy_counter_step_ms": runner.energy.interval * 1e3 if runner.energy.handle is not None else None,
                 "shapes": [list(s) for s in options.shapes], "results": rows, "components": components,
                 "seconds": time.perf_counter() - runner.started}
 
