@@ -27,11 +27,8 @@ from mahia.export import graph_passes
 from mahia.export.config import DEFAULT_SEQ, DimRange, ShapeProfile
 from mahia.export.errors import ExportError
 from mahia.export.flavours import LoweringSizes, get_flavour
+from mahia.export.fp16 import CLASS_HIERARCHY_KEY
 from mahia.model import INPUT_NAMES, OUTPUT_NAMES, MahiaX, ModelConfig, ModelSource, get_config, random_inputs
-
-# torch.onnx's per-node list of the module classes (and, last, the op) a node was traced in, e.g.
-# ['mahia.model.mahia_x.MahiaX', ..., 'mahia.model.meta_attention.SSDBranch', 'aten.softplus.default'].
-CLASS_HIERARCHY_KEY = "pkg.torch.onnx.class_hierarchy"
 
 # What lower_to_onnx does after the exporter, as the manifest records it.
 OPTIMIZER = ("onnxscript (torch.onnx optimize=True), then graph_passes.share_equal_shapes and a second onnxscript "

@@ -2,7 +2,7 @@
 
 TensorRT 11 is strongly typed: the graph's own dtypes and Q/DQ nodes decide every precision. So:
 - fp32: the lowered graph as it is;
-- fp16: the portable fp16 build's conversion (precisions.to_float16: ONNX Runtime's float16 converter, its op
+- fp16: the portable fp16 build's conversion (fp16.to_float16: ONNX Runtime's float16 converter, its op
   block list, the RMSNorms and SSD scans kept in fp32); plugin nodes are converted like any other op, so a plugin
   whose float inputs are float16 runs in float16, and the SSD scan's plugins run in float32;
 - int8, fp8, int4, auto: the quantization is TRANSPLANTED from the precision's portable quantized graph (built from
@@ -30,6 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mahia.calibration.onnx_names import parameter_index, quantizable_nodes
 from mahia.export.errors import ExportError
+from mahia.export.fp16 import to_float16
 from mahia.export.trt_lowering import unsupported_ops
 from mahia.plugins_trt import PLUGINS
 from mahia.plugins_trt.specs import DOMAIN, DTYPES, output_dtypes
@@ -51,8 +52,6 @@ def tensorrt_graph(precision: str, fp32: onnx.ModelProto, ctx: BuildContext, por
         graph = onnx.ModelProto()
         graph.CopyFrom(fp32)
     elif precision == "fp16":
-        from mahia.export.precisions import to_float16
-
         graph, kept_fp32 = to_float16(fp32, tensor_dtypes(fp32))
         notes["fp32_nodes"] = len(kept_fp32)
     elif ctx.recipe is not None:

@@ -97,7 +97,7 @@ def test_fp32_and_fp16_plugins_receive_the_graphs_float_type(lowered) -> None:
     _check_receives(notes, "float32", ("float32 initializer", ""))
     assert _wired_error(lowered, graph) < get_precision("fp32").max_rel_error
     graph, notes, _ = _build(lowered, "fp16")
-    # the SSD scan stays fp32 in the fp16 graphs (precisions.fp32_nodes: the trained default's passes fp16's range)
+    # the SSD scan stays fp32 in the fp16 graphs (fp16.fp32_nodes: the trained default's passes fp16's range)
     _check_receives(notes, "float16", ("float16 initializer", ""), float32_plugins=("SsdChunk",))
     assert notes["fp32_nodes"] > 0
     assert _wired_error(lowered, graph) < get_precision("fp16").max_rel_error
