@@ -286,10 +286,19 @@ def row(rows: list[dict], kernel: str, shape: str, impl: str, ms: float, bytes_m
     say(f"{kernel:12s} {shape:34s} {impl:28s} {ms:9.4f} ms  HBM {100 * hbm:5.1f}%  peak {100 * comp:5.1f}%")
 
 
-def timed(rows, kernel, shape, impl, fn, bytes_moved, flops, bandwidth, peak) -> None:
-    """Time fn and record it, or record why it could not run."""
+def graph_bench(fn: Callable[[], object], rep_ms: int = 200) -> float:
+    """Median milliseconds of fn in CUDA-graph replay (how backend "cuda" runs it: no launch cost), after one plain
+    call (which compiles a torch.compile'd fn outside the capture)."""
+    import triton.testing
+
+    fn()
+    return float(triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median"))
+
+
+def timed(rows, kernel, shape, impl, fn, bytes_moved, flops, bandwidth, peak, measure=bench) -> None:
+    """Time fn with `measure` (bench or graph_bench) and record it, or record why it could not run."""
     try:
-        ms = bench(fn)
+        ms = measure(fn)
     except Exception as exc:  # a baseline that fails on this torch is reported, not hidden
         say(f"{kernel:12s} {shape:34s} {impl:28s} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
         rows.append({"kernel": kernel, "shape": shape, "impl": impl, "error": f"{type(exc).__name__}: {exc}"[:500]})
@@ -416,20 +425,6 @@ def bench_gate_combine(rows: list[dict], bandwidth: float, peak: float) -> None:
           io_bytes, 0, bandwidth, peak)
 
 
-def graph_timed(rows, kernel, shape, impl, fn, bytes_moved, bandwidth) -> None:
-    """Time fn in CUDA-graph replay (how backend "cuda" runs it: no launch cost) and record it, or why it failed."""
-    import triton.testing
-
-    try:
-        fn()  # compiles a torch.compile'd fn before the capture
-        ms = float(triton.testing.do_bench_cudagraph(fn, rep=200, return_mode="median"))
-    except Exception as exc:
-        say(f"{kernel:12s} {shape:34s} {impl:28s} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
-        rows.append({"kernel": kernel, "shape": shape, "impl": impl, "error": f"{type(exc).__name__}: {exc}"[:500]})
-        return
-    row(rows, kernel, shape, impl, ms, bytes_moved, 0, bandwidth, 1.0)
-
-
 def bench_meta_attention_ends(rows: list[dict], bandwidth: float, wanted: Callable[[str], bool]) -> None:
     """The meta-attention's three elementwise kernels at base's width and the deployed bucket lengths of 8 x 512 and
     32 x 2048 (528 and 2064 positions), in graph replay, against their references eager and torch.compile'd (what
@@ -466,7 +461,7 @@ def ends_rows(rows, kernel, shape, make, bytes_moved, bandwidth, op, ref) -> Non
     compiled = torch.compile(ref, dynamic=False)
     for impl, fn in (("triton (mahia::" + kernel + ")", op), ("reference, eager", ref),
                      ("torch.compile(reference)", compiled)):
-        graph_timed(rows, kernel, shape, impl, lambda fn=fn: fn(*nxt()), bytes_moved, bandwidth)
+        timed(rows, kernel, shape, impl, lambda fn=fn: fn(*nxt()), bytes_moved, 0, bandwidth, 1.0, graph_bench)
 
 
 def profile(bandwidth: float, peak: float) -> list[dict]:
@@ -508,20 +503,10 @@ def sweep(bandwidth: float, peak: float) -> list[dict]:
 
 def _sweep(bandwidth: float, peak: float) -> list[dict]:
     """The sweep itself (see sweep)."""
-    import triton.testing
 
     from mahia.kernels.triton import long_conv as conv_k
     from mahia.kernels.triton import moe_ffn as moe_k
     from mahia.kernels.triton import ssd_scan as ssd_k
-
-    def graph_timed(kernel, shape, impl, fn):
-        """CUDA-graph replay time: the kernels' own time, without host launch overhead."""
-        try:
-            ms = float(triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median"))
-        except Exception as exc:
-            say(f"{kernel:12s} {shape:34s} {impl} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
-            return
-        row(rows, kernel, shape, impl, ms, 1, 1, bandwidth, peak)
 
     rows: list[dict] = []
     dtype = torch.bfloat16
@@ -541,7 +526,7 @@ def _sweep(bandwidth: float, peak: float) -> list[dict]:
         for cfg in cands:
             fn = (lambda c: lambda: moe_k.moe_ffn(*args, 2, 0.0, config=c))(cfg)
             if tokens <= 1024:
-                graph_timed("moe sweep", f"T={tokens} graph", json.dumps(cfg), fn)
+                timed(rows, "moe sweep", f"T={tokens} graph", json.dumps(cfg), fn, 1, 1, bandwidth, peak, graph_bench)
             else:
                 timed(rows, "moe sweep", f"T={tokens}", json.dumps(cfg), fn, 1, 1, bandwidth, peak)
     x, filt = conv_inputs(8, 1024, 4096, True, dtype)
