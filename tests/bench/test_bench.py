@@ -128,7 +128,8 @@ def test_bench_runs_the_eager_model_on_a_cpu(tmp_path: Path) -> None:
     assert rows[0]["flops"] == sum(forward_flops(get_config("tiny"), 3, 37).values())
     assert all(r["energy_j_per_inference"] is None and r["energy"].startswith("unavailable: ") for r in rows)
     assert document["energy_counter_step_ms"] is None
-    assert rows[0]["window_s"] == pytest.approx(rows[0]["calls"] * rows[0]["p50_ms"] / 1e3, rel=0.5)
+    # seconds: at least half the calls took the median or longer (slow calls on a busy CPU may take far more)
+    assert rows[0]["calls"] // 2 * rows[0]["p50_ms"] / 1e3 <= rows[0]["window_s"] < 60
     components = document["components"]["3x37"]["components"]
     assert {"embedding", "hyena", "ssd", "fourier", "meta-attention gate", "moe", "memory", "head"} <= set(components)
     assert components["moe"] > 0 and "partial" not in document
